@@ -1,0 +1,891 @@
+use std::net::IpAddr;
+
+use serde_json::json;
+
+use super::*;
+
+// === helpers ===
+
+/// Parses `policy = <src>` at path `routes[0].policy`.
+fn try_parse(src: &str) -> Result<Policy, Vec<PolicyError>> {
+    let doc: toml::Table = toml::from_str(&format!("policy = {src}")).expect("test TOML parses");
+    Policy::parse(&doc["policy"], "routes[0].policy")
+}
+
+fn parse(src: &str) -> Policy {
+    match try_parse(src) {
+        Ok(p) => p,
+        Err(errors) => panic!("policy {src} failed: {errors:?}"),
+    }
+}
+
+fn errors(src: &str) -> Vec<String> {
+    match try_parse(src) {
+        Ok(_) => panic!("policy {src} parsed but should not"),
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn error(src: &str) -> String {
+    let errs = errors(src);
+    assert_eq!(errs.len(), 1, "expected one error: {errs:?}");
+    errs.into_iter().next().expect("one error")
+}
+
+/// A policy allowing exactly when `criterion` matches.
+fn criterion(criterion: &str) -> Policy {
+    parse(&format!("{{ allow = {{ and = [ {{ {criterion} }} ] }} }}"))
+}
+
+fn alice() -> Identity {
+    Identity::new(
+        "sub-alice".into(),
+        "Alice@Example.COM".into(),
+        vec!["admins".into(), "dev".into()],
+        json!({
+            "department": "engineering",
+            "roles": ["reader", "writer"],
+            "level": 7,
+            "ratio": 1.5,
+            "staff": true,
+            "nothing": null,
+            "address": { "country": "NL", "city": "Utrecht" },
+            "https://example.com/roles": ["root"],
+        })
+        .as_object()
+        .cloned()
+        .expect("object"),
+    )
+}
+
+fn bob() -> Identity {
+    Identity::new(
+        "sub-bob".into(),
+        "bob@other.org".into(),
+        vec![],
+        serde_json::Map::new(),
+    )
+}
+
+/// 2024-01-01T12:00:00Z, a Monday.
+const MONDAY_NOON: i64 = 1_704_110_400;
+
+fn get() -> Request<'static> {
+    Request::new("GET", "/", MONDAY_NOON)
+}
+
+fn as_user(id: &Identity) -> Request<'_> {
+    get().with_identity(id)
+}
+
+fn allows(policy: &Policy, request: &Request<'_>) -> bool {
+    policy.evaluate(request).allowed
+}
+
+// === structure ===
+
+#[test]
+fn single_rule_table_and_array_both_parse() {
+    let one = parse("{ allow = { or = [ { accept = true } ] } }");
+    let many = parse("[ { allow = { or = [ { accept = true } ] } } ]");
+    assert_eq!(one.len(), 1);
+    assert_eq!(many.len(), 1);
+    assert!(allows(&one, &get()));
+    assert!(allows(&many, &get()));
+}
+
+#[test]
+fn empty_array_denies_everything() {
+    let p = parse("[]");
+    let id = alice();
+    let d = p.evaluate(&as_user(&id));
+    assert_eq!(
+        d,
+        Decision {
+            allowed: false,
+            reason: Reason::NoAllowMatched
+        }
+    );
+    assert_eq!(d.explain(&p), "denied: the policy has no rules");
+}
+
+#[test]
+fn deny_all_and_public() {
+    let id = alice();
+    assert!(!allows(&Policy::deny_all(), &as_user(&id)));
+    assert!(!Policy::deny_all().is_public());
+    let public = Policy::public();
+    assert!(public.is_public());
+    assert_eq!(
+        public.evaluate(&get()),
+        Decision {
+            allowed: true,
+            reason: Reason::Public
+        }
+    );
+    assert!(public.evaluate(&get()).explain(&public).contains("public"));
+}
+
+#[test]
+fn allow_any_authenticated_user_adds_a_rule_and_keeps_denies() {
+    let p = parse(r#"{ deny = { or = [ { email = "bob@other.org" } ] } }"#)
+        .allow_any_authenticated_user();
+    let (a, b) = (alice(), bob());
+    assert_eq!(p.evaluate(&as_user(&a)).reason, Reason::Allowed { rule: 1 });
+    assert_eq!(p.evaluate(&as_user(&b)).reason, Reason::Denied { rule: 0 });
+    assert!(!allows(&p, &get()), "anonymous is not authenticated");
+    let p = Policy::deny_all().allow_any_authenticated_user();
+    assert!(allows(&p, &as_user(&a)));
+    assert!(!allows(&p, &get()));
+    assert!(Policy::public().allow_any_authenticated_user().is_public());
+    let explained = p.evaluate(&as_user(&a)).explain(&p);
+    assert!(explained.contains("authenticated_user"), "{explained}");
+}
+
+#[test]
+fn allow_and_deny_combine() {
+    let p = parse(
+        r#"[
+          { allow = { or = [ { email = { is = "alice@example.com" } }, { groups = { has = "admins" } } ] } },
+          { deny  = { and = [ { http_method = { is = "DELETE" } } ] } },
+        ]"#,
+    );
+    let (a, b) = (alice(), bob());
+    assert_eq!(p.evaluate(&as_user(&a)).reason, Reason::Allowed { rule: 0 });
+    let delete = Request {
+        method: "DELETE",
+        ..as_user(&a)
+    };
+    assert_eq!(
+        p.evaluate(&delete),
+        Decision {
+            allowed: false,
+            reason: Reason::Denied { rule: 1 }
+        }
+    );
+    assert_eq!(p.evaluate(&as_user(&b)).reason, Reason::NoAllowMatched);
+    assert_eq!(p.evaluate(&get()).reason, Reason::NoAllowMatched);
+}
+
+#[test]
+fn deny_wins_over_a_later_or_earlier_allow() {
+    let p = parse(
+        r#"[
+          { deny = { or = [ { http_path = { starts_with = "/admin" } } ] } },
+          { allow = { or = [ { accept = true } ] } },
+          { allow = { or = [ { authenticated_user = true } ] } },
+        ]"#,
+    );
+    let a = alice();
+    assert_eq!(
+        p.evaluate(&as_user(&a)).reason,
+        Reason::Allowed { rule: 1 },
+        "first allow reported"
+    );
+    let admin = Request {
+        path: "/admin/x",
+        ..as_user(&a)
+    };
+    assert_eq!(p.evaluate(&admin).reason, Reason::Denied { rule: 0 });
+}
+
+#[test]
+fn only_deny_rules_deny_everything() {
+    let p = parse(r#"{ deny = { or = [ { reject = true } ] } }"#);
+    assert_eq!(p.evaluate(&get()).reason, Reason::NoAllowMatched);
+    assert_eq!(
+        p.evaluate(&get()).explain(&p),
+        "denied: no allow rule matched"
+    );
+}
+
+#[test]
+fn explain_names_rule_and_renders_it() {
+    let p = parse(
+        r#"[ { allow = { or = [ { email = { is = "alice@example.com" } } ] } }, { deny = { and = [ { http_method = "DELETE" } ] } } ]"#,
+    );
+    let a = alice();
+    let d = p.evaluate(&as_user(&a));
+    assert_eq!(
+        d.explain(&p),
+        r#"allowed by rule 0: allow = { or = [{ email = { is = "alice@example.com" } }] }"#
+    );
+    let d = p.evaluate(&Request {
+        method: "delete",
+        ..as_user(&a)
+    });
+    assert_eq!(
+        d.explain(&p),
+        r#"denied by rule 1: deny = { and = [{ http_method = "DELETE" }] }"#
+    );
+    assert_eq!(d.reason.to_string(), "denied by rule 1");
+    assert!(d
+        .explain(&Policy::deny_all())
+        .contains("not a rule of this policy"));
+}
+
+#[test]
+fn explain_truncates_long_rules() {
+    let long = "x".repeat(1000);
+    let p = parse(&format!(
+        r#"{{ allow = {{ or = [ {{ http_path = "{long}" }} ] }} }}"#
+    ));
+    let d = p.evaluate(&Request {
+        path: &format!("/{long}"),
+        ..get()
+    });
+    assert!(d.explain(&p).len() < 400);
+    assert!(
+        p.rule_text(0).is_some_and(|r| r.len() > 1000),
+        "the full rule is kept"
+    );
+}
+
+// === operators ===
+
+fn op(block: &str) -> bool {
+    allows(&parse(&format!("{{ allow = {block} }}")), &get())
+}
+
+const T: &str = "{ accept = true }";
+const F: &str = "{ reject = true }";
+
+#[test]
+fn and_or_not_nor_truth_tables() {
+    for (a, av) in [(T, true), (F, false)] {
+        for (b, bv) in [(T, true), (F, false)] {
+            assert_eq!(op(&format!("{{ and = [{a}, {b}] }}")), av && bv);
+            assert_eq!(op(&format!("{{ or = [{a}, {b}] }}")), av || bv);
+            assert_eq!(op(&format!("{{ not = [{a}, {b}] }}")), !(av || bv));
+            assert_eq!(op(&format!("{{ nor = [{a}, {b}] }}")), !(av && bv));
+        }
+    }
+}
+
+#[test]
+fn empty_operator_lists() {
+    assert!(op("{ and = [] }"));
+    assert!(!op("{ or = [] }"));
+    assert!(op("{ not = [] }"));
+    assert!(!op("{ nor = [] }"));
+}
+
+#[test]
+fn several_operators_in_one_block_must_all_hold() {
+    assert!(op(&format!(
+        "{{ and = [{T}], or = [{F}, {T}], not = [{F}] }}"
+    )));
+    assert!(!op(&format!(
+        "{{ and = [{T}], or = [{F}, {T}], not = [{T}] }}"
+    )));
+    assert!(!op(&format!("{{ and = [{T}], nor = [{T}] }}")));
+}
+
+#[test]
+fn nested_operators() {
+    assert!(op(&format!("{{ or = [ {{ and = [{T}, {T}] }}, {F} ] }}")));
+    assert!(!op(&format!("{{ or = [ {{ and = [{T}, {F}] }}, {F} ] }}")));
+    assert!(op(&format!(
+        "{{ and = [ {{ not = [ {{ or = [{F}, {F}] }} ] }} ] }}"
+    )));
+    assert!(op(&format!(
+        "{{ and = [ {{ not = [{F}], or = [{T}] }} ] }}"
+    )));
+    assert!(!op(&format!(
+        "{{ and = [ {{ not = [{T}], or = [{T}] }} ] }}"
+    )));
+    // Three levels deep with real criteria.
+    let p = parse(
+        r#"{ allow = { and = [
+            { authenticated_user = true },
+            { or = [ { groups = "admins" }, { and = [ { domain = "other.org" }, { not = [ { http_method = "POST" } ] } ] } ] },
+        ] } }"#,
+    );
+    let (a, b) = (alice(), bob());
+    assert!(allows(&p, &as_user(&a)));
+    assert!(allows(&p, &as_user(&b)));
+    assert!(!allows(
+        &p,
+        &Request {
+            method: "POST",
+            ..as_user(&b)
+        }
+    ));
+    assert!(allows(
+        &p,
+        &Request {
+            method: "POST",
+            ..as_user(&a)
+        }
+    ));
+    assert!(!allows(&p, &get()));
+}
+
+// === identity criteria ===
+
+#[test]
+fn accept_reject_authenticated_user() {
+    let a = alice();
+    assert!(allows(&criterion("accept = true"), &get()));
+    assert!(!allows(&criterion("reject = true"), &as_user(&a)));
+    let auth = criterion("authenticated_user = true");
+    assert!(allows(&auth, &as_user(&a)));
+    assert!(!allows(&auth, &get()));
+}
+
+#[test]
+fn identity_criteria_never_match_anonymous_even_negated_matchers() {
+    for c in [
+        r#"email = { not = "x@y.z" }"#,
+        r#"domain = { not_in = ["x"] }"#,
+        r#"user = { not = "x" }"#,
+        r#"groups = { exclude = "x" }"#,
+        r#""claim/department" = { not = "x" }"#,
+        r#"email = { ends_with = "" }"#,
+    ] {
+        assert!(!allows(&criterion(c), &get()), "{c}");
+    }
+}
+
+#[test]
+fn email_is_case_insensitive() {
+    let a = alice();
+    for c in [
+        r#"email = "alice@example.com""#,
+        r#"email = "ALICE@EXAMPLE.COM""#,
+        r#"email = { is = "Alice@example.com" }"#,
+        r#"email = { ends_with = "@EXAMPLE.com" }"#,
+        r#"email = { in = ["bob@x.y", "ALICE@example.com"] }"#,
+        r#"email = { contains = "ice@ex" }"#,
+        r#"email = { starts_with = "ALI" }"#,
+    ] {
+        assert!(allows(&criterion(c), &as_user(&a)), "{c}");
+    }
+    for c in [
+        r#"email = "alice@example.org""#,
+        r#"email = { not = "alice@EXAMPLE.com" }"#,
+        r#"email = { not_in = ["alice@example.com"] }"#,
+    ] {
+        assert!(!allows(&criterion(c), &as_user(&a)), "{c}");
+    }
+}
+
+#[test]
+fn email_lowercases_unicode() {
+    let id = Identity::new(
+        "u".into(),
+        "ÉMILE@Example.com".into(),
+        vec![],
+        Default::default(),
+    );
+    assert!(allows(
+        &criterion(r#"email = "émile@example.com""#),
+        &as_user(&id)
+    ));
+    assert_eq!(id.email(), "ÉMILE@Example.com", "original kept");
+}
+
+#[test]
+fn domain_matches_the_email_domain() {
+    let (a, b) = (alice(), bob());
+    let p = criterion(r#"domain = { is = "example.com" }"#);
+    assert!(allows(&p, &as_user(&a)));
+    assert!(!allows(&p, &as_user(&b)));
+    assert!(allows(
+        &criterion(r#"domain = "EXAMPLE.com""#),
+        &as_user(&a)
+    ));
+    assert!(allows(
+        &criterion(r#"domain = { ends_with = ".org" }"#),
+        &as_user(&b)
+    ));
+    assert!(
+        !allows(&criterion(r#"domain = "example""#), &as_user(&a)),
+        "whole domain only"
+    );
+}
+
+#[test]
+fn domain_never_matches_an_email_with_several_ats_or_none() {
+    let evil = Identity::new(
+        "u".into(),
+        "attacker@evil.com@example.com".into(),
+        vec![],
+        Default::default(),
+    );
+    let p = criterion(r#"domain = "example.com""#);
+    assert!(!allows(&p, &as_user(&evil)));
+    assert!(!allows(
+        &criterion(r#"domain = "evil.com@example.com""#),
+        &as_user(&evil)
+    ));
+    assert!(!allows(
+        &criterion(r#"domain = { not = "x" }"#),
+        &as_user(&evil)
+    ));
+    let none = Identity::new("u".into(), "no-at-sign".into(), vec![], Default::default());
+    assert!(!allows(
+        &criterion(r#"domain = { not = "x" }"#),
+        &as_user(&none)
+    ));
+    let empty_domain = Identity::new("u".into(), "alice@".into(), vec![], Default::default());
+    assert!(!allows(
+        &criterion(r#"domain = """#),
+        &as_user(&empty_domain)
+    ));
+    // The email criterion itself still applies to such an address.
+    assert!(allows(
+        &criterion(r#"email = "attacker@evil.com@example.com""#),
+        &as_user(&evil)
+    ));
+}
+
+#[test]
+fn user_is_case_sensitive() {
+    let a = alice();
+    assert!(allows(&criterion(r#"user = "sub-alice""#), &as_user(&a)));
+    assert!(!allows(&criterion(r#"user = "SUB-ALICE""#), &as_user(&a)));
+    assert!(allows(
+        &criterion(r#"user = { starts_with = "sub-" }"#),
+        &as_user(&a)
+    ));
+}
+
+#[test]
+fn groups_list_matchers() {
+    let (a, b) = (alice(), bob());
+    let yes = |c: &str, id: &Identity| allows(&criterion(c), &as_user(id));
+    assert!(yes(r#"groups = "admins""#, &a));
+    assert!(yes(r#"groups = { has = "dev" }"#, &a));
+    assert!(!yes(r#"groups = { has = "ops" }"#, &a));
+    assert!(
+        !yes(r#"groups = { has = "Admins" }"#, &a),
+        "groups are case-sensitive"
+    );
+    assert!(yes(r#"groups = { exclude = "ops" }"#, &a));
+    assert!(!yes(r#"groups = { exclude = "dev" }"#, &a));
+    assert!(
+        yes(r#"groups = { exclude = "dev" }"#, &b),
+        "no groups excludes everything"
+    );
+    assert!(
+        !yes(r#"groups = { is = "admins" }"#, &a),
+        "is = one value needs exactly that list"
+    );
+    assert!(
+        yes(r#"groups = { is = ["dev", "admins"] }"#, &a),
+        "order does not matter"
+    );
+    assert!(
+        yes(r#"groups = { is = ["dev", "admins", "dev"] }"#, &a),
+        "duplicates do not matter"
+    );
+    assert!(!yes(r#"groups = { is = ["dev", "admins", "ops"] }"#, &a));
+    assert!(!yes(r#"groups = { is = ["dev"] }"#, &a));
+    assert!(yes(r#"groups = { is = [] }"#, &b));
+    assert!(!yes(r#"groups = { is = [] }"#, &a));
+    assert!(yes(r#"groups = { has = "admins", exclude = "ops" }"#, &a));
+    assert!(!yes(r#"groups = { has = "admins", exclude = "dev" }"#, &a));
+    let one = Identity::new(
+        "u".into(),
+        "u@x.y".into(),
+        vec!["solo".into()],
+        Default::default(),
+    );
+    assert!(yes(r#"groups = { is = "solo" }"#, &one));
+}
+
+#[test]
+fn claims_string_and_list() {
+    let a = alice();
+    let yes = |c: &str| allows(&criterion(c), &as_user(&a));
+    // String claim: string matchers apply directly, list matchers see a one-element list.
+    assert!(yes(r#""claim/department" = "engineering""#));
+    assert!(yes(r#""claim/department" = { is = "engineering" }"#));
+    assert!(yes(r#""claim/department" = { has = "engineering" }"#));
+    assert!(yes(
+        r#""claim/department" = { starts_with = "eng", ends_with = "ing" }"#
+    ));
+    assert!(yes(
+        r#""claim/department" = { in = ["sales", "engineering"] }"#
+    ));
+    assert!(yes(
+        r#""claim/department" = { not = "sales", exclude = "hr" }"#
+    ));
+    assert!(!yes(r#""claim/department" = { not = "engineering" }"#));
+    assert!(!yes(r#""claim/department" = { not_in = ["engineering"] }"#));
+    assert!(!yes(
+        r#""claim/department" = { is = ["engineering", "sales"] }"#
+    ));
+    // List claim.
+    assert!(yes(r#""claim/roles" = "writer""#));
+    assert!(yes(r#""claim/roles" = { has = "reader" }"#));
+    assert!(!yes(r#""claim/roles" = { has = "admin" }"#));
+    assert!(yes(r#""claim/roles" = { is = ["writer", "reader"] }"#));
+    assert!(!yes(r#""claim/roles" = { is = "writer" }"#));
+    assert!(yes(r#""claim/roles" = { exclude = "admin" }"#));
+    assert!(
+        yes(r#""claim/roles" = { starts_with = "wri" }"#),
+        "some element"
+    );
+    assert!(
+        !yes(r#""claim/roles" = { starts_with = "rea", ends_with = "ter" }"#),
+        "one element must satisfy all positives"
+    );
+    assert!(yes(r#""claim/roles" = { in = ["admin", "reader"] }"#));
+    assert!(
+        !yes(r#""claim/roles" = { not = "reader" }"#),
+        "negatives hold for every element"
+    );
+    assert!(yes(r#""claim/roles" = { not_in = ["admin", "root"] }"#));
+    assert!(!yes(r#""claim/roles" = { not_in = ["admin", "writer"] }"#));
+}
+
+#[test]
+fn claims_numbers_bools_nested_and_missing() {
+    let a = alice();
+    let yes = |c: &str| allows(&criterion(c), &as_user(&a));
+    assert!(yes(r#""claim/level" = "7""#));
+    assert!(yes(r#""claim/level" = 7"#));
+    assert!(yes(r#""claim/level" = { in = [6, 7] }"#));
+    assert!(yes(r#""claim/ratio" = 1.5"#));
+    assert!(yes(r#""claim/staff" = true"#));
+    assert!(yes(r#""claim/staff" = { is = "true" }"#));
+    assert!(!yes(r#""claim/staff" = false"#));
+    assert!(yes(r#""claim/address/country" = "NL""#));
+    assert!(!yes(r#""claim/address/country" = "DE""#));
+    assert!(
+        yes(r#""claim/https://example.com/roles" = "root""#),
+        "top-level key with slashes"
+    );
+    assert!(
+        !yes(r#""claim/address" = { not = "x" }"#),
+        "a table claim never matches"
+    );
+    assert!(
+        !yes(r#""claim/nothing" = { not = "x" }"#),
+        "a null claim never matches"
+    );
+    assert!(
+        !yes(r#""claim/missing" = { not = "x" }"#),
+        "a missing claim never matches"
+    );
+    assert!(!yes(r#""claim/missing" = { exclude = "x" }"#));
+    assert!(!yes(r#""claim/address/country/x" = "NL""#));
+}
+
+#[test]
+fn claim_lookup_prefers_longest_key() {
+    let claims = json!({ "a": { "b/c": "inner" }, "a/b": { "c": "outer" } });
+    let claims = claims.as_object().expect("object");
+    assert_eq!(
+        criterion::lookup_claim(claims, "a/b/c"),
+        Some(&json!("outer"))
+    );
+    assert_eq!(
+        criterion::lookup_claim(claims, "a/b"),
+        Some(&json!({ "c": "outer" }))
+    );
+}
+
+// === request criteria ===
+
+#[test]
+fn http_method_case_insensitive() {
+    let p = criterion(r#"http_method = { in = ["get", "HEAD"] }"#);
+    assert!(allows(&p, &get()));
+    assert!(allows(
+        &p,
+        &Request {
+            method: "head",
+            ..get()
+        }
+    ));
+    assert!(!allows(
+        &p,
+        &Request {
+            method: "POST",
+            ..get()
+        }
+    ));
+    assert!(allows(&criterion(r#"http_method = "get""#), &get()));
+    assert!(allows(
+        &criterion(r#"http_method = { not = "post" }"#),
+        &get()
+    ));
+    assert!(!allows(
+        &criterion(r#"http_method = { not_in = ["Get"] }"#),
+        &get()
+    ));
+    assert!(allows(
+        &criterion(r#"http_method = { contains = "E" }"#),
+        &get()
+    ));
+    assert!(allows(
+        &criterion(r#"http_method = { starts_with = "g", ends_with = "T" }"#),
+        &get()
+    ));
+}
+
+#[test]
+fn http_path_matchers() {
+    let at = |path: &'static str| Request { path, ..get() };
+    let yes = |c: &str, path: &'static str| allows(&criterion(c), &at(path));
+    assert!(yes(r#"http_path = "/a""#, "/a"));
+    assert!(!yes(r#"http_path = "/a""#, "/a/"));
+    assert!(
+        !yes(r#"http_path = "/A""#, "/a"),
+        "paths are case-sensitive"
+    );
+    assert!(yes(r#"http_path = { starts_with = "/api/" }"#, "/api/v1"));
+    assert!(!yes(r#"http_path = { starts_with = "/api/" }"#, "/ap"));
+    assert!(yes(r#"http_path = { ends_with = ".json" }"#, "/x.json"));
+    assert!(!yes(r#"http_path = { ends_with = ".json" }"#, "json"));
+    assert!(yes(r#"http_path = { contains = "/v1/" }"#, "/api/v1/x"));
+    assert!(yes(r#"http_path = { not = "/admin" }"#, "/x"));
+    assert!(!yes(r#"http_path = { not = "/admin" }"#, "/admin"));
+    assert!(yes(r#"http_path = { in = ["/a", "/b"] }"#, "/b"));
+    assert!(!yes(r#"http_path = { in = [] }"#, "/b"));
+    assert!(yes(r#"http_path = { not_in = [] }"#, "/b"));
+    assert!(yes(
+        r#"http_path = { starts_with = "/api", not_in = ["/api/admin"] }"#,
+        "/api/x"
+    ));
+    assert!(!yes(
+        r#"http_path = { starts_with = "/api", not_in = ["/api/admin"] }"#,
+        "/api/admin"
+    ));
+    assert!(yes(r#"http_path = { ends_with = "é" }"#, "/café"));
+    assert!(!yes(r#"http_path = { ends_with = "xé" }"#, "é"));
+}
+
+// === errors ===
+
+#[test]
+fn unknown_criterion_with_suggestion() {
+    assert_eq!(
+        error(r#"{ allow = { or = [ { email = "a@b" }, { emial = { is = "a@b" } } ] } }"#),
+        r#"routes[0].policy.allow.or[1]: unknown criterion "emial" (did you mean "email"?)"#
+    );
+    assert_eq!(
+        error(
+            r#"[ { allow = { or = [ { accept = true } ] } }, { deny = { and = [ { "claims/x" = "y" } ] } } ]"#
+        ),
+        r#"routes[0].policy[1].deny.and[0]: unknown criterion "claims/x" (did you mean "claim/x"?)"#
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { zzzzzz = 1 } ] } }"#),
+        r#"routes[0].policy.allow.or[0]: unknown criterion "zzzzzz""#
+    );
+}
+
+#[test]
+fn every_error_is_collected() {
+    let errs = errors(
+        r#"[
+          { allow = { or = [ { emial = "a@b" }, { email = { iss = "x" } }, { groups = { contains = "x" } } ] } },
+          { alow = { or = [] } },
+          { deny = { adn = [ { accept = true } ] } },
+          { allow = { and = [ { source_ip = "10.0.0.0/33" }, { time_of_day = { after = "25:00" } } ] } },
+        ]"#,
+    );
+    assert_eq!(
+        errs,
+        vec![
+            r#"routes[0].policy[0].allow.or[0]: unknown criterion "emial" (did you mean "email"?)"#,
+            r#"routes[0].policy[0].allow.or[1].email: unknown matcher "iss" (did you mean "is"?)"#,
+            r#"routes[0].policy[0].allow.or[2].groups: "contains" is not allowed here: it is a string matcher; groups takes list matchers: has, is, exclude"#,
+            r#"routes[0].policy[1]: unknown key "alow" (did you mean "allow"?)"#,
+            r#"routes[0].policy[2].deny: unknown operator "adn" (did you mean "and"?)"#,
+            r#"routes[0].policy[3].allow.and[0].source_ip: bad IP address or CIDR "10.0.0.0/33": prefix length must be 0 to 32"#,
+            r#"routes[0].policy[3].allow.and[1].time_of_day.after: bad time "25:00": expected "HH:MM" or "HH:MM:SS" (24-hour)"#,
+        ]
+    );
+}
+
+#[test]
+fn rule_structure_errors() {
+    assert_eq!(
+        error(r#"{ allow = { or = [] }, deny = { or = [] } }"#),
+        "routes[0].policy: a rule has either allow or deny, not both (write two rules)"
+    );
+    assert_eq!(error("{}"), "routes[0].policy: a rule needs allow or deny");
+    assert_eq!(
+        error(r#"{ or = [] }"#),
+        r#"routes[0].policy: "or" is not allowed here: operators go inside allow or deny, e.g. { allow = { or = [...] } }"#
+    );
+    assert_eq!(
+        error(r#""allow""#),
+        "routes[0].policy: expected a rule table or an array of rule tables, found string"
+    );
+    assert_eq!(
+        error(r#"[ 1 ]"#),
+        "routes[0].policy[0]: expected a rule table ({ allow = ... } or { deny = ... }), found integer"
+    );
+    assert_eq!(
+        error(r#"{ allow = {} }"#),
+        "routes[0].policy.allow: empty block: expected at least one of and, or, not, nor"
+    );
+    assert_eq!(
+        error(r#"{ allow = [] }"#),
+        "routes[0].policy.allow: expected a table of operators (and, or, not, nor), found array"
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = { email = "x" } } }"#),
+        "routes[0].policy.allow.or: expected an array of criteria, found table"
+    );
+    assert_eq!(
+        error(r#"{ allow = { email = "x" } }"#),
+        r#"routes[0].policy.allow: "email" is not allowed here: criteria go inside an operator list, e.g. { and = [{ email = ... }] }"#
+    );
+}
+
+#[test]
+fn criterion_table_errors() {
+    assert_eq!(
+        error(r#"{ allow = { or = [ { email = "a@b", user = "x" } ] } }"#),
+        r#"routes[0].policy.allow.or[0]: a criterion table has exactly one key, found 2: "email", "user" (give each criterion its own table)"#
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { and = [], email = "x" } ] } }"#),
+        r#"routes[0].policy.allow.or[0]: a criterion table has exactly one key, found 2: "and", "email" (give each criterion its own table)"#
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ {} ] } }"#),
+        "routes[0].policy.allow.or[0]: empty table: expected one criterion or an operator"
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ "email" ] } }"#),
+        r#"routes[0].policy.allow.or[0]: expected a criterion table like { email = { is = "..." } }, found string"#
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { claim = "x" } ] } }"#),
+        r#"routes[0].policy.allow.or[0]: claim needs a name, e.g. "claim/department""#
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { "claim/" = "x" } ] } }"#),
+        r#"routes[0].policy.allow.or[0]: claim needs a name, e.g. "claim/department""#
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { accept = false } ] } }"#),
+        "routes[0].policy.allow.or[0].accept: must be true (to negate it, put it in a `not` list)"
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { authenticated_user = "yes" } ] } }"#),
+        "routes[0].policy.allow.or[0].authenticated_user: expected true, found string"
+    );
+    // Errors deep inside nested blocks keep the whole path.
+    assert_eq!(
+        error(r#"{ allow = { and = [ { or = [ { not = [ { grups = "x" } ] } ] } ] } }"#),
+        r#"routes[0].policy.allow.and[0].or[0].not[0]: unknown criterion "grups" (did you mean "groups"?)"#
+    );
+}
+
+#[test]
+fn matcher_errors() {
+    assert_eq!(
+        error(r#"{ allow = { or = [ { email = { startswith = "a" } } ] } }"#),
+        r#"routes[0].policy.allow.or[0].email: unknown matcher "startswith" (did you mean "starts_with"?)"#
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { email = { has = "a" } } ] } }"#),
+        r#"routes[0].policy.allow.or[0].email: "has" is not allowed here: it is a list matcher; this criterion takes string matchers: is, not, contains, starts_with, ends_with, in, not_in"#
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { email = { is = 3 } } ] } }"#),
+        "routes[0].policy.allow.or[0].email.is: expected a string, found integer"
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { email = { in = "a" } } ] } }"#),
+        "routes[0].policy.allow.or[0].email.in: expected an array of strings, found string"
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { email = { in = ["a", 2] } } ] } }"#),
+        "routes[0].policy.allow.or[0].email.in[1]: expected a string, found integer"
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { email = {} } ] } }"#),
+        "routes[0].policy.allow.or[0].email: no matcher: expected one or more of is, not, contains, starts_with, ends_with, in, not_in"
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { email = ["a"] } ] } }"#),
+        "routes[0].policy.allow.or[0].email: expected a string or a table of string matchers, found array"
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { groups = { hass = "a" } } ] } }"#),
+        r#"routes[0].policy.allow.or[0].groups: unknown matcher "hass" (did you mean "has"?)"#
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { "claim/x" = { exclud = "a" } } ] } }"#),
+        r#"routes[0].policy.allow.or[0]."claim/x": unknown matcher "exclud" (did you mean "exclude"?)"#
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { "claim/x" = [1] } ] } }"#),
+        r#"routes[0].policy.allow.or[0]."claim/x": expected a string, number or boolean, found array"#
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { groups = { is = ["a", {}] } } ] } }"#),
+        "routes[0].policy.allow.or[0].groups.is[1]: expected a string, found table"
+    );
+}
+
+#[test]
+fn policy_error_is_an_error_with_path_and_message() {
+    let errs = try_parse(r#"{ allow = { or = [ { emial = "x" } ] } }"#).expect_err("fails");
+    let e = &errs[0];
+    assert_eq!(e.path, "routes[0].policy.allow.or[0]");
+    assert_eq!(
+        e.message,
+        r#"unknown criterion "emial" (did you mean "email"?)"#
+    );
+    let as_error: &dyn std::error::Error = e;
+    assert_eq!(as_error.to_string(), format!("{}: {}", e.path, e.message));
+}
+
+#[test]
+fn suggestions_are_case_insensitive_and_not_wild() {
+    assert_eq!(error::suggest("EMAIL", ["email", "user"]), Some("email"));
+    assert_eq!(error::suggest("domian", ["domain", "user"]), Some("domain"));
+    assert_eq!(error::suggest("x", ["is", "not"]), None);
+    assert_eq!(error::suggest("banana", ["is", "not", "contains"]), None);
+}
+
+#[test]
+fn policy_is_send_sync_clone() {
+    fn assert_traits<T: Send + Sync + Clone + std::fmt::Debug>() {}
+    assert_traits::<Policy>();
+    assert_traits::<Identity>();
+    assert_traits::<PolicyError>();
+}
+
+#[test]
+fn header_lookups() {
+    let pairs = [("Origin", "https://a"), ("X", "y")];
+    assert_eq!(HeaderLookup::get(&pairs, "origin"), Some("https://a"));
+    assert_eq!(HeaderLookup::get(&pairs[..], "x"), Some("y"));
+    assert_eq!(HeaderLookup::get(&(), "origin"), None);
+    let v = vec![("a", "b")];
+    assert_eq!(HeaderLookup::get(&v, "A"), Some("b"));
+    let mut map = http::HeaderMap::new();
+    map.insert("origin", http::HeaderValue::from_static("https://a"));
+    assert_eq!(HeaderLookup::get(&map, "origin"), Some("https://a"));
+    assert_eq!(
+        HeaderLookup::get(&map, "access-control-request-method"),
+        None
+    );
+}
+
+#[test]
+fn request_debug_hides_details() {
+    let a = alice();
+    let shown = format!("{:?}", as_user(&a));
+    assert!(
+        shown.contains("sub-alice") && !shown.contains("engineering"),
+        "{shown}"
+    );
+}
+
+#[allow(dead_code)]
+fn ip(s: &str) -> Option<IpAddr> {
+    s.parse().ok()
+}
