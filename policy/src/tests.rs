@@ -885,7 +885,469 @@ fn request_debug_hides_details() {
     );
 }
 
-#[allow(dead_code)]
-fn ip(s: &str) -> Option<IpAddr> {
-    s.parse().ok()
+// === network criteria ===
+
+fn from_ip(addr: &str) -> Request<'static> {
+    Request {
+        source_ip: Some(addr.parse::<IpAddr>().expect("test address")),
+        ..get()
+    }
+}
+
+#[test]
+fn source_ip_v4_v6_cidrs_and_lists() {
+    let yes = |c: &str, addr: &str| allows(&criterion(c), &from_ip(addr));
+    assert!(yes(r#"source_ip = "10.1.2.3""#, "10.1.2.3"));
+    assert!(!yes(r#"source_ip = "10.1.2.3""#, "10.1.2.4"));
+    assert!(yes(r#"source_ip = "10.0.0.0/8""#, "10.255.0.1"));
+    assert!(!yes(r#"source_ip = "10.0.0.0/8""#, "11.0.0.1"));
+    assert!(yes(r#"source_ip = "0.0.0.0/0""#, "203.0.113.9"));
+    assert!(
+        !yes(r#"source_ip = "0.0.0.0/0""#, "2001:db8::1"),
+        "a v4 network holds no v6 address"
+    );
+    assert!(yes(
+        r#"source_ip = ["192.168.0.0/16", "2001:db8::/32"]"#,
+        "2001:db8:1::5"
+    ));
+    assert!(yes(
+        r#"source_ip = ["192.168.0.0/16", "2001:db8::/32"]"#,
+        "192.168.7.7"
+    ));
+    assert!(!yes(
+        r#"source_ip = ["192.168.0.0/16", "2001:db8::/32"]"#,
+        "2001:db9::1"
+    ));
+    assert!(yes(r#"source_ip = "::1""#, "::1"));
+    assert!(yes(r#"source_ip = "::/0""#, "::1"));
+    assert!(!yes(r#"source_ip = []"#, "::1"));
+    // IPv4-mapped IPv6 peers (dual-stack sockets) match IPv4 networks, and the reverse.
+    assert!(yes(r#"source_ip = "10.0.0.0/8""#, "::ffff:10.9.8.7"));
+    assert!(!yes(r#"source_ip = "10.0.0.0/8""#, "::ffff:11.9.8.7"));
+    assert!(yes(r#"source_ip = "::ffff:10.0.0.0/104""#, "10.1.1.1"));
+    // No address known: never matches.
+    assert!(!allows(&criterion(r#"source_ip = "0.0.0.0/0""#), &get()));
+}
+
+#[test]
+fn source_ip_errors() {
+    assert_eq!(
+        error(r#"{ allow = { or = [ { source_ip = "10.0.0.1/8" } ] } }"#),
+        r#"routes[0].policy.allow.or[0].source_ip: bad IP address or CIDR "10.0.0.1/8": host bits are set (did you mean "10.0.0.0/8"?)"#
+    );
+    assert_eq!(
+        errors(
+            r#"{ allow = { or = [ { source_ip = ["10.0.0.0/8", "nope", "2001:db8::/129", 4] } ] } }"#
+        ),
+        vec![
+            r#"routes[0].policy.allow.or[0].source_ip[1]: bad IP address or CIDR "nope": not an IP address"#,
+            r#"routes[0].policy.allow.or[0].source_ip[2]: bad IP address or CIDR "2001:db8::/129": prefix length must be 0 to 128"#,
+            "routes[0].policy.allow.or[0].source_ip[3]: expected a string, found integer",
+        ]
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { source_ip = { is = "10.0.0.1" } } ] } }"#),
+        "routes[0].policy.allow.or[0].source_ip: expected an IP address or CIDR, or an array of them, found table"
+    );
+}
+
+#[test]
+fn cors_preflight_needs_options_origin_and_requested_method() {
+    let p = criterion("cors_preflight = true");
+    let both = [
+        ("Origin", "https://app.example"),
+        ("Access-Control-Request-Method", "PUT"),
+    ];
+    let origin_only = [("origin", "https://app.example")];
+    fn preflight<'a>(method: &'a str, headers: &'a dyn HeaderLookup) -> Request<'a> {
+        Request {
+            method,
+            headers,
+            ..get()
+        }
+    }
+    assert!(allows(&p, &preflight("OPTIONS", &both)));
+    assert!(allows(&p, &preflight("options", &both)));
+    assert!(!allows(&p, &preflight("GET", &both)));
+    assert!(!allows(&p, &preflight("OPTIONS", &origin_only)));
+    assert!(!allows(&p, &preflight("OPTIONS", &())));
+    assert_eq!(
+        error(r#"{ allow = { or = [ { cors_preflight = false } ] } }"#),
+        "routes[0].policy.allow.or[0].cors_preflight: must be true (to negate it, put it in a `not` list)"
+    );
+}
+
+// === time criteria ===
+
+fn at(now_unix: i64) -> Request<'static> {
+    Request::new("GET", "/", now_unix)
+}
+
+/// Unix seconds of an RFC 3339 instant.
+fn ts(text: &str) -> i64 {
+    text.parse::<jiff::Timestamp>()
+        .expect("test timestamp")
+        .as_second()
+}
+
+#[test]
+fn date_after_is_inclusive_before_is_exclusive() {
+    let p = criterion(
+        r#"date = { after = "2024-01-01T00:00:00Z", before = "2024-02-01T00:00:00+01:00" }"#,
+    );
+    assert!(!allows(&p, &at(ts("2023-12-31T23:59:59Z"))));
+    assert!(allows(&p, &at(ts("2024-01-01T00:00:00Z"))));
+    assert!(allows(&p, &at(ts("2024-01-31T22:59:59Z"))));
+    assert!(
+        !allows(&p, &at(ts("2024-01-31T23:00:00Z"))),
+        "the offset is honoured"
+    );
+    let after_only = criterion(r#"date = { after = 2030-01-01T00:00:00Z }"#);
+    assert!(!allows(&after_only, &at(MONDAY_NOON)));
+    assert!(allows(&after_only, &at(ts("2031-06-01T00:00:00Z"))));
+    let before_only = criterion(r#"date = { before = "2030-01-01T00:00:00.5Z" }"#);
+    assert!(
+        allows(&before_only, &at(ts("2030-01-01T00:00:00Z"))),
+        "00:00:00 is before 00:00:00.5"
+    );
+    assert!(!allows(&before_only, &at(ts("2030-01-01T00:00:01Z"))));
+    let fractional_after = criterion(r#"date = { after = "2030-01-01T00:00:00.5Z" }"#);
+    assert!(!allows(&fractional_after, &at(ts("2030-01-01T00:00:00Z"))));
+    assert!(allows(&fractional_after, &at(ts("2030-01-01T00:00:01Z"))));
+}
+
+#[test]
+fn date_errors() {
+    assert_eq!(
+        error(r#"{ allow = { or = [ { date = { after = "yesterday" } } ] } }"#),
+        r#"routes[0].policy.allow.or[0].date.after: bad timestamp "yesterday": expected RFC 3339, e.g. "2025-01-31T09:00:00Z""#
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { date = { after = 2024-01-01T00:00:00 } } ] } }"#),
+        "routes[0].policy.allow.or[0].date.after: bad timestamp 2024-01-01T00:00:00: needs a date, a time and a UTC offset (RFC 3339)"
+    );
+    assert_eq!(
+        error(
+            r#"{ allow = { or = [ { date = { after = "2024-02-01T00:00:00Z", before = "2024-01-01T00:00:00Z" } } ] } }"#
+        ),
+        "routes[0].policy.allow.or[0].date: after must be earlier than before"
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { date = { afer = "2024-02-01T00:00:00Z" } } ] } }"#),
+        r#"routes[0].policy.allow.or[0].date: unknown key "afer" (did you mean "after"?)"#
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { date = {} } ] } }"#),
+        "routes[0].policy.allow.or[0].date: expected after and/or before"
+    );
+}
+
+#[test]
+fn day_of_week_forms() {
+    let monday = at(MONDAY_NOON);
+    let saturday = at(MONDAY_NOON - 2 * 86_400);
+    let yes = |c: &str, r: &Request<'_>| allows(&criterion(c), r);
+    assert!(yes(r#"day_of_week = "mon""#, &monday));
+    assert!(yes(r#"day_of_week = "Monday""#, &monday));
+    assert!(yes(r#"day_of_week = "MON-fri""#, &monday));
+    assert!(!yes(r#"day_of_week = "mon-fri""#, &saturday));
+    assert!(yes(r#"day_of_week = ["sat", "sun"]"#, &saturday));
+    assert!(!yes(r#"day_of_week = ["sat", "sun"]"#, &monday));
+    assert!(
+        yes(r#"day_of_week = "fri-mon""#, &saturday),
+        "ranges wrap around the week"
+    );
+    assert!(yes(r#"day_of_week = "fri-mon""#, &monday));
+    assert!(!yes(
+        r#"day_of_week = "fri-mon""#,
+        &at(MONDAY_NOON + 86_400)
+    ));
+    assert!(yes(r#"day_of_week = "tue, sat""#, &saturday));
+    assert!(yes(r#"day_of_week = { days = "mon" }"#, &monday));
+    // Before the epoch: 1969-12-31 was a Wednesday.
+    assert!(yes(r#"day_of_week = "wed""#, &at(-3600)));
+}
+
+#[test]
+fn day_of_week_in_a_time_zone() {
+    // 02:00 UTC on Monday is still Sunday evening in New York and already Monday in Tokyo.
+    let early_monday_utc = at(ts("2024-01-01T02:00:00Z"));
+    let yes = |c: &str| allows(&criterion(c), &early_monday_utc);
+    assert!(yes(
+        r#"day_of_week = { days = "sun", timezone = "America/New_York" }"#
+    ));
+    assert!(!yes(
+        r#"day_of_week = { days = "mon", timezone = "America/New_York" }"#
+    ));
+    assert!(yes(
+        r#"day_of_week = { days = "mon", timezone = "Asia/Tokyo" }"#
+    ));
+    assert!(yes(r#"day_of_week = { days = "mon" }"#));
+    // Kiritimati (UTC+14) is a day ahead at noon UTC.
+    assert!(allows(
+        &criterion(r#"day_of_week = { days = "tue", timezone = "Pacific/Kiritimati" }"#),
+        &at(MONDAY_NOON)
+    ));
+}
+
+#[test]
+fn day_of_week_errors() {
+    assert_eq!(
+        error(r#"{ allow = { or = [ { day_of_week = "funday" } ] } }"#),
+        r#"routes[0].policy.allow.or[0].day_of_week: bad day "funday": expected a weekday (mon, tue, wed, thu, fri, sat, sun) or a range like "mon-fri""#
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { day_of_week = { days = ["mon", "xyz-fri"] } } ] } }"#),
+        r#"routes[0].policy.allow.or[0].day_of_week.days[1]: bad day "xyz-fri": expected a weekday (mon, tue, wed, thu, fri, sat, sun) or a range like "mon-fri""#
+    );
+    assert_eq!(
+        error(
+            r#"{ allow = { or = [ { day_of_week = { days = "mon", timezone = "Europe/Amsterdm" } } ] } }"#
+        ),
+        r#"routes[0].policy.allow.or[0].day_of_week.timezone: unknown time zone "Europe/Amsterdm" (did you mean "Europe/Amsterdam"?)"#
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { day_of_week = { timezone = "UTC" } } ] } }"#),
+        r#"routes[0].policy.allow.or[0].day_of_week: expected days, e.g. days = "mon-fri""#
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { day_of_week = [] } ] } }"#),
+        "routes[0].policy.allow.or[0].day_of_week: no days given"
+    );
+}
+
+#[test]
+fn time_of_day_ranges() {
+    let office = criterion(r#"time_of_day = { after = "09:00", before = "17:00" }"#);
+    let day = |hms: &str| at(ts(&format!("2024-01-01T{hms}Z")));
+    assert!(!allows(&office, &day("08:59:59")));
+    assert!(allows(&office, &day("09:00:00")));
+    assert!(allows(&office, &day("16:59:59")));
+    assert!(!allows(&office, &day("17:00:00")));
+    let night = criterion(r#"time_of_day = { after = "22:00", before = "06:00" }"#);
+    for (hms, inside) in [
+        ("21:59:59", false),
+        ("22:00:00", true),
+        ("23:59:59", true),
+        ("00:00:00", true),
+        ("05:59:59", true),
+        ("06:00:00", false),
+        ("12:00:00", false),
+    ] {
+        assert_eq!(allows(&night, &day(hms)), inside, "night at {hms}");
+    }
+    let after = criterion(r#"time_of_day = { after = "12:00:30" }"#);
+    assert!(!allows(&after, &day("12:00:29")));
+    assert!(allows(&after, &day("12:00:30")));
+    let before = criterion(r#"time_of_day = { before = 12:00:00 }"#);
+    assert!(allows(&before, &day("11:59:59")));
+    assert!(!allows(&before, &day("12:00:00")));
+    let until_midnight = criterion(r#"time_of_day = { after = "18:00", before = "24:00" }"#);
+    assert!(allows(&until_midnight, &day("23:59:59")));
+    assert!(!allows(&until_midnight, &day("00:00:00")));
+    // Before the epoch.
+    assert!(allows(
+        &criterion(r#"time_of_day = { after = "23:00" }"#),
+        &at(-1)
+    ));
+}
+
+#[test]
+fn time_of_day_in_a_time_zone_across_dst() {
+    let office = criterion(
+        r#"time_of_day = { after = "09:00", before = "17:00", timezone = "Europe/Amsterdam" }"#,
+    );
+    // Winter: UTC+1.
+    assert!(!allows(&office, &at(ts("2024-03-30T07:30:00Z"))));
+    assert!(allows(&office, &at(ts("2024-03-30T08:00:00Z"))));
+    // Summer time starts 2024-03-31 01:00 UTC: UTC+2.
+    assert!(allows(&office, &at(ts("2024-03-31T07:30:00Z"))));
+    assert!(!allows(&office, &at(ts("2024-03-31T15:00:00Z"))));
+    assert!(allows(&office, &at(ts("2024-03-31T14:59:59Z"))));
+    // Crossing midnight in a zone west of UTC.
+    let night_ny = criterion(
+        r#"time_of_day = { after = "22:00", before = "02:00", timezone = "America/New_York" }"#,
+    );
+    assert!(
+        allows(&night_ny, &at(ts("2024-01-01T04:00:00Z"))),
+        "23:00 in New York"
+    );
+    assert!(
+        !allows(&night_ny, &at(ts("2024-01-01T12:00:00Z"))),
+        "07:00 in New York"
+    );
+    // Half-hour zone.
+    let kolkata = criterion(
+        r#"time_of_day = { after = "17:30", before = "17:31", timezone = "Asia/Kolkata" }"#,
+    );
+    assert!(allows(&kolkata, &at(MONDAY_NOON)));
+}
+
+#[test]
+fn time_of_day_errors() {
+    for (value, message) in [
+        (
+            r#"{ after = "9:00" }"#,
+            r#".after: bad time "9:00": expected "HH:MM" or "HH:MM:SS" (24-hour)"#,
+        ),
+        (
+            r#"{ after = "12:60" }"#,
+            r#".after: bad time "12:60": expected "HH:MM" or "HH:MM:SS" (24-hour)"#,
+        ),
+        (
+            r#"{ after = "24:00" }"#,
+            r#".after: bad time "24:00": expected "HH:MM" or "HH:MM:SS" (24-hour)"#,
+        ),
+        (
+            r#"{ before = "24:01" }"#,
+            r#".before: bad time "24:01": expected "HH:MM" or "HH:MM:SS" (24-hour)"#,
+        ),
+        (
+            r#"{ after = "10:00", before = "10:00" }"#,
+            ": after and before are equal: the range would be empty",
+        ),
+        (r#"{ timezone = "UTC" }"#, ": expected after and/or before"),
+        (
+            r#"{ after = "10:00", timezone = "Mars/Olympus" }"#,
+            r#".timezone: unknown time zone "Mars/Olympus""#,
+        ),
+        (
+            r#"{ after = "10:00", tz = "UTC" }"#,
+            r#": unknown key "tz""#,
+        ),
+        (
+            r#""09:00-17:00""#,
+            r#": expected a table with after and/or before ("HH:MM") and an optional timezone, found string"#,
+        ),
+    ] {
+        assert_eq!(
+            error(&format!(
+                "{{ allow = {{ or = [ {{ time_of_day = {value} }} ] }} }}"
+            )),
+            format!("routes[0].policy.allow.or[0].time_of_day{message}"),
+            "{value}"
+        );
+    }
+}
+
+#[test]
+fn time_parsers() {
+    assert_eq!(time::parse_time_of_day("00:00", false), Some(0));
+    assert_eq!(time::parse_time_of_day("23:59:59", false), Some(86_399));
+    assert_eq!(time::parse_time_of_day("24:00:00", true), Some(86_400));
+    assert_eq!(time::parse_time_of_day("24:00", false), None);
+    assert_eq!(time::parse_time_of_day("12:00:00:00", false), None);
+    assert_eq!(time::parse_time_of_day("1a:00", false), None);
+    assert_eq!(time::parse_time_of_day("", false), None);
+    assert_eq!(time::parse_days("mon-sun"), Ok(0b111_1111));
+    assert_eq!(time::parse_days("sun-mon"), Ok(0b100_0001));
+    assert_eq!(time::parse_days("thurs"), Ok(0b000_1000));
+}
+
+// === client certificate ===
+
+const FP: &str = "3f1a6e0c5b2d4e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f708192a3b4c5";
+
+fn cert() -> ClientCertificate {
+    ClientCertificate {
+        fingerprint_sha256: FP.into(),
+        san_dns: vec!["host.Example.com".into(), "alt.example.com".into()],
+        san_email: vec!["Ops@Example.com".into()],
+        san_uri: vec!["spiffe://example.com/ns/prod/sa/web".into()],
+    }
+}
+
+#[test]
+fn client_certificate_criteria() {
+    let c = cert();
+    let with_cert = Request {
+        client_certificate: Some(&c),
+        ..get()
+    };
+    let yes = |crit: &str| allows(&criterion(crit), &with_cert);
+    let upper_colons: String = FP
+        .to_uppercase()
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| String::from_utf8_lossy(pair).into_owned())
+        .collect::<Vec<_>>()
+        .join(":");
+    assert!(yes(&format!(
+        r#"client_certificate = {{ fingerprint = "{FP}" }}"#
+    )));
+    assert!(yes(&format!(
+        r#"client_certificate = {{ fingerprint = "{upper_colons}" }}"#
+    )));
+    assert!(yes(&format!(
+        r#"client_certificate = {{ fingerprint = ["{}", "{FP}"] }}"#,
+        "0".repeat(64)
+    )));
+    assert!(!yes(&format!(
+        r#"client_certificate = {{ fingerprint = "{}" }}"#,
+        "0".repeat(64)
+    )));
+    assert!(yes(
+        r#"client_certificate = { san_dns = "HOST.example.com" }"#
+    ));
+    assert!(yes(
+        r#"client_certificate = { san_dns = { ends_with = ".example.com" } }"#
+    ));
+    assert!(
+        !yes(r#"client_certificate = { san_dns = { not = "alt.example.com" } }"#),
+        "negatives hold for every SAN"
+    );
+    assert!(yes(
+        r#"client_certificate = { san_email = "ops@example.com" }"#
+    ));
+    assert!(yes(
+        r#"client_certificate = { san_uri = { starts_with = "spiffe://example.com/ns/prod/" } }"#
+    ));
+    assert!(
+        !yes(r#"client_certificate = { san_uri = { starts_with = "SPIFFE://" } }"#),
+        "URIs are case-sensitive"
+    );
+    assert!(yes(&format!(
+        r#"client_certificate = {{ fingerprint = "{FP}", san_dns = "alt.example.com" }}"#
+    )));
+    assert!(!yes(&format!(
+        r#"client_certificate = {{ fingerprint = "{FP}", san_dns = "other.example.com" }}"#
+    )));
+    // A given fingerprint is compared ignoring case and colons too.
+    let mut shouting = cert();
+    shouting.fingerprint_sha256 = upper_colons.clone();
+    let req = Request {
+        client_certificate: Some(&shouting),
+        ..get()
+    };
+    assert!(allows(
+        &criterion(&format!(
+            r#"client_certificate = {{ fingerprint = "{FP}" }}"#
+        )),
+        &req
+    ));
+    // Without a certificate nothing matches, not even negations.
+    assert!(!allows(
+        &criterion(r#"client_certificate = { san_dns = { not = "x" } }"#),
+        &get()
+    ));
+}
+
+#[test]
+fn client_certificate_errors() {
+    assert_eq!(
+        error(r#"{ allow = { or = [ { client_certificate = { fingerprint = "abc" } } ] } }"#),
+        r#"routes[0].policy.allow.or[0].client_certificate.fingerprint: bad SHA-256 fingerprint "abc": expected 64 hex digits (colons allowed)"#
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { client_certificate = { san_dsn = "x" } } ] } }"#),
+        r#"routes[0].policy.allow.or[0].client_certificate: unknown key "san_dsn" (did you mean "san_dns"?)"#
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { client_certificate = {} } ] } }"#),
+        "routes[0].policy.allow.or[0].client_certificate: expected one or more of fingerprint, san_dns, san_email, san_uri"
+    );
+    assert_eq!(
+        error(r#"{ allow = { or = [ { client_certificate = { san_uri = { has = "x" } } } ] } }"#),
+        r#"routes[0].policy.allow.or[0].client_certificate.san_uri: "has" is not allowed here: it is a list matcher; this criterion takes string matchers: is, not, contains, starts_with, ends_with, in, not_in"#
+    );
 }
