@@ -1,0 +1,162 @@
+use super::*;
+use crate::Secret;
+
+fn cipher() -> Cipher {
+    Cipher::new(&Secret::from_bytes([9; 32]))
+}
+
+fn cookie() -> SessionCookie {
+    SessionCookie {
+        session_id: "sid-123".into(),
+        issued_at: 1_000,
+        expires_at: 2_000,
+    }
+}
+
+#[test]
+fn session_cookie_round_trip_and_expiry() {
+    let c = cipher();
+    let v = cookie().seal(&c);
+    assert_eq!(SessionCookie::open(&c, &v, 1_500), Some(cookie()));
+    assert_eq!(SessionCookie::open(&c, &v, 1_999), Some(cookie()));
+    assert_eq!(SessionCookie::open(&c, &v, 2_000), None);
+    assert_eq!(SessionCookie::open(&c, &v, 9_999), None);
+}
+
+#[test]
+fn session_cookie_tampering_fails() {
+    let c = cipher();
+    let v = cookie().seal(&c);
+    let raw = crate::b64url_decode(&v).unwrap();
+    for i in 0..raw.len() {
+        let mut m = raw.clone();
+        m[i] ^= 0x04;
+        assert_eq!(SessionCookie::open(&c, &crate::b64url(&m), 1_500), None);
+    }
+    for n in 0..v.len() {
+        assert_eq!(SessionCookie::open(&c, &v[..n], 1_500), None);
+    }
+}
+
+#[test]
+fn other_purposes_are_not_session_cookies() {
+    let c = cipher();
+    let json = serde_json::to_vec(&cookie()).unwrap();
+    for purpose in [
+        LOGIN_STATE_PURPOSE,
+        crate::handoff::HANDOFF_PURPOSE,
+        b"".as_slice(),
+    ] {
+        let v = c.seal(purpose, &json);
+        assert_eq!(SessionCookie::open(&c, &v, 1_500), None);
+    }
+    let v = c.seal(SESSION_PURPOSE, &json);
+    assert_eq!(SessionCookie::open(&c, &v, 1_500), Some(cookie()));
+}
+
+fn opts() -> CookieOptions {
+    CookieOptions {
+        name: "_portcullis".into(),
+        domain: None,
+        secure: true,
+        http_only: true,
+        same_site: SameSite::Lax,
+        max_age: Duration::from_secs(14 * 3600),
+    }
+}
+
+#[test]
+fn set_cookie_renders_attributes() {
+    assert_eq!(
+        opts().set_cookie("abc"),
+        "_portcullis=abc; Path=/; Max-Age=50400; Secure; HttpOnly; SameSite=Lax"
+    );
+    let o = CookieOptions {
+        domain: Some("example.com".into()),
+        secure: false,
+        http_only: false,
+        same_site: SameSite::Strict,
+        ..opts()
+    };
+    assert_eq!(
+        o.set_cookie("v"),
+        "_portcullis=v; Path=/; Max-Age=50400; Domain=example.com; SameSite=Strict"
+    );
+}
+
+#[test]
+fn same_site_none_forces_secure() {
+    let o = CookieOptions {
+        secure: false,
+        same_site: SameSite::None,
+        ..opts()
+    };
+    assert!(o.set_cookie("v").contains("; Secure"));
+    assert!(o.set_cookie("v").ends_with("SameSite=None"));
+}
+
+#[test]
+fn clear_cookie_expires() {
+    assert_eq!(
+        opts().clear_cookie(),
+        "_portcullis=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Secure; HttpOnly; SameSite=Lax"
+    );
+}
+
+#[test]
+fn same_site_parses() {
+    assert_eq!("LAX".parse::<SameSite>(), Ok(SameSite::Lax));
+    assert_eq!("strict".parse::<SameSite>(), Ok(SameSite::Strict));
+    assert_eq!("None".parse::<SameSite>(), Ok(SameSite::None));
+    assert!("sometimes".parse::<SameSite>().is_err());
+}
+
+#[test]
+fn find_cookie_exact_names() {
+    let h = ["_portcullis_csrf=x; _portcullis=y; a=b"];
+    assert_eq!(find_cookie(h.into_iter(), "_portcullis"), Some("y"));
+    assert_eq!(find_cookie(h.into_iter(), "_portcullis_csrf"), Some("x"));
+    assert_eq!(find_cookie(h.into_iter(), "_portcul"), None);
+    assert_eq!(find_cookie(h.into_iter(), "portcullis"), None);
+    let h = ["x_portcullis=1; _portcullisX=2"];
+    assert_eq!(find_cookie(h.into_iter(), "_portcullis"), None);
+}
+
+#[test]
+fn find_cookie_across_headers_whitespace_quotes() {
+    let h = [
+        "a=1",
+        "  b = 2 ;\t_portcullis=\"quoted\"  ;",
+        "_portcullis=later",
+    ];
+    assert_eq!(find_cookie(h.into_iter(), "a"), Some("1"));
+    assert_eq!(find_cookie(h.into_iter(), "b"), Some("2"));
+    assert_eq!(find_cookie(h.into_iter(), "_portcullis"), Some("quoted"));
+    assert_eq!(find_cookie([";;", ""].into_iter(), "a"), None);
+    assert_eq!(find_cookie(["a=\""].into_iter(), "a"), Some("\""));
+    assert_eq!(find_cookie(["a="].into_iter(), "a"), Some(""));
+    assert_eq!(find_cookie(["flag; a=v=w"].into_iter(), "a"), Some("v=w"));
+    assert_eq!(find_cookie(std::iter::empty(), "a"), None);
+}
+
+#[test]
+fn strip_cookie_removes_only_that_name() {
+    assert_eq!(
+        strip_cookie("_portcullis_csrf=x; _portcullis=y; a=b", "_portcullis").as_deref(),
+        Some("_portcullis_csrf=x; a=b")
+    );
+    assert_eq!(
+        strip_cookie("_portcullis=y;  _portcullis=z ;", "_portcullis"),
+        None
+    );
+    assert_eq!(strip_cookie("", "_portcullis"), None);
+    assert_eq!(
+        strip_cookie(" a=1 ;b=\"q\"; flag ; _portcullis=s", "_portcullis").as_deref(),
+        Some("a=1; b=\"q\"; flag")
+    );
+    assert_eq!(strip_cookie("a=1", "_portcullis").as_deref(), Some("a=1"));
+    assert_eq!(
+        strip_cookie("_portcullis = spaced; a=1", "_portcullis").as_deref(),
+        Some("a=1")
+    );
+}

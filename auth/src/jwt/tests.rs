@@ -1,0 +1,246 @@
+use super::*;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{DecodingKey, Validation};
+
+const SEC1: &str = include_str!("testdata/ec-sec1.pem");
+const PKCS8: &str = include_str!("testdata/ec-pkcs8.pem");
+const ED25519: &str = include_str!("testdata/ed25519.pem");
+const P384: &str = include_str!("testdata/ec-p384.pem");
+/// Computed independently from the fixture with `openssl ec -pubout` and Python's hashlib.
+const SEC1_KID: &str = "3IPEirBKulyVgVRaQgxVLAUHH2UqrIdJGoUVVl58Stw";
+const SEC1_X: &str = "nJRYVdPJSDhIMyNPllf6cHJHpTdkw8_1w8jAsDV2lCE";
+const SEC1_Y: &str = "qW0R_tV_KAFmXNH8cXyCUuSbUmukTSplodiOnorZIlI";
+
+fn claims(now: i64) -> IdentityClaims {
+    IdentityClaims {
+        iss: "app.example.com".into(),
+        aud: "app.example.com".into(),
+        sub: "user-1".into(),
+        user: "user-1".into(),
+        email: "alice@example.com".into(),
+        groups: vec!["admins".into(), "devs".into()],
+        name: "Alice".into(),
+        sid: "sess-1".into(),
+        iat: now,
+        exp: now + ASSERTION_LIFETIME_SECS,
+        jti: "jti-1".into(),
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn verify(signer: &AssertionSigner, jwt: &str) -> IdentityClaims {
+    let header = jsonwebtoken::decode_header(jwt).unwrap();
+    assert_eq!(header.alg, Algorithm::ES256);
+    assert_eq!(header.typ.as_deref(), Some("JWT"));
+    assert_eq!(header.kid.as_deref(), Some(signer.kid()));
+    let set: JwkSet = serde_json::from_str(signer.jwks_json()).unwrap();
+    let jwk = set.find(signer.kid()).expect("kid in JWKS");
+    let key = DecodingKey::from_jwk(jwk).unwrap();
+    let mut v = Validation::new(Algorithm::ES256);
+    v.set_audience(&["app.example.com"]);
+    v.set_issuer(&["app.example.com"]);
+    jsonwebtoken::decode::<IdentityClaims>(jwt, &key, &v)
+        .unwrap()
+        .claims
+}
+
+#[test]
+fn sign_and_verify_against_jwks() {
+    let s = AssertionSigner::from_pem(SEC1).unwrap();
+    let c = claims(now());
+    let jwt = s.sign(&c).unwrap();
+    assert_eq!(verify(&s, &jwt), c);
+}
+
+#[test]
+fn kid_is_rfc7638_thumbprint() {
+    let s = AssertionSigner::from_pem(SEC1).unwrap();
+    assert_eq!(s.kid(), SEC1_KID);
+    let jwks: serde_json::Value = serde_json::from_str(s.jwks_json()).unwrap();
+    assert_eq!(
+        jwks,
+        serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "x": SEC1_X, "y": SEC1_Y,
+            "kid": SEC1_KID, "alg": "ES256", "use": "sig"
+        }]})
+    );
+}
+
+#[test]
+fn pkcs8_and_base64_of_pem_load_the_same_key() {
+    let a = AssertionSigner::from_pem(SEC1).unwrap();
+    let b = AssertionSigner::from_pem(PKCS8).unwrap();
+    let c =
+        AssertionSigner::from_pem(&base64::engine::general_purpose::STANDARD.encode(SEC1)).unwrap();
+    let d = AssertionSigner::from_pem(&base64::engine::general_purpose::STANDARD.encode(PKCS8))
+        .unwrap();
+    assert_eq!(a.kid(), b.kid());
+    assert_eq!(a.kid(), c.kid());
+    assert_eq!(a.kid(), d.kid());
+    // A JWT from the PKCS#8 key verifies against the SEC1 key's JWKS.
+    let jwt = b.sign(&claims(now())).unwrap();
+    verify(&a, &jwt);
+}
+
+#[test]
+fn bad_keys_are_refused() {
+    for bad in [
+        "",
+        "garbage",
+        "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----",
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----",
+        ED25519,
+        P384,
+    ] {
+        assert!(
+            matches!(
+                AssertionSigner::from_pem(bad),
+                Err(AuthError::InvalidSigningKey(_))
+            ),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn derived_key_is_deterministic_per_secret() {
+    let a1 = AssertionSigner::derive(&Secret::from_bytes([1; 32])).unwrap();
+    let a2 = AssertionSigner::derive(&Secret::from_bytes([1; 32])).unwrap();
+    let b = AssertionSigner::derive(&Secret::from_bytes([2; 32])).unwrap();
+    assert_eq!(a1.kid(), a2.kid());
+    assert_eq!(a1.jwks_json(), a2.jwks_json());
+    assert_ne!(a1.kid(), b.kid());
+    // a2 verifies what a1 signed.
+    verify(&a2, &a1.sign(&claims(now())).unwrap());
+}
+
+#[test]
+fn verification_fails_with_other_key() {
+    let a = AssertionSigner::derive(&Secret::from_bytes([1; 32])).unwrap();
+    let b = AssertionSigner::derive(&Secret::from_bytes([2; 32])).unwrap();
+    let jwt = a.sign(&claims(now())).unwrap();
+    let set: JwkSet = serde_json::from_str(b.jwks_json()).unwrap();
+    let key = DecodingKey::from_jwk(&set.keys[0]).unwrap();
+    let mut v = Validation::new(Algorithm::ES256);
+    v.set_audience(&["app.example.com"]);
+    assert!(jsonwebtoken::decode::<IdentityClaims>(&jwt, &key, &v).is_err());
+}
+
+#[test]
+fn debug_shows_only_kid() {
+    let s = AssertionSigner::from_pem(SEC1).unwrap();
+    let d = format!("{s:?}");
+    assert!(d.contains(SEC1_KID));
+    assert!(!d.contains("encoding_key"));
+}
+
+#[test]
+fn cache_signs_once_for_repeated_calls() {
+    let s = AssertionSigner::from_pem(SEC1).unwrap();
+    let cache = AssertionCache::default();
+    let t = now();
+    let mut made = 0;
+    let first = cache
+        .get_or_sign(&s, "sess-1", "app.example.com", t, || {
+            made += 1;
+            IdentityClaims {
+                jti: String::new(),
+                ..claims(0)
+            }
+        })
+        .unwrap();
+    for dt in [
+        0,
+        1,
+        100,
+        ASSERTION_LIFETIME_SECS - ASSERTION_REUSE_MARGIN_SECS - 1,
+    ] {
+        let again = cache
+            .get_or_sign(&s, "sess-1", "app.example.com", t + dt, || unreachable!())
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+    }
+    assert_eq!(made, 1);
+    assert_eq!(cache.signatures_total(), 1);
+    let c = verify(&s, &first);
+    assert_eq!(c.iat, t);
+    assert_eq!(c.exp, t + ASSERTION_LIFETIME_SECS);
+    assert!(!c.jti.is_empty());
+}
+
+#[test]
+fn cache_resigns_near_expiry_and_per_audience() {
+    let s = AssertionSigner::from_pem(SEC1).unwrap();
+    let cache = AssertionCache::default();
+    let t = now();
+    let a = cache
+        .get_or_sign(&s, "sess-1", "app.example.com", t, || claims(0))
+        .unwrap();
+    // Only 60 s left: re-sign.
+    let b = cache
+        .get_or_sign(
+            &s,
+            "sess-1",
+            "app.example.com",
+            t + ASSERTION_LIFETIME_SECS - ASSERTION_REUSE_MARGIN_SECS,
+            || claims(0),
+        )
+        .unwrap();
+    assert_ne!(a, b);
+    assert_eq!(cache.signatures_total(), 2);
+    // Another audience or another session is another assertion.
+    let other = IdentityClaims {
+        aud: "other.example.com".into(),
+        ..claims(0)
+    };
+    cache
+        .get_or_sign(&s, "sess-1", "other.example.com", t, || other)
+        .unwrap();
+    cache
+        .get_or_sign(&s, "sess-2", "app.example.com", t, || claims(0))
+        .unwrap();
+    assert_eq!(cache.signatures_total(), 4);
+}
+
+#[test]
+fn invalidate_session_drops_its_assertions_only() {
+    let s = AssertionSigner::from_pem(SEC1).unwrap();
+    let cache = AssertionCache::default();
+    let t = now();
+    for (sid, aud) in [("s1", "a"), ("s1", "b"), ("s10", "a"), ("s2", "a")] {
+        cache.get_or_sign(&s, sid, aud, t, || claims(0)).unwrap();
+    }
+    assert_eq!(cache.signatures_total(), 4);
+    cache.invalidate_session("s1");
+    for (sid, aud) in [("s10", "a"), ("s2", "a")] {
+        cache
+            .get_or_sign(&s, sid, aud, t, || unreachable!("{sid} was dropped"))
+            .unwrap();
+    }
+    assert_eq!(cache.signatures_total(), 4);
+    for (sid, aud) in [("s1", "a"), ("s1", "b")] {
+        cache.get_or_sign(&s, sid, aud, t, || claims(0)).unwrap();
+    }
+    assert_eq!(cache.signatures_total(), 6);
+}
+
+#[test]
+fn failed_signing_is_not_counted_or_cached() {
+    // A key jsonwebtoken cannot use: an EC-family key whose DER is garbage.
+    let s = AssertionSigner {
+        encoding_key: EncodingKey::from_ec_der(b"not a key"),
+        ..AssertionSigner::from_pem(SEC1).unwrap()
+    };
+    let cache = AssertionCache::default();
+    assert!(matches!(
+        cache.get_or_sign(&s, "s", "a", now(), || claims(0)),
+        Err(AuthError::Signing(_))
+    ));
+    assert_eq!(cache.signatures_total(), 0);
+}
