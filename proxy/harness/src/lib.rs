@@ -1,0 +1,134 @@
+//! Integration harness for Portcullis: starts a real upstream, a real OpenID Connect provider
+//! (npm `oidc-provider` 9, see `idp/server.mjs`) and the `portcullis` binary, all on 127.0.0.1
+//! with ephemeral ports, and hands back their addresses. Every child process is killed when its
+//! handle is dropped.
+//!
+//! The one-call setup most tests want is [`TestEnv`]:
+//!
+//! ```no_run
+//! # async fn example() {
+//! use portcullis_harness::TestEnv;
+//!
+//! let env = TestEnv::builder("/path/to/portcullis") // env!("CARGO_BIN_EXE_portcullis") in tests
+//!     .route(
+//!         r#"from = "http://app.localhost"
+//! to = "{upstream}"
+//! allow_any_authenticated_user = true
+//! pass_identity_headers = true"#,
+//!     )
+//!     .config(r#"jwt_claims_headers = { "X-Email" = "email" }"#)
+//!     .start()
+//!     .await;
+//!
+//! let browser = env.browser();
+//! let page = browser.sign_in(&env.url("app", "/hello"), "alice").await;
+//! assert_eq!(page.status(), 200);
+//! assert_eq!(env.upstream.last().unwrap().header("x-email"), Some("alice@example.com"));
+//! # }
+//! ```
+//!
+//! The pieces can also be used alone, in the style of linkerd2-proxy's integration
+//! `server::http1().route(..).run()`: [`Upstream::builder`], [`Idp::start`],
+//! [`Portcullis::start`], [`Browser::new`].
+//!
+//! Traffic goes only to loopback: the [`Browser`] resolves `*.localhost` to 127.0.0.1, refuses
+//! every other name, and refuses to follow a redirect to a non-loopback address.
+
+#![forbid(unsafe_code)]
+
+mod browser;
+pub mod demo;
+mod env;
+mod idp;
+mod portcullis;
+mod upstream;
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::sync::Mutex;
+
+pub use crate::browser::{Browser, Form};
+pub use crate::env::{TestEnv, TestEnvBuilder};
+pub use crate::idp::{Idp, IdpOptions};
+pub use crate::portcullis::{Portcullis, PortcullisBuilder};
+pub use crate::upstream::{RecordedRequest, Responder, Upstream, UpstreamBuilder};
+
+/// The loopback address everything listens on.
+pub const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+/// A currently free TCP port on 127.0.0.1.
+///
+/// The port is released before returning, so another process may take it in between (the usual
+/// race of this technique); within this process the same port is never handed out twice.
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    for _ in 0..100 {
+        let port = TcpListener::bind(SocketAddr::from((LOOPBACK, 0)))
+            .and_then(|l| l.local_addr())
+            .expect("bind 127.0.0.1:0")
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 after 100 tries");
+}
+
+/// Fresh random base64 (standard, padded) of 32 bytes, the format of `shared_secret` and
+/// `cookie_secret`.
+pub fn random_secret() -> String {
+    use base64::Engine as _;
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// True when `host` is a name or address this harness may send traffic to: `localhost`,
+/// `*.localhost`, or a loopback IP.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return ip.is_loopback();
+    }
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "localhost" || host.ends_with(".localhost")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_differ() {
+        let a = free_port();
+        let b = free_port();
+        assert_ne!(a, b);
+        assert!(a > 0 && b > 0);
+    }
+
+    #[test]
+    fn secrets_are_32_bytes() {
+        use base64::Engine as _;
+        let s = random_secret();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&s)
+            .unwrap();
+        assert_eq!(bytes.len(), 32);
+        assert_ne!(s, random_secret());
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        assert!(is_loopback_host("127.0.0.1"));
+        assert!(is_loopback_host("127.0.0.7"));
+        assert!(is_loopback_host("[::1]"));
+        assert!(is_loopback_host("localhost"));
+        assert!(is_loopback_host("app.localhost"));
+        assert!(is_loopback_host("A.B.LOCALHOST."));
+        assert!(!is_loopback_host("10.0.0.1"));
+        assert!(!is_loopback_host("example.com"));
+        assert!(!is_loopback_host("localhost.example.com"));
+    }
+}
