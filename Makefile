@@ -1,0 +1,25 @@
+# Two commands for a fresh machine:
+#   make demo   — a complete local demo (dev IdP, demo upstream, Portcullis on config/demo.toml)
+#   make test   — the whole test suite (unit tests and end-to-end tests with real processes)
+# Both install what they need first (cmake for pingora's zlib-ng, Node.js for the test IdP).
+
+CARGO ?= cargo
+
+.PHONY: demo test lint check-configs deps
+
+deps:
+	@./.ci/deps
+
+demo: deps
+	$(CARGO) build --release -p portcullis -p portcullis-harness --bins
+	./target/release/portcullis-demo
+
+test: deps
+	$(CARGO) test --workspace
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+check-configs:
+	@for f in config/*.toml; do $(CARGO) run -q -p portcullis -- check --config $$f || exit 1; done

@@ -1,0 +1,485 @@
+//! The authenticate endpoints, served by the proxy listener itself.
+//!
+//! On the authenticate host: `/.portcullis/sign_in` (checks the signed return URL and starts
+//! the OIDC flow), `/oauth2/callback` (finishes it, stores the session, hands it to the route
+//! host), `/.portcullis/sign_out`, `/.portcullis/api/v1/login` and the JWKS. On every route
+//! host: `/.portcullis/` (the signed-in user), `/.portcullis/callback/` (adopts a handed-off
+//! session by setting that host's cookie), `/.portcullis/sign_out` and the JWKS.
+//!
+//! Cookies never cross hosts: a session reaches a route host only through a short-lived,
+//! single-use, encrypted handoff token minted by the authenticate host for that host.
+
+use std::sync::Arc;
+
+use http::header;
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+use portcullis_auth::cookie::LOGIN_STATE_PURPOSE;
+use portcullis_auth::{find_cookie, validate_redirect, Handoff, LoginState, SessionCookie};
+use tracing::{info, warn};
+use url::Url;
+
+use crate::pages;
+use crate::respond::{Refusal, Reply};
+use crate::service::{load_session, Ctx, Flow};
+use crate::state::{now_unix, Runtime, State};
+
+pub const JWKS_PATH: &str = "/.well-known/portcullis/jwks.json";
+pub const SIGN_IN_PATH: &str = "/.portcullis/sign_in";
+pub const OAUTH_CALLBACK_PATH: &str = "/oauth2/callback";
+pub const SIGN_OUT_PATH: &str = "/.portcullis/sign_out";
+pub const SIGNED_OUT_PATH: &str = "/.portcullis/signed_out";
+pub const USER_PATH: &str = "/.portcullis/";
+pub const HOST_CALLBACK_PATH: &str = "/.portcullis/callback/";
+pub const LOGIN_API_PATH: &str = "/.portcullis/api/v1/login";
+
+/// Query parameter carrying the URL to return to after sign-in.
+pub const REDIRECT_PARAM: &str = "portcullis_redirect_uri";
+/// Query parameter carrying the handoff token to a route host.
+pub const HANDOFF_PARAM: &str = "portcullis_handoff";
+/// Query parameter marking a programmatic (command-line) sign-in.
+pub const PROGRAMMATIC_PARAM: &str = "portcullis_programmatic";
+/// Query parameter carrying the session token back to a command-line client.
+pub const TOKEN_PARAM: &str = "portcullis_token";
+
+/// How long a signed sign-in link stays valid.
+const SIGN_IN_LINK_TTL_SECS: i64 = 300;
+
+/// The signed sign-in URL that returns to `original` afterwards.
+pub fn sign_in_url(state: &State, runtime: &Runtime, original: &str, now: i64) -> String {
+    signed_sign_in_url(state, runtime, original, false, now)
+}
+
+fn signed_sign_in_url(
+    state: &State,
+    runtime: &Runtime,
+    target: &str,
+    programmatic: bool,
+    now: i64,
+) -> String {
+    let mut url = runtime.config.authenticate.url.clone();
+    url.set_path(SIGN_IN_PATH);
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair(REDIRECT_PARAM, target);
+        if programmatic {
+            q.append_pair(PROGRAMMATIC_PARAM, "true");
+        }
+    }
+    state
+        .url_signer
+        .sign(&url, now, SIGN_IN_LINK_TTL_SECS)
+        .to_string()
+}
+
+/// Requests to the authenticate host.
+pub async fn serve_authenticate_host(
+    state: &State,
+    runtime: &Runtime,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    path: &str,
+) -> Result<Flow, Refusal> {
+    let req = session.req_header();
+    match path {
+        SIGN_IN_PATH => {
+            only_get(req)?;
+            sign_in(state, runtime, req).await
+        }
+        OAUTH_CALLBACK_PATH => {
+            only_get(req)?;
+            oauth_callback(state, runtime, req, ctx).await
+        }
+        SIGN_OUT_PATH => sign_out(state, runtime, req, ctx).await,
+        SIGNED_OUT_PATH => Ok(Flow::Reply(Reply::html(200, pages::signed_out()))),
+        LOGIN_API_PATH => login_api(state, runtime, req),
+        JWKS_PATH => Ok(jwks(state)),
+        "/" | USER_PATH => user_page(state, runtime, req, ctx).await,
+        _ => Err(Refusal::NotFound),
+    }
+}
+
+/// Portcullis's own endpoints on a route host.
+pub async fn serve_route_host(
+    state: &State,
+    runtime: &Runtime,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    path: &str,
+) -> Result<Flow, Refusal> {
+    let req = session.req_header();
+    match path {
+        USER_PATH | "/.portcullis" => user_page(state, runtime, req, ctx).await,
+        HOST_CALLBACK_PATH | "/.portcullis/callback" => {
+            only_get(req)?;
+            host_callback(state, runtime, req, ctx)
+        }
+        SIGN_OUT_PATH => sign_out(state, runtime, req, ctx).await,
+        LOGIN_API_PATH => login_api(state, runtime, req),
+        JWKS_PATH => Ok(jwks(state)),
+        _ => Err(Refusal::NotFound),
+    }
+}
+
+fn only_get(req: &RequestHeader) -> Result<(), Refusal> {
+    match req.method {
+        http::Method::GET | http::Method::HEAD => Ok(()),
+        _ => Err(Refusal::MethodNotAllowed),
+    }
+}
+
+/// One query parameter; several of the same name are refused as ambiguous.
+fn query_param(req: &RequestHeader, name: &str) -> Result<Option<String>, Refusal> {
+    let Some(query) = req.uri.query() else {
+        return Ok(None);
+    };
+    let mut found = None;
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        if k == name {
+            if found.is_some() {
+                return Err(Refusal::BadRequest(format!(
+                    "{name} is given more than once"
+                )));
+            }
+            found = Some(v.into_owned());
+        }
+    }
+    Ok(found)
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1")
+}
+
+fn jwks(state: &State) -> Flow {
+    Flow::Reply(Reply::new(
+        200,
+        "application/json",
+        state.assertion_signer.jwks_json().to_string(),
+    ))
+}
+
+async fn sign_in(state: &State, runtime: &Runtime, req: &RequestHeader) -> Result<Flow, Refusal> {
+    let now = now_unix();
+    let target = match query_param(req, REDIRECT_PARAM)? {
+        None => format!("{}{}", runtime.authenticate_origin, USER_PATH),
+        Some(raw) => {
+            let full = Url::parse(&format!(
+                "{}{}",
+                runtime.authenticate_origin,
+                req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+            ))
+            .map_err(|_| Refusal::BadRequest("invalid sign-in URL".into()))?;
+            state.url_signer.verify(&full, now).map_err(|e| {
+                info!(error = %e, "refused sign-in link");
+                Refusal::BadRequest(
+                    "This sign-in link is invalid or has expired. Go back to the application and try again.".into(),
+                )
+            })?;
+            let programmatic = query_param(req, PROGRAMMATIC_PARAM)?.as_deref() == Some("true");
+            let auth_host = runtime.config.authenticate.host.as_str();
+            let allowed = |host: &str, _port: Option<u16>| {
+                if programmatic {
+                    is_loopback_host(host)
+                } else {
+                    host == auth_host || runtime.routes.has_host(host)
+                }
+            };
+            let url = validate_redirect(&raw, &allowed).map_err(|_| {
+                Refusal::BadRequest("The return address is not an application served here.".into())
+            })?;
+            if programmatic {
+                // Marks the flow for the callback: the token goes back to the command line.
+                format!("{PROGRAMMATIC_MARK}{url}")
+            } else {
+                url.to_string()
+            }
+        }
+    };
+    let provider = state.oidc().await.ok_or_else(idp_unavailable)?;
+    let (idp_url, login) = provider.authorize_url_for(&target, now);
+    let sealed = state
+        .cipher
+        .seal_json(LOGIN_STATE_PURPOSE, &login)
+        .map_err(|_| Refusal::Unavailable("Sign-in cannot start right now.".into()))?;
+    let mut reply = Reply::redirect(idp_url.as_str());
+    reply.header(
+        header::SET_COOKIE,
+        runtime.login_state_cookie().set_cookie(&sealed),
+    );
+    Ok(Flow::Reply(reply))
+}
+
+/// Prefix of a login state's return URL when the flow is a programmatic login.
+const PROGRAMMATIC_MARK: &str = "programmatic:";
+
+fn idp_unavailable() -> Refusal {
+    Refusal::Unavailable(
+        "The identity provider cannot be reached right now, so sign-in is not possible. Try again in a moment.".into(),
+    )
+}
+
+async fn oauth_callback(
+    state: &State,
+    runtime: &Runtime,
+    req: &RequestHeader,
+    ctx: &mut Ctx,
+) -> Result<Flow, Refusal> {
+    let now = now_unix();
+    let login_cookie = runtime.login_state_cookie();
+    let login: LoginState = find_cookie(
+        req.headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+        &login_cookie.name,
+    )
+    .and_then(|c| state.cipher.open_json(LOGIN_STATE_PURPOSE, c))
+    .ok_or_else(|| {
+        Refusal::BadRequest(
+            "This sign-in has expired or was started in another browser. Go back to the application and sign in again.".into(),
+        )
+    })?;
+    if let Some(error) = query_param(req, "error")? {
+        state
+            .metrics
+            .sign_ins
+            .with_label_values(&["idp_error"])
+            .inc();
+        let description = query_param(req, "error_description")?.unwrap_or_default();
+        info!(request_id = %ctx.request_id, error = %error, "identity provider refused the sign-in");
+        return Err(Refusal::SignInFailed(format!(
+            "The identity provider refused the sign-in ({error}{}{description}).",
+            if description.is_empty() { "" } else { ": " }
+        )));
+    }
+    let code = query_param(req, "code")?
+        .ok_or_else(|| Refusal::BadRequest("the identity provider sent no code".into()))?;
+    let returned_state = query_param(req, "state")?
+        .ok_or_else(|| Refusal::BadRequest("the identity provider sent no state".into()))?;
+    let iss = query_param(req, "iss")?;
+    let provider = state.oidc().await.ok_or_else(idp_unavailable)?;
+    let ttl = runtime.config.cookie.expire.as_secs() as i64;
+    let session = provider
+        .exchange(&code, &returned_state, iss.as_deref(), &login, now, ttl)
+        .await
+        .map_err(|e| {
+            state.metrics.sign_ins.with_label_values(&["failure"]).inc();
+            warn!(request_id = %ctx.request_id, error = %e, "sign-in failed");
+            if e.is_transient() {
+                idp_unavailable()
+            } else {
+                Refusal::SignInFailed(
+                    "The sign-in could not be completed. Please try again.".into(),
+                )
+            }
+        })?;
+    state.sessions.put(&session).await.map_err(|e| {
+        warn!(error = %e, "cannot store the new session");
+        Refusal::Unavailable(
+            "The session store cannot be reached right now. Try again in a moment.".into(),
+        )
+    })?;
+    state.metrics.sign_ins.with_label_values(&["success"]).inc();
+    info!(request_id = %ctx.request_id, user = %session.user_id, email = %session.email, "signed in");
+
+    let expires_at = session.expires_at;
+    let sealed_session = SessionCookie {
+        session_id: session.id.clone(),
+        issued_at: now,
+        expires_at,
+    }
+    .seal(&state.cipher);
+
+    let (programmatic, target) = match login.redirect_uri.strip_prefix(PROGRAMMATIC_MARK) {
+        Some(t) => (true, t),
+        None => (false, login.redirect_uri.as_str()),
+    };
+    let target = Url::parse(target)
+        .map_err(|_| Refusal::BadRequest("the return address is invalid".into()))?;
+    let mut reply;
+    if programmatic {
+        let mut back = target.clone();
+        back.query_pairs_mut()
+            .append_pair(TOKEN_PARAM, &sealed_session);
+        reply = Reply::redirect(back.as_str());
+    } else if target.host_str().map(str::to_ascii_lowercase).as_deref()
+        == Some(runtime.config.authenticate.host.as_str())
+    {
+        reply = Reply::redirect(target.as_str());
+        reply.header(
+            header::SET_COOKIE,
+            runtime.session_cookie.set_cookie(&sealed_session),
+        );
+    } else {
+        let handoff = Handoff::new(session.id.clone(), target.as_str(), now).seal(&state.cipher);
+        let mut next = target.clone();
+        next.set_path(HOST_CALLBACK_PATH);
+        next.set_query(None);
+        next.set_fragment(None);
+        next.query_pairs_mut().append_pair(HANDOFF_PARAM, &handoff);
+        reply = Reply::redirect(next.as_str());
+    }
+    reply.header(header::SET_COOKIE, login_cookie.clear_cookie());
+    Ok(Flow::Reply(reply))
+}
+
+fn host_callback(
+    state: &State,
+    runtime: &Runtime,
+    req: &RequestHeader,
+    ctx: &mut Ctx,
+) -> Result<Flow, Refusal> {
+    let now = now_unix();
+    let invalid = || {
+        Refusal::BadRequest(
+            "This sign-in link is invalid, expired or already used. Go back to the application and sign in again.".into(),
+        )
+    };
+    let token = query_param(req, HANDOFF_PARAM)?.ok_or_else(invalid)?;
+    let handoff = Handoff::open(&state.cipher, &token, now).ok_or_else(invalid)?;
+    let target = Url::parse(&handoff.redirect_uri).map_err(|_| invalid())?;
+    // A token minted for one host never sets a cookie on another.
+    let target_host = target
+        .host_str()
+        .map(|h| h.trim_end_matches('.').to_ascii_lowercase());
+    let default_port = if state.tls { 443 } else { 80 };
+    if target_host.as_deref() != Some(ctx.host.as_str())
+        || target.port().unwrap_or(default_port) != ctx.port
+    {
+        warn!(request_id = %ctx.request_id, "handoff token presented on the wrong host");
+        return Err(invalid());
+    }
+    if !state.replay.first_use(&handoff.nonce) {
+        warn!(request_id = %ctx.request_id, "handoff token replayed");
+        return Err(invalid());
+    }
+    let cookie = SessionCookie {
+        session_id: handoff.session_id,
+        issued_at: now,
+        expires_at: now + runtime.config.cookie.expire.as_secs() as i64,
+    }
+    .seal(&state.cipher);
+    let mut reply = Reply::redirect(target.as_str());
+    reply.header(
+        header::SET_COOKIE,
+        runtime.session_cookie.set_cookie(&cookie),
+    );
+    Ok(Flow::Reply(reply))
+}
+
+async fn sign_out(
+    state: &State,
+    runtime: &Runtime,
+    req: &RequestHeader,
+    ctx: &mut Ctx,
+) -> Result<Flow, Refusal> {
+    match req.method {
+        http::Method::GET | http::Method::HEAD | http::Method::POST => {}
+        _ => return Err(Refusal::MethodNotAllowed),
+    }
+    let now = now_unix();
+    // The id token is only a hint for the IdP; a store outage must not keep anyone signed in,
+    // so the deletion below is what decides the answer.
+    let current = load_session(state, runtime, req, ctx, now)
+        .await
+        .ok()
+        .flatten();
+    let session_id = current.as_ref().map(|s| s.session.id.clone()).or_else(|| {
+        let cookie = find_cookie(
+            req.headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+            &runtime.config.cookie.name,
+        )?;
+        SessionCookie::open(&state.cipher, cookie, now).map(|c| c.session_id)
+    });
+    if let Some(id) = &session_id {
+        state.sessions.delete(id).await.map_err(|e| {
+            warn!(error = %e, "sign-out: cannot delete the session");
+            Refusal::Unavailable(
+                "The session store cannot be reached, so the sign-out could not be recorded. Try again in a moment.".into(),
+            )
+        })?;
+        state.assertions.invalidate_session(id);
+        info!(request_id = %ctx.request_id, session = %id, "signed out");
+    }
+    let id_token = current.as_ref().and_then(|s| s.session.id_token.clone());
+    let signed_out = format!("{}{}", runtime.authenticate_origin, SIGNED_OUT_PATH);
+    let end_session = match state.oidc().await {
+        Some(p) => p.end_session_url(id_token.as_deref(), Some(&signed_out)),
+        None => None,
+    };
+    let mut reply = match end_session {
+        Some(url) => Reply::redirect(url.as_str()),
+        None => Reply::html(200, pages::signed_out()),
+    };
+    reply.header(header::SET_COOKIE, runtime.session_cookie.clear_cookie());
+    Ok(Flow::Reply(reply))
+}
+
+async fn user_page(
+    state: &State,
+    runtime: &Runtime,
+    req: &RequestHeader,
+    ctx: &mut Ctx,
+) -> Result<Flow, Refusal> {
+    only_get(req)?;
+    let now = now_unix();
+    let Some(current) = load_session(state, runtime, req, ctx, now).await? else {
+        if ctx.json || ctx.bearer {
+            return Err(Refusal::Unauthorized);
+        }
+        let here = format!(
+            "{}://{}{}",
+            if state.tls { "https" } else { "http" },
+            ctx.authority,
+            USER_PATH
+        );
+        return Err(Refusal::SignIn {
+            location: sign_in_url(state, runtime, &here, now),
+        });
+    };
+    ctx.session = Some(Arc::clone(&current));
+    ctx.outcome = "allow";
+    let s = &current.session;
+    if ctx.json {
+        let body = serde_json::json!({
+            "user": s.user_id,
+            "email": s.email,
+            "name": s.name,
+            "groups": s.groups,
+            "claims": s.claims,
+            "session_id": s.id,
+            "issued_at": s.issued_at,
+            "expires_at": s.expires_at,
+        });
+        return Ok(Flow::Reply(Reply::json(200, &body)));
+    }
+    let sign_out = format!(
+        "{}://{}{}",
+        if state.tls { "https" } else { "http" },
+        ctx.authority,
+        SIGN_OUT_PATH
+    );
+    Ok(Flow::Reply(Reply::html(
+        200,
+        pages::user(&current, &sign_out, now),
+    )))
+}
+
+/// Programmatic login: answers with a sign-in URL that, once completed in a browser, sends
+/// the session token to the command-line client's loopback listener.
+fn login_api(state: &State, runtime: &Runtime, req: &RequestHeader) -> Result<Flow, Refusal> {
+    only_get(req)?;
+    let raw = query_param(req, REDIRECT_PARAM)?
+        .ok_or_else(|| Refusal::BadRequest(format!("{REDIRECT_PARAM} is required")))?;
+    let url = validate_redirect(&raw, &|host, _| is_loopback_host(host)).map_err(|_| {
+        Refusal::BadRequest(format!(
+            "{REDIRECT_PARAM} must be an http://localhost or loopback URL"
+        ))
+    })?;
+    let link = signed_sign_in_url(state, runtime, url.as_str(), true, now_unix());
+    Ok(Flow::Reply(Reply::text(200, link)))
+}

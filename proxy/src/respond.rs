@@ -1,0 +1,210 @@
+//! Responses Portcullis answers itself, and the one place that turns a refusal into one.
+//!
+//! Every refusal is a [`Refusal`]; [`Refusal::reply`] decides its status, its HTML or JSON
+//! body and its headers. Every reply carries headers that keep user data out of caches and
+//! frames ([`Reply::send`]).
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+use crate::pages;
+
+/// Why a request is not proxied.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// No route for this host and path.
+    NotFound,
+    /// Malformed request; the text says what.
+    BadRequest(String),
+    /// No valid session on a protected route: browsers are sent to sign in.
+    SignIn { location: String },
+    /// No valid session, and the client is not a browser (JSON or bearer).
+    Unauthorized,
+    /// Signed in, but the policy denies.
+    Forbidden { details: Vec<String> },
+    /// A dependency is down (the session store, the IdP); never an allow.
+    Unavailable(String),
+    /// Upstream refused or failed.
+    BadGateway,
+    /// Upstream did not answer in time.
+    GatewayTimeout,
+    /// Method not allowed on one of Portcullis's own endpoints.
+    MethodNotAllowed,
+    /// The sign-in flow failed (the IdP refused, or its answer did not validate).
+    SignInFailed(String),
+}
+
+/// A complete response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+}
+
+// === impl Refusal ===
+
+impl Refusal {
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::NotFound => 404,
+            Refusal::BadRequest(_) => 400,
+            Refusal::SignIn { .. } => 302,
+            Refusal::Unauthorized => 401,
+            Refusal::Forbidden { .. } => 403,
+            Refusal::Unavailable(_) => 503,
+            Refusal::BadGateway => 502,
+            Refusal::GatewayTimeout => 504,
+            Refusal::MethodNotAllowed => 405,
+            Refusal::SignInFailed(_) => 401,
+        }
+    }
+
+    /// The metric/log label of this refusal.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Refusal::NotFound => "not_found",
+            Refusal::BadRequest(_) => "bad_request",
+            Refusal::SignIn { .. } => "sign_in",
+            Refusal::Unauthorized => "unauthenticated",
+            Refusal::Forbidden { .. } => "deny",
+            Refusal::Unavailable(_) => "unavailable",
+            Refusal::BadGateway => "bad_gateway",
+            Refusal::GatewayTimeout => "gateway_timeout",
+            Refusal::MethodNotAllowed => "method_not_allowed",
+            Refusal::SignInFailed(_) => "sign_in_failed",
+        }
+    }
+
+    pub fn reply(&self, request_id: &str, json: bool, show_details: bool) -> Reply {
+        let status = self.status();
+        if let Refusal::SignIn { location } = self {
+            return Reply::redirect(location);
+        }
+        let (title, text) = match self {
+            Refusal::NotFound => ("Not found", "No application is configured at this address."),
+            Refusal::BadRequest(why) => ("Bad request", why.as_str()),
+            Refusal::Unauthorized => ("Unauthorized", "Sign-in is required for this application."),
+            Refusal::Forbidden { .. } => (
+                "Access denied",
+                "You are signed in, but this application's policy does not allow your request.",
+            ),
+            Refusal::Unavailable(why) => ("Service unavailable", why.as_str()),
+            Refusal::BadGateway => (
+                "Bad gateway",
+                "The application behind this address could not be reached.",
+            ),
+            Refusal::GatewayTimeout => (
+                "Gateway timeout",
+                "The application behind this address did not answer in time.",
+            ),
+            Refusal::MethodNotAllowed => (
+                "Method not allowed",
+                "This endpoint does not accept that method.",
+            ),
+            Refusal::SignInFailed(why) => ("Sign-in failed", why.as_str()),
+            Refusal::SignIn { .. } => ("", ""),
+        };
+        let details: &[String] = match self {
+            Refusal::Forbidden { details } if show_details => details,
+            _ => &[],
+        };
+        let mut reply = if json {
+            let mut value = serde_json::json!({
+                "status": status,
+                "error": title,
+                "message": text,
+                "request_id": request_id,
+            });
+            if !details.is_empty() {
+                value["details"] = serde_json::json!(details);
+            }
+            Reply::json(status, &value)
+        } else {
+            Reply::html(
+                status,
+                pages::message(status, title, text, request_id, details),
+            )
+        };
+        if matches!(self, Refusal::Unauthorized) {
+            reply.header(header::WWW_AUTHENTICATE, "Bearer realm=\"portcullis\"");
+        }
+        reply
+    }
+}
+
+// === impl Reply ===
+
+impl Reply {
+    pub fn new(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Self {
+        let mut r = Self {
+            status,
+            headers: Vec::with_capacity(8),
+            body: body.into(),
+        };
+        r.headers
+            .push((header::CONTENT_TYPE, HeaderValue::from_static(content_type)));
+        r
+    }
+
+    pub fn html(status: u16, body: String) -> Self {
+        Self::new(status, "text/html; charset=utf-8", body)
+    }
+
+    pub fn json(status: u16, value: &serde_json::Value) -> Self {
+        Self::new(status, "application/json", value.to_string())
+    }
+
+    pub fn text(status: u16, body: impl Into<Bytes>) -> Self {
+        Self::new(status, "text/plain; charset=utf-8", body)
+    }
+
+    pub fn redirect(location: &str) -> Self {
+        let mut r = Self::new(302, "text/html; charset=utf-8", Bytes::new());
+        r.header(header::LOCATION, location);
+        r
+    }
+
+    /// Adds a header; values that are not valid header text are dropped (they come from our
+    /// own code, never from a client, so this does not happen in practice).
+    pub fn header(&mut self, name: HeaderName, value: impl AsRef<str>) -> &mut Self {
+        if let Ok(v) = HeaderValue::from_str(value.as_ref()) {
+            self.headers.push((name, v));
+        }
+        self
+    }
+
+    /// Writes the reply, with the headers every Portcullis page carries.
+    pub async fn send(self, session: &mut Session, tls: bool) -> Result<()> {
+        let mut resp = ResponseHeader::build(self.status, Some(self.headers.len() + 8))?;
+        for (name, value) in self.headers {
+            resp.append_header(name, value)?;
+        }
+        resp.insert_header(header::CONTENT_LENGTH, self.body.len().to_string())?;
+        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+        resp.insert_header(header::X_FRAME_OPTIONS, "DENY")?;
+        resp.insert_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")?;
+        resp.insert_header(header::REFERRER_POLICY, "no-referrer")?;
+        resp.insert_header(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'",
+        )?;
+        if tls {
+            resp.insert_header(
+                header::STRICT_TRANSPORT_SECURITY,
+                "max-age=31536000; includeSubDomains",
+            )?;
+        }
+        let head_only = session.req_header().method == http::Method::HEAD;
+        session
+            .write_response_header(Box::new(resp), head_only || self.body.is_empty())
+            .await?;
+        if !head_only && !self.body.is_empty() {
+            session.write_response_body(Some(self.body), true).await?;
+        }
+        Ok(())
+    }
+}

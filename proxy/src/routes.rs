@@ -1,0 +1,233 @@
+//! The route table: finds the first route (in file order) whose host and path match.
+//!
+//! Hosts are indexed — exact names in a hash map, `*.` wildcards by suffix — so a lookup
+//! costs the same with ten routes or ten thousand; only the routes of the matching host are
+//! tried against the path.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::config::{HostPattern, PathMatcher, Route, Upstream};
+
+/// The compiled routes with their host index.
+#[derive(Debug)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    /// Host name → indexes of routes with that exact host, ascending.
+    exact: HashMap<String, Vec<usize>>,
+    /// Suffix (".example.com") → indexes of wildcard routes, ascending.
+    wildcard: HashMap<String, Vec<usize>>,
+    /// Per route: the weighted round-robin schedule and its cursor.
+    balancers: Vec<Balancer>,
+}
+
+#[derive(Debug)]
+struct Balancer {
+    schedule: Vec<usize>,
+    next: AtomicUsize,
+}
+
+// === impl RouteTable ===
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> Self {
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut wildcard: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, r) in routes.iter().enumerate() {
+            match &r.from.host {
+                HostPattern::Exact(h) => exact.entry(h.clone()).or_default().push(i),
+                HostPattern::Wildcard(s) => wildcard.entry(s.clone()).or_default().push(i),
+            }
+        }
+        let balancers = routes.iter().map(|r| Balancer::new(&r.upstreams)).collect();
+        Self {
+            routes,
+            exact,
+            wildcard,
+            balancers,
+        }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Whether any route serves `host` (lowercase, no port).
+    pub fn has_host(&self, host: &str) -> bool {
+        self.exact.contains_key(host) || self.wildcard_candidates(host).next().is_some()
+    }
+
+    /// The first route in file order matching `host` (lowercase, no port, no trailing dot),
+    /// the request's `port`, and the normalized `path`.
+    pub fn find(&self, host: &str, port: u16, path: &str) -> Option<&Route> {
+        let matches = |&i: &usize| {
+            let r = &self.routes[i];
+            r.from.port.is_none_or(|p| p == port) && path_matches(&r.path, path)
+        };
+        let exact = self
+            .exact
+            .get(host)
+            .and_then(|list| list.iter().copied().find(|i| matches(i)));
+        let wildcard = self
+            .wildcard_candidates(host)
+            .filter_map(|list| list.iter().copied().find(|i| matches(i)))
+            .min();
+        let best = match (exact, wildcard) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(&self.routes[best])
+    }
+
+    /// The upstream for the next request on `route`.
+    pub fn pick_upstream<'r>(&self, route: &'r Route) -> Option<(usize, &'r Upstream)> {
+        let b = self.balancers.get(route.index)?;
+        if b.schedule.is_empty() {
+            return None;
+        }
+        let n = b.next.fetch_add(1, Ordering::Relaxed);
+        let i = b.schedule[n % b.schedule.len()];
+        Some((i, route.upstreams.get(i)?))
+    }
+
+    fn wildcard_candidates<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a Vec<usize>> {
+        host.match_indices('.')
+            .filter(move |(i, _)| *i > 0 && *i + 1 < host.len())
+            .filter_map(move |(i, _)| self.wildcard.get(&host[i..]))
+    }
+}
+
+fn path_matches(matcher: &PathMatcher, path: &str) -> bool {
+    match matcher {
+        PathMatcher::Prefix(p) => path.starts_with(p.as_str()),
+        PathMatcher::Exact(p) => path == p,
+        PathMatcher::Regex(re) => re.is_match(path),
+    }
+}
+
+// === impl Balancer ===
+
+impl Balancer {
+    /// Interleaves upstreams by weight (smooth weighted round robin), so weight 3:1 sends
+    /// a,a,b,a rather than a,a,a,b.
+    fn new(upstreams: &[Upstream]) -> Self {
+        let total: i64 = upstreams.iter().map(|u| i64::from(u.weight)).sum();
+        let mut current = vec![0i64; upstreams.len()];
+        let mut schedule = Vec::with_capacity(total.max(0) as usize);
+        for _ in 0..total.min(10_000) {
+            for (c, u) in current.iter_mut().zip(upstreams) {
+                *c += i64::from(u.weight);
+            }
+            let Some((best, _)) = current
+                .iter()
+                .enumerate()
+                .max_by_key(|(i, c)| (**c, -(*i as i64)))
+            else {
+                break;
+            };
+            current[best] -= total;
+            schedule.push(best);
+        }
+        Self {
+            schedule,
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn table(routes: &str) -> RouteTable {
+        let text = format!(
+            r#"
+insecure_server = true
+authenticate_service_url = "https://authenticate.example.com"
+shared_secret = "{s}"
+cookie_secret = "{s}"
+idp_provider_url = "https://idp.example.com"
+idp_client_id = "id"
+idp_client_secret = "secret"
+{routes}"#,
+            s = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+        );
+        let config = Config::from_toml(&text, Vec::new(), std::path::Path::new("."))
+            .unwrap_or_else(|e| panic!("{e}"));
+        RouteTable::new(config.routes)
+    }
+
+    #[test]
+    fn first_match_in_file_order_across_exact_and_wildcard() {
+        let t = table(
+            r#"
+[[routes]]
+from = "https://*.example.com"
+prefix = "/api"
+to = "http://127.0.0.1:1"
+allow_any_authenticated_user = true
+[[routes]]
+from = "https://app.example.com"
+to = "http://127.0.0.1:2"
+allow_any_authenticated_user = true
+[[routes]]
+from = "https://*.example.com"
+to = "http://127.0.0.1:3"
+allow_any_authenticated_user = true
+"#,
+        );
+        assert_eq!(t.find("app.example.com", 443, "/api/x").unwrap().index, 0);
+        assert_eq!(t.find("app.example.com", 443, "/other").unwrap().index, 1);
+        assert_eq!(t.find("b.example.com", 443, "/other").unwrap().index, 2);
+        assert_eq!(t.find("a.b.example.com", 443, "/").unwrap().index, 2);
+        assert!(t.find("example.com", 443, "/").is_none());
+        assert!(t.find("evil.com", 443, "/").is_none());
+        assert!(t.find("app.example.com.evil.com", 443, "/").is_none());
+    }
+
+    #[test]
+    fn path_kinds_and_ports() {
+        let t = table(
+            r#"
+[[routes]]
+from = "http://a.test:8080"
+path = "/exact"
+to = "http://127.0.0.1:1"
+allow_any_authenticated_user = true
+[[routes]]
+from = "http://a.test"
+regex = "/r/[0-9]+"
+to = "http://127.0.0.1:1"
+allow_any_authenticated_user = true
+"#,
+        );
+        assert_eq!(t.find("a.test", 8080, "/exact").unwrap().index, 0);
+        assert!(t.find("a.test", 8081, "/exact").is_none());
+        assert!(t.find("a.test", 8080, "/exact/x").is_none());
+        assert_eq!(t.find("a.test", 1, "/r/12").unwrap().index, 1);
+        assert!(
+            t.find("a.test", 1, "/r/12/x").is_none(),
+            "regex is anchored"
+        );
+    }
+
+    #[test]
+    fn weighted_round_robin_follows_weights() {
+        let t = table(
+            r#"
+[[routes]]
+from = "http://a.test"
+to = ["http://127.0.0.1:1,3", "http://127.0.0.1:2"]
+allow_any_authenticated_user = true
+"#,
+        );
+        let route = &t.routes()[0];
+        let mut counts = [0; 2];
+        for _ in 0..400 {
+            let (_, u) = t.pick_upstream(route).unwrap();
+            counts[usize::from(u.addr.port() == 2)] += 1;
+        }
+        assert_eq!(counts, [300, 100]);
+    }
+}

@@ -1,0 +1,207 @@
+//! Start-up: builds the shared state and the Pingora server, and runs it until a signal.
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::TlsAccept;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use portcullis_databroker::{MemoryStore, Store};
+use tracing::info;
+
+use crate::config::{Config, LogFormat};
+use crate::metrics::{Metrics, MetricsApp};
+use crate::service::Proxy;
+use crate::sessions::SessionCache;
+use crate::state::State;
+use crate::tls::SniResolver;
+
+/// How many sessions the proxy keeps in memory at most.
+const MAX_CACHED_SESSIONS: u64 = 1_000_000;
+
+/// Both SIGTERM and SIGINT drain in-flight requests, then exit 0.
+struct Signals;
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => std::future::pending::<()>().await,
+        }
+        info!("shutdown requested; draining in-flight requests");
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// No TLS callbacks: certificates come from the SNI resolver.
+struct NoCallbacks;
+impl TlsAccept for NoCallbacks {}
+
+/// Background work: IdP discovery, the session follower, readiness.
+struct Background {
+    state: Arc<State>,
+    listen: SocketAddr,
+}
+
+#[async_trait]
+impl BackgroundService for Background {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let state = self.state.clone();
+        let discovery_shutdown = shutdown.clone();
+        tokio::spawn(async move { state.discover_in_background(discovery_shutdown).await });
+
+        let state = self.state.clone();
+        let listen = self.listen;
+        tokio::spawn(async move {
+            // Ready once the proxy listener accepts connections.
+            let probe = if listen.ip().is_unspecified() {
+                SocketAddr::from(([127, 0, 0, 1], listen.port()))
+            } else {
+                listen
+            };
+            loop {
+                let ok = tokio::task::spawn_blocking(move || {
+                    TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok()
+                })
+                .await
+                .unwrap_or(false);
+                if ok {
+                    state.metrics.ready.store(true, Ordering::Release);
+                    info!(address = %listen, "ready");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+
+        let assertions_state = self.state.clone();
+        self.state
+            .sessions
+            .follow(shutdown, move |id| {
+                assertions_state.assertions.invalidate_session(id)
+            })
+            .await;
+    }
+}
+
+/// Sets up logging: JSON lines (or pretty) on stdout, at `log_level`.
+pub fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{level},pingora_core=warn,pingora_proxy=warn,pingora=warn",
+            level = config.log_level
+        ))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    let _ = match config.log_format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// Runs the configured services until SIGTERM/SIGINT.
+pub fn run(config: Config) -> Result<(), String> {
+    init_logging(&config);
+    let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let sessions = Arc::new(SessionCache::new(
+        store,
+        metrics.clone(),
+        MAX_CACHED_SESSIONS,
+    ));
+
+    let address = config.address;
+    let metrics_address = config.metrics_address;
+    let certificates = config.certificates.clone();
+    let insecure = config.insecure_server;
+    let state = Arc::new(State::new(config, sessions, metrics.clone())?);
+
+    let mut conf = ServerConf::default();
+    let pid = std::process::id();
+    let tmp = std::env::temp_dir();
+    conf.pid_file = tmp
+        .join(format!("portcullis-{pid}.pid"))
+        .display()
+        .to_string();
+    conf.upgrade_sock = tmp
+        .join(format!("portcullis-{pid}-upgrade.sock"))
+        .display()
+        .to_string();
+    conf.threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    conf.grace_period_seconds = Some(0);
+    conf.graceful_shutdown_timeout_seconds = Some(10);
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Proxy {
+            state: state.clone(),
+        },
+        "portcullis proxy",
+    );
+    let listen = address.to_string();
+    if insecure {
+        proxy.add_tcp(&listen);
+    } else {
+        let resolver = SniResolver::load(&certificates)?;
+        let mut tls =
+            TlsSettings::with_callbacks(Box::new(NoCallbacks)).map_err(|e| format!("TLS: {e}"))?;
+        tls.set_cert_resolver(Arc::new(resolver));
+        tls.enable_h2();
+        proxy.add_tls_with_settings(&listen, None, tls);
+    }
+    server.add_service(proxy);
+
+    if let Some(addr) = metrics_address {
+        let refresh_state = state.clone();
+        let app = MetricsApp::new(
+            metrics.clone(),
+            Box::new(move |m: &Metrics| {
+                m.identity_signatures
+                    .set(refresh_state.assertions.signatures_total() as i64)
+            }),
+        );
+        let mut service = Service::new("portcullis metrics".to_string(), app);
+        service.add_tcp(&addr.to_string());
+        server.add_service(service);
+    }
+    server.add_service(background_service(
+        "portcullis background",
+        Background {
+            state: state.clone(),
+            listen: address,
+        },
+    ));
+
+    info!(address = %address, tls = !insecure, "starting portcullis");
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals),
+    });
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,861 @@
+//! The Pingora service: one [`ProxyHttp`] implementation with one typed [`Ctx`].
+//!
+//! - `request_filter` decides: it validates and normalizes the request, serves Portcullis's own
+//!   endpoints, finds the route, looks the session up and evaluates the route's policy. Any
+//!   refusal is answered here (see [`crate::respond`]); nothing refused reaches an upstream.
+//! - `upstream_peer` picks a backend of the route.
+//! - `upstream_request_filter` strips what clients must not send upstream (the session
+//!   cookie, identity headers, forwarding headers), rewrites path and host, and adds the
+//!   identity headers.
+//! - `response_filter` applies the route's response headers; `logging` records the request.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use http::header::{self, HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::ErrorType;
+use portcullis_auth::{find_cookie, strip_cookie, IdentityClaims, SessionCookie};
+use portcullis_policy::{HeaderLookup, Request as PolicyRequest};
+use tracing::{info, warn};
+
+use crate::authenticate;
+use crate::config::{PathMatcher, Route, TemplatePart};
+use crate::path;
+use crate::respond::{Refusal, Reply};
+use crate::sessions::CachedSession;
+use crate::state::{now_unix, Runtime, State};
+
+/// Header names used on every request, built once.
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const IDENTITY_PREFIX: &str = "x-portcullis-";
+
+/// The proxy service.
+pub struct Proxy {
+    pub state: Arc<State>,
+}
+
+/// Per-request state shared by the phases.
+pub struct Ctx {
+    pub request_id: String,
+    pub start: Instant,
+    pub runtime: Option<Arc<Runtime>>,
+    pub route: Option<usize>,
+    pub upstream: Option<usize>,
+    pub session: Option<Arc<CachedSession>>,
+    /// What was decided: `allow`, `public`, `deny`, `sign_in`, ... (logs and metrics).
+    pub outcome: &'static str,
+    /// Lowercase host, no port.
+    pub host: String,
+    /// Host header as sent (`host[:port]`).
+    pub authority: String,
+    pub port: u16,
+    /// The path as the client sent it, for the access log.
+    pub path: String,
+    pub client_ip: Option<IpAddr>,
+    /// The credential came from an `Authorization` header (strip it before going upstream).
+    pub bearer: bool,
+    /// Answer in JSON, not HTML.
+    pub json: bool,
+}
+
+/// What `decide` wants done with the request.
+pub enum Flow {
+    Proxy,
+    Reply(Reply),
+}
+
+/// The credential a request carries.
+enum Credential<'a> {
+    None,
+    Cookie(&'a str),
+    Bearer(&'a str),
+}
+
+/// Lets the policy read request headers without copying them.
+struct Headers<'a>(&'a RequestHeader);
+
+impl HeaderLookup for Headers<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+// === impl Proxy ===
+
+impl Proxy {
+    fn route<'a>(&self, ctx: &'a Ctx) -> Option<(&'a Runtime, &'a Route)> {
+        let runtime = ctx.runtime.as_deref()?;
+        let route = runtime.routes.routes().get(ctx.route?)?;
+        Some((runtime, route))
+    }
+
+    /// Decides what happens to a request. Everything here runs before any upstream is chosen.
+    async fn decide(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+    ) -> Result<Flow, Refusal> {
+        let state = &self.state;
+        let req = session.req_header();
+        ctx.client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.json = wants_json(req);
+        ctx.path = req.uri.path().to_string();
+        reject_smuggling(req)?;
+        let (host, port, authority) = request_host(req, state.tls)?;
+        ctx.host = host;
+        ctx.port = port;
+        ctx.authority = authority;
+
+        let normalized = path::normalize(req.uri.path())
+            .map_err(|e| Refusal::BadRequest(e.to_string()))?
+            .into_owned();
+        if normalized != req.uri.path() {
+            let pq = match req.uri.query() {
+                Some(q) => format!("{normalized}?{q}"),
+                None => normalized.clone(),
+            };
+            let uri = http::Uri::try_from(pq)
+                .map_err(|_| Refusal::BadRequest("the request target is invalid".into()))?;
+            session.req_header_mut().set_uri(uri);
+        }
+
+        if ctx.host == runtime.config.authenticate.host {
+            return authenticate::serve_authenticate_host(
+                state,
+                runtime,
+                session,
+                ctx,
+                &normalized,
+            )
+            .await;
+        }
+        let is_own_endpoint = normalized.starts_with("/.portcullis/")
+            || normalized == "/.portcullis"
+            || normalized == authenticate::JWKS_PATH;
+        if is_own_endpoint {
+            if !runtime.routes.has_host(&ctx.host) {
+                return Err(Refusal::NotFound);
+            }
+            return authenticate::serve_route_host(state, runtime, session, ctx, &normalized).await;
+        }
+
+        let route = runtime
+            .routes
+            .find(&ctx.host, ctx.port, &normalized)
+            .ok_or(Refusal::NotFound)?;
+        ctx.route = Some(route.index);
+
+        let req = session.req_header();
+        if !route.allow_websockets && is_upgrade(req) {
+            return Err(Refusal::BadRequest(
+                "protocol upgrades (websockets) are not allowed on this route".into(),
+            ));
+        }
+
+        let now = now_unix();
+        if !route.policy.is_public() {
+            ctx.session = load_session(&self.state, runtime, req, ctx, now).await?;
+        }
+        let request = PolicyRequest {
+            identity: ctx.session.as_ref().map(|s| &s.identity),
+            method: req.method.as_str(),
+            path: &normalized,
+            source_ip: ctx.client_ip,
+            now_unix: now,
+            headers: &Headers(req),
+            client_certificate: None,
+        };
+        let decision = route.policy.evaluate(&request);
+        if decision.allowed {
+            ctx.outcome = if route.policy.is_public() {
+                "public"
+            } else {
+                "allow"
+            };
+            self.state
+                .metrics
+                .decisions
+                .with_label_values(&[ctx.outcome])
+                .inc();
+            return Ok(Flow::Proxy);
+        }
+        let refusal = if ctx.session.is_some() {
+            Refusal::Forbidden {
+                details: vec![decision.explain(&route.policy)],
+            }
+        } else if ctx.json || ctx.bearer {
+            Refusal::Unauthorized
+        } else {
+            let original = format!(
+                "{}://{}{}",
+                if self.state.tls { "https" } else { "http" },
+                ctx.authority,
+                req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+            );
+            Refusal::SignIn {
+                location: authenticate::sign_in_url(state, runtime, &original, now),
+            }
+        };
+        info!(
+            target: "authorize",
+            request_id = %ctx.request_id,
+            route = %route.name,
+            user = ctx.session.as_ref().map(|s| s.session.user_id.as_str()).unwrap_or(""),
+            email = ctx.session.as_ref().map(|s| s.session.email.as_str()).unwrap_or(""),
+            decision = refusal.outcome(),
+            reason = %decision.explain(&route.policy),
+            "request refused by policy"
+        );
+        Err(refusal)
+    }
+
+    /// The identity headers for this request's session and route host.
+    fn identity_assertion(&self, ctx: &Ctx, session: &CachedSession) -> Option<Arc<str>> {
+        let s = &session.session;
+        let audience = ctx.host.as_str();
+        let result = self.state.assertions.get_or_sign(
+            &self.state.assertion_signer,
+            &s.id,
+            audience,
+            now_unix(),
+            || IdentityClaims {
+                iss: audience.to_string(),
+                aud: audience.to_string(),
+                sub: s.user_id.clone(),
+                user: s.user_id.clone(),
+                email: s.email.clone(),
+                groups: s.groups.clone(),
+                name: s.name.clone(),
+                sid: s.id.clone(),
+                iat: 0,
+                exp: 0,
+                jti: String::new(),
+            },
+        );
+        match result {
+            Ok(jwt) => Some(jwt),
+            Err(e) => {
+                warn!(error = %e, "cannot sign the identity assertion");
+                None
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            request_id: new_request_id(),
+            start: Instant::now(),
+            runtime: None,
+            route: None,
+            upstream: None,
+            session: None,
+            outcome: "none",
+            host: String::new(),
+            authority: String::new(),
+            port: 0,
+            path: String::new(),
+            client_ip: None,
+            bearer: false,
+            json: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let runtime = self.state.runtime.load_full();
+        ctx.runtime = Some(runtime.clone());
+        let flow = self.decide(session, ctx, &runtime).await;
+        let reply = match flow {
+            Ok(Flow::Proxy) => return Ok(false),
+            Ok(Flow::Reply(reply)) => {
+                if ctx.outcome == "none" {
+                    ctx.outcome = "portcullis";
+                }
+                reply
+            }
+            Err(refusal) => {
+                ctx.outcome = refusal.outcome();
+                if !matches!(refusal, Refusal::NotFound | Refusal::BadRequest(_)) {
+                    self.state
+                        .metrics
+                        .decisions
+                        .with_label_values(&[ctx.outcome])
+                        .inc();
+                }
+                refusal.reply(
+                    &ctx.request_id,
+                    ctx.json || ctx.bearer,
+                    runtime.config.show_error_details,
+                )
+            }
+        };
+        reply.send(session, self.state.tls).await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let runtime = ctx
+            .runtime
+            .clone()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route selected"))?;
+        let route = ctx
+            .route
+            .and_then(|i| runtime.routes.routes().get(i))
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route selected"))?;
+        let (index, upstream) = runtime
+            .routes
+            .pick_upstream(route)
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "route has no upstream"))?;
+        ctx.upstream = Some(index);
+        let mut peer = HttpPeer::new(upstream.addr, upstream.tls, upstream.sni.clone());
+        peer.options.connection_timeout = Some(route.timeout.min(Duration::from_secs(10)));
+        peer.options.total_connection_timeout = Some(route.timeout.min(Duration::from_secs(15)));
+        peer.options.read_timeout = Some(route.timeout);
+        peer.options.write_timeout = Some(route.timeout);
+        peer.options.idle_timeout = Some(route.idle_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let (runtime, route) = self
+            .route(ctx)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route selected"))?;
+        let config = &runtime.config;
+
+        // 1. Nothing a client sends may pose as Portcullis or as the forwarding chain.
+        let spoofable: Vec<HeaderName> = upstream_request
+            .headers
+            .keys()
+            .filter(|name| {
+                name.as_str().starts_with(IDENTITY_PREFIX)
+                    || *name == config.jwt_assertion_header
+                    || config.jwt_claims_headers.iter().any(|(h, _)| h == *name)
+                    || route.remove_request_headers.iter().any(|h| h == *name)
+            })
+            .cloned()
+            .collect();
+        for name in spoofable {
+            upstream_request.remove_header(&name);
+        }
+        for name in [
+            &FORWARDED,
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_HOST,
+            &X_FORWARDED_PROTO,
+            &X_REAL_IP,
+        ] {
+            upstream_request.remove_header(name);
+        }
+        if ctx.bearer {
+            upstream_request.remove_header(&header::AUTHORIZATION);
+        }
+        strip_session_cookie(upstream_request, &config.cookie.name)?;
+
+        // 2. Forwarding headers from the connection.
+        if let Some(ip) = ctx.client_ip {
+            upstream_request.insert_header(X_FORWARDED_FOR.clone(), ip.to_string())?;
+        }
+        upstream_request.insert_header(
+            X_FORWARDED_PROTO.clone(),
+            if self.state.tls { "https" } else { "http" },
+        )?;
+        upstream_request.insert_header(X_FORWARDED_HOST.clone(), ctx.authority.as_str())?;
+        upstream_request.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
+
+        // 3. Path and host.
+        let upstream = ctx.upstream.and_then(|i| route.upstreams.get(i));
+        let path_and_query = rewrite_path(
+            route,
+            upstream.map(|u| u.base_path.as_str()),
+            &upstream_request.uri,
+        );
+        let uri = http::Uri::try_from(path_and_query.as_ref())
+            .explain_err(ErrorType::InternalError, |_| "rewritten path is invalid")?;
+        upstream_request.set_uri(uri);
+        let host = if route.preserve_host_header {
+            ctx.authority.as_str()
+        } else if let Some(h) = &route.host_rewrite {
+            h.as_str()
+        } else {
+            upstream
+                .map(|u| u.authority.as_str())
+                .unwrap_or(ctx.authority.as_str())
+        };
+        upstream_request.insert_header(header::HOST, host)?;
+
+        // 4. Identity.
+        let identity = ctx.session.clone();
+        let mut jwt: Option<Arc<str>> = None;
+        if let Some(s) = identity.as_deref() {
+            if route.pass_identity_headers {
+                jwt = self.identity_assertion(ctx, s);
+                if let Some(j) = &jwt {
+                    upstream_request
+                        .insert_header(config.jwt_assertion_header.clone(), j.as_ref())?;
+                }
+                for (name, claim) in &config.jwt_claims_headers {
+                    if let Some(v) = claim_value(s, claim) {
+                        if let Ok(v) = HeaderValue::from_str(&v) {
+                            upstream_request.insert_header(name.clone(), v)?;
+                        }
+                    }
+                }
+            }
+        }
+        for (name, template) in &route.set_request_headers {
+            let mut value = String::new();
+            for part in &template.0 {
+                match part {
+                    TemplatePart::Literal(s) => value.push_str(s),
+                    TemplatePart::AccessToken => value.push_str(
+                        identity
+                            .as_deref()
+                            .and_then(|s| s.session.access_token.as_deref())
+                            .unwrap_or(""),
+                    ),
+                    TemplatePart::IdToken => value.push_str(
+                        identity
+                            .as_deref()
+                            .and_then(|s| s.session.id_token.as_deref())
+                            .unwrap_or(""),
+                    ),
+                    TemplatePart::Jwt => {
+                        if jwt.is_none() {
+                            jwt = identity
+                                .as_deref()
+                                .and_then(|s| self.identity_assertion(ctx, s));
+                        }
+                        value.push_str(jwt.as_deref().unwrap_or(""));
+                    }
+                }
+            }
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                upstream_request.insert_header(name.clone(), v)?;
+            }
+        }
+        let _ = session;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some((_, route)) = self.route(ctx) {
+            for (name, value) in &route.set_response_headers {
+                upstream_response.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        _ctx: &mut Ctx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let refusal = match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                Some(Refusal::GatewayTimeout)
+            }
+            ErrorType::HTTPStatus(504) => Some(Refusal::GatewayTimeout),
+            ErrorType::HTTPStatus(code) if *code >= 500 => Some(Refusal::BadGateway),
+            ErrorType::HTTPStatus(code) if (400..500).contains(code) => {
+                Some(Refusal::BadRequest("The request is malformed.".into()))
+            }
+            _ => match e.esource() {
+                pingora::ErrorSource::Upstream => Some(Refusal::BadGateway),
+                pingora::ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                        None
+                    }
+                    _ => Some(Refusal::BadRequest("The request is malformed.".into())),
+                },
+                _ => Some(Refusal::BadGateway),
+            },
+        };
+        let Some(refusal) = refusal else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        ctx.outcome = refusal.outcome();
+        let code = refusal.status();
+        if session.response_written().is_none() {
+            let show = ctx
+                .runtime
+                .as_ref()
+                .is_some_and(|r| r.config.show_error_details);
+            let reply = refusal.reply(&ctx.request_id, ctx.json || ctx.bearer, show);
+            if let Err(write_error) = reply.send(session, self.state.tls).await {
+                warn!(error = %write_error, "cannot send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let route_name = self.route(ctx).map(|(_, r)| r.name.as_str()).unwrap_or("");
+        let elapsed = ctx.start.elapsed();
+        let metrics = &self.state.metrics;
+        let mut code = itoa::Buffer::new();
+        metrics
+            .requests
+            .with_label_values(&[route_name, code.format(status)])
+            .inc();
+        metrics
+            .duration
+            .with_label_values(&[route_name])
+            .observe(elapsed.as_secs_f64());
+        let req = session.req_header();
+        let user = ctx
+            .session
+            .as_ref()
+            .map(|s| s.session.email.as_str())
+            .unwrap_or("");
+        info!(
+            target: "access",
+            request_id = %ctx.request_id,
+            method = %req.method,
+            host = %ctx.authority,
+            path = %ctx.path,
+            status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            route = route_name,
+            user,
+            decision = ctx.outcome,
+            error = e.map(|e| e.etype().as_str()).unwrap_or(""),
+        );
+    }
+}
+
+/// The session the request's cookie or bearer token names, when it is valid and live.
+pub(crate) async fn load_session(
+    state: &State,
+    runtime: &Runtime,
+    req: &RequestHeader,
+    ctx: &mut Ctx,
+    now: i64,
+) -> Result<Option<Arc<CachedSession>>, Refusal> {
+    let credential = match bearer_token(req) {
+        Some(t) => {
+            ctx.bearer = true;
+            Credential::Bearer(t)
+        }
+        None => match find_cookie(
+            req.headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+            &runtime.config.cookie.name,
+        ) {
+            Some(c) => Credential::Cookie(c),
+            None => Credential::None,
+        },
+    };
+    let sealed = match credential {
+        Credential::None => return Ok(None),
+        Credential::Cookie(c) | Credential::Bearer(c) => c,
+    };
+    let Some(cookie) = SessionCookie::open(&state.cipher, sealed, now) else {
+        return Ok(None);
+    };
+    state
+        .sessions
+        .get(&cookie.session_id, now)
+        .await
+        .map_err(|e| {
+            warn!(error = %e, "session store unavailable");
+            Refusal::Unavailable(
+                "The session store cannot be reached right now. Try again in a moment.".into(),
+            )
+        })
+}
+
+/// A 16-hex-digit random request id.
+pub fn new_request_id() -> String {
+    use rand::Rng as _;
+    format!("{:016x}", rand::thread_rng().gen::<u64>())
+}
+
+fn wants_json(req: &RequestHeader) -> bool {
+    req.headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json") && !a.contains("text/html"))
+}
+
+fn is_upgrade(req: &RequestHeader) -> bool {
+    req.headers.contains_key(header::UPGRADE)
+}
+
+/// The bearer token in `Authorization`, when it is one of ours
+/// (`Bearer Portcullis-<token>`, `Portcullis <token>`, or `Bearer <token>`).
+fn bearer_token(req: &RequestHeader) -> Option<&str> {
+    let value = req.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Some(token.strip_prefix("Portcullis-").unwrap_or(token))
+    } else if scheme.eq_ignore_ascii_case("portcullis") {
+        Some(token)
+    } else {
+        None
+    }
+}
+
+/// Refuses requests that different servers could read differently.
+fn reject_smuggling(req: &RequestHeader) -> Result<(), Refusal> {
+    let te = req
+        .headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .count();
+    let cl = req.headers.get_all(header::CONTENT_LENGTH).iter().count();
+    if te > 0 && cl > 0 {
+        return Err(Refusal::BadRequest(
+            "Content-Length and Transfer-Encoding together are not allowed".into(),
+        ));
+    }
+    if cl > 1 {
+        return Err(Refusal::BadRequest("several Content-Length headers".into()));
+    }
+    if te > 0 {
+        let chunked_only = req
+            .headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .all(|v| {
+                v.to_str()
+                    .is_ok_and(|s| s.trim().eq_ignore_ascii_case("chunked"))
+            });
+        if !chunked_only || te > 1 {
+            return Err(Refusal::BadRequest("unsupported Transfer-Encoding".into()));
+        }
+    }
+    Ok(())
+}
+
+/// The request's host (lowercase, no port, no trailing dot), port and authority.
+fn request_host(req: &RequestHeader, tls: bool) -> Result<(String, u16, String), Refusal> {
+    let mut hosts = req.headers.get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Refusal::BadRequest("several Host headers".into()));
+    }
+    let host_header = host_header
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| Refusal::BadRequest("invalid Host header".into()))
+        })
+        .transpose()?;
+    let authority = match (req.uri.authority().map(|a| a.as_str()), host_header) {
+        (Some(a), Some(h)) if !a.eq_ignore_ascii_case(h) => {
+            return Err(Refusal::BadRequest(
+                "Host does not match the request target".into(),
+            ))
+        }
+        (Some(a), _) => a,
+        (None, Some(h)) => h,
+        (None, None) => return Err(Refusal::BadRequest("missing Host header".into())),
+    };
+    if authority.is_empty()
+        || !authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
+    {
+        return Err(Refusal::BadRequest("invalid Host header".into()));
+    }
+    let (host, port) = split_host_port(authority)
+        .ok_or_else(|| Refusal::BadRequest("invalid Host header".into()))?;
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let port = port.unwrap_or(if tls { 443 } else { 80 });
+    Ok((host, port, authority.to_string()))
+}
+
+fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p.parse().ok()?),
+            None if after.is_empty() => None,
+            None => return None,
+        };
+        return Some((v6, port));
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) => Some((h, Some(p.parse().ok()?))),
+        None => Some((authority, None)),
+    }
+}
+
+/// Removes the session cookie from every `Cookie` header, keeping the others.
+fn strip_session_cookie(req: &mut RequestHeader, name: &str) -> Result<()> {
+    let values: Vec<String> = req
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    if values.is_empty() {
+        return Ok(());
+    }
+    req.remove_header(&header::COOKIE);
+    let kept: Vec<String> = values
+        .iter()
+        .filter_map(|v| strip_cookie(v, name))
+        .collect();
+    if !kept.is_empty() {
+        req.insert_header(header::COOKIE, kept.join("; "))?;
+    }
+    Ok(())
+}
+
+/// The path (with query) to send upstream.
+fn rewrite_path<'a>(route: &Route, base_path: Option<&str>, uri: &'a http::Uri) -> Cow<'a, str> {
+    let path = uri.path();
+    let rewritten: Option<String> = if let Some(rewrite) = &route.prefix_rewrite {
+        let prefix = match &route.path {
+            PathMatcher::Prefix(p) => p.as_str(),
+            _ => "/",
+        };
+        let rest = path.strip_prefix(prefix).unwrap_or(path);
+        let mut p = String::with_capacity(rewrite.len() + rest.len());
+        p.push_str(rewrite);
+        if p.ends_with('/') && rest.starts_with('/') {
+            p.push_str(&rest[1..]);
+        } else if !p.ends_with('/') && !rest.is_empty() && !rest.starts_with('/') {
+            p.push('/');
+            p.push_str(rest);
+        } else {
+            p.push_str(rest);
+        }
+        Some(p)
+    } else {
+        match base_path {
+            Some(base) if !base.is_empty() => Some(format!("{base}{path}")),
+            _ => None,
+        }
+    };
+    match (rewritten, uri.query()) {
+        (None, _) => Cow::Borrowed(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")),
+        (Some(p), None) => Cow::Owned(p),
+        (Some(p), Some(q)) => Cow::Owned(format!("{p}?{q}")),
+    }
+}
+
+/// A claim of the session as a header value (lists joined with `,`).
+fn claim_value(s: &CachedSession, claim: &str) -> Option<String> {
+    let session = &s.session;
+    match claim {
+        "email" => Some(session.email.clone()),
+        "sub" | "user" => Some(session.user_id.clone()),
+        "name" => Some(session.name.clone()),
+        "groups" => Some(session.groups.join(",")),
+        other => match s.identity.claims().get(other)? {
+            serde_json::Value::String(v) => Some(v.clone()),
+            serde_json::Value::Array(items) => Some(
+                items
+                    .iter()
+                    .map(|i| match i {
+                        serde_json::Value::String(v) => v.clone(),
+                        v => v.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            serde_json::Value::Null => None,
+            v => Some(v.to_string()),
+        },
+    }
+}
+
+/// Marks the server ready (for `/readyz`).
+pub fn mark_ready(state: &State) {
+    state.metrics.ready.store(true, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_parsing() {
+        assert_eq!(split_host_port("a.test:8080"), Some(("a.test", Some(8080))));
+        assert_eq!(split_host_port("a.test"), Some(("a.test", None)));
+        assert_eq!(split_host_port("[::1]:443"), Some(("::1", Some(443))));
+        assert_eq!(split_host_port("[::1]"), Some(("::1", None)));
+        assert_eq!(split_host_port("a.test:x"), None);
+        assert_eq!(split_host_port("[::1]x"), None);
+    }
+
+    #[test]
+    fn bearer_forms() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("authorization", "Bearer Portcullis-abc")
+            .unwrap();
+        assert_eq!(bearer_token(&req), Some("abc"));
+        req.insert_header("authorization", "Portcullis xyz")
+            .unwrap();
+        assert_eq!(bearer_token(&req), Some("xyz"));
+        req.insert_header("authorization", "Basic dXNlcjpw")
+            .unwrap();
+        assert_eq!(bearer_token(&req), None);
+    }
+
+    #[test]
+    fn smuggling_shapes_are_refused() {
+        let mut req = RequestHeader::build("POST", b"/", None).unwrap();
+        req.insert_header("content-length", "5").unwrap();
+        req.append_header("transfer-encoding", "chunked").unwrap();
+        assert!(reject_smuggling(&req).is_err());
+        let mut req = RequestHeader::build("POST", b"/", None).unwrap();
+        req.insert_header("transfer-encoding", "gzip, chunked")
+            .unwrap();
+        assert!(reject_smuggling(&req).is_err());
+        let mut req = RequestHeader::build("POST", b"/", None).unwrap();
+        req.insert_header("transfer-encoding", "chunked").unwrap();
+        assert!(reject_smuggling(&req).is_ok());
+    }
+}

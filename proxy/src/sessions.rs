@@ -1,0 +1,227 @@
+//! The proxy's view of sessions: a moka cache in front of the databroker, kept honest by a
+//! background task that follows the databroker's change stream.
+//!
+//! A lookup that hits the cache costs a hash and an `Arc` clone. A miss asks the store once
+//! and fills the cache. Every change the store reports (a sign-out's tombstone, a refresh)
+//! evicts the entry at once, so a session deleted through any replica stops working on all.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use portcullis_auth::Session;
+use portcullis_databroker::{Error as StoreError, NewRecord, Store, SESSION_TYPE};
+use portcullis_policy::Identity;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+
+/// A session together with everything derived from it once, not per request.
+#[derive(Debug)]
+pub struct CachedSession {
+    pub session: Session,
+    pub identity: Identity,
+}
+
+/// Sessions by id.
+pub struct SessionCache {
+    cache: moka::sync::Cache<String, Arc<CachedSession>>,
+    /// Ids deleted recently: a miss racing a sign-out must not put the session back.
+    deleted: moka::sync::Cache<String, ()>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+// === impl CachedSession ===
+
+impl CachedSession {
+    pub fn new(session: Session) -> Self {
+        let mut claims = session.claims.clone();
+        claims
+            .entry("email".to_string())
+            .or_insert_with(|| serde_json::Value::String(session.email.clone()));
+        claims
+            .entry("name".to_string())
+            .or_insert_with(|| serde_json::Value::String(session.name.clone()));
+        claims.entry("groups".to_string()).or_insert_with(|| {
+            serde_json::Value::Array(
+                session
+                    .groups
+                    .iter()
+                    .cloned()
+                    .map(serde_json::Value::String)
+                    .collect(),
+            )
+        });
+        claims
+            .entry("sub".to_string())
+            .or_insert_with(|| serde_json::Value::String(session.user_id.clone()));
+        let identity = Identity::new(
+            session.user_id.clone(),
+            session.email.clone(),
+            session.groups.clone(),
+            claims,
+        );
+        Self { session, identity }
+    }
+}
+
+// === impl SessionCache ===
+
+impl SessionCache {
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, max_sessions: u64) -> Self {
+        Self {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(max_sessions)
+                .build(),
+            deleted: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(600))
+                .build(),
+            store,
+            metrics,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The live session with this id, from the cache or the store.
+    pub async fn get(
+        &self,
+        id: &str,
+        now_unix: i64,
+    ) -> Result<Option<Arc<CachedSession>>, StoreError> {
+        if let Some(s) = self.cache.get(id) {
+            self.metrics.session_cache_hits.inc();
+            return Ok((!s.session.is_expired(now_unix)).then_some(s));
+        }
+        self.metrics.session_cache_misses.inc();
+        let Some(record) = self.store.get(SESSION_TYPE, id).await? else {
+            return Ok(None);
+        };
+        let session: Session = match serde_json::from_value(record.data) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "unreadable session record; treating as absent");
+                return Ok(None);
+            }
+        };
+        if session.is_expired(now_unix) {
+            return Ok(None);
+        }
+        let cached = Arc::new(CachedSession::new(session));
+        if !self.deleted.contains_key(id) {
+            self.cache.insert(id.to_string(), cached.clone());
+        }
+        Ok(Some(cached))
+    }
+
+    /// Stores a new or changed session.
+    pub async fn put(&self, session: &Session) -> Result<(), StoreError> {
+        let data = serde_json::to_value(session)
+            .map_err(|e| StoreError::InvalidArgument(format!("session does not serialize: {e}")))?;
+        self.store
+            .put(vec![NewRecord::new(SESSION_TYPE, session.id.clone(), data)])
+            .await?;
+        self.cache.invalidate(&session.id);
+        Ok(())
+    }
+
+    /// Deletes a session everywhere: the record (so every replica's follower evicts it) and
+    /// the local cache entry (at once, without waiting for the stream).
+    pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
+        self.deleted.insert(id.to_string(), ());
+        self.cache.invalidate(id);
+        self.store.delete(SESSION_TYPE, id).await?;
+        Ok(())
+    }
+
+    fn evict(&self, id: &str, deleted: bool) {
+        if deleted {
+            self.deleted.insert(id.to_string(), ());
+        }
+        self.cache.invalidate(id);
+    }
+
+    /// Follows the store's change stream until `shutdown` turns true, evicting every session
+    /// that changes. Reconnects with backoff; a compacted history clears the whole cache.
+    pub async fn follow(
+        &self,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        on_evict: impl Fn(&str) + Send + Sync,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        let mut after = None;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let start = match after {
+                Some(v) => v,
+                None => match self.store.versions().await {
+                    Ok(v) => {
+                        // Whatever was cached before we started following may be stale.
+                        self.cache.invalidate_all();
+                        v.latest_record_version
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "session sync: store unavailable; retrying");
+                        sleep_or_shutdown(&mut shutdown, &mut backoff).await;
+                        continue;
+                    }
+                },
+            };
+            let mut changes = match self.store.sync(start).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "session sync: cannot follow changes; resyncing");
+                    after = None;
+                    sleep_or_shutdown(&mut shutdown, &mut backoff).await;
+                    continue;
+                }
+            };
+            info!(after = start, "session sync: following changes");
+            backoff = Duration::from_millis(100);
+            after = Some(start);
+            loop {
+                let next = tokio::select! {
+                    next = changes.next() => next,
+                    _ = shutdown.changed() => return,
+                };
+                match next {
+                    Some(Ok(record)) => {
+                        after = Some(record.version);
+                        if record.kind == SESSION_TYPE {
+                            debug!(version = record.version, "session changed; evicting");
+                            self.evict(&record.id, record.is_deleted());
+                            on_evict(&record.id);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        warn!(error = %e, "session sync interrupted; resyncing");
+                        after = None;
+                        break;
+                    }
+                    None => {
+                        warn!("session sync stream ended; reconnecting");
+                        break;
+                    }
+                }
+            }
+            sleep_or_shutdown(&mut shutdown, &mut backoff).await;
+        }
+    }
+}
+
+async fn sleep_or_shutdown(
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    backoff: &mut Duration,
+) {
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        _ = shutdown.changed() => {}
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(5));
+}

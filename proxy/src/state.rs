@@ -1,0 +1,186 @@
+//! Everything the proxy builds once at start-up and shares between requests.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use portcullis_auth::{
+    AssertionCache, AssertionSigner, Cipher, CookieOptions, OidcConfig, OidcProvider, ReplayGuard,
+    SameSite, UrlSigner,
+};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use crate::config::{self, Config};
+use crate::metrics::Metrics;
+use crate::routes::RouteTable;
+use crate::sessions::SessionCache;
+
+/// The part of the configuration a reload may replace, swapped atomically.
+pub struct Runtime {
+    pub config: Config,
+    pub routes: RouteTable,
+    pub session_cookie: CookieOptions,
+    /// Origin of the authenticate service (`https://authenticate.example.com[:port]`).
+    pub authenticate_origin: String,
+}
+
+/// Shared state of the proxy service.
+pub struct State {
+    pub runtime: ArcSwap<Runtime>,
+    pub cipher: Cipher,
+    pub url_signer: UrlSigner,
+    pub assertion_signer: AssertionSigner,
+    pub assertions: AssertionCache,
+    pub sessions: Arc<SessionCache>,
+    pub replay: ReplayGuard,
+    pub metrics: Arc<Metrics>,
+    oidc: ArcSwapOption<OidcProvider>,
+    oidc_config: Option<OidcConfig>,
+    /// Serializes discovery attempts made on the request path.
+    discovering: Mutex<()>,
+    /// The listener speaks TLS.
+    pub tls: bool,
+    /// Port of the listener, for routes whose `from` has none and for building URLs.
+    pub listener_port: u16,
+}
+
+/// How long the login-state cookie lives.
+pub const LOGIN_STATE_COOKIE_TTL: Duration = Duration::from_secs(600);
+
+// === impl Runtime ===
+
+impl Runtime {
+    pub fn new(mut config: Config) -> Self {
+        let routes = RouteTable::new(std::mem::take(&mut config.routes));
+        let session_cookie = CookieOptions {
+            name: config.cookie.name.clone(),
+            domain: config.cookie.domain.clone(),
+            secure: config.cookie.secure,
+            http_only: config.cookie.http_only,
+            same_site: match config.cookie.same_site {
+                config::SameSite::Lax => SameSite::Lax,
+                config::SameSite::Strict => SameSite::Strict,
+                config::SameSite::None => SameSite::None,
+            },
+            max_age: config.cookie.expire,
+        };
+        let authenticate_origin = config.authenticate.url.origin().ascii_serialization();
+        Self {
+            config,
+            routes,
+            session_cookie,
+            authenticate_origin,
+        }
+    }
+
+    /// The login-state cookie: host-only on the authenticate host, `Lax` so that the IdP's
+    /// top-level redirect back carries it.
+    pub fn login_state_cookie(&self) -> CookieOptions {
+        CookieOptions {
+            name: format!("{}_login", self.config.cookie.name),
+            domain: None,
+            secure: self.config.cookie.secure,
+            http_only: true,
+            same_site: SameSite::Lax,
+            max_age: LOGIN_STATE_COOKIE_TTL,
+        }
+    }
+
+    /// The IdP redirect URI (`/oauth2/callback` on the authenticate host).
+    pub fn oauth_callback_url(&self) -> String {
+        format!("{}/oauth2/callback", self.authenticate_origin)
+    }
+}
+
+// === impl State ===
+
+impl State {
+    pub fn new(
+        config: Config,
+        sessions: Arc<SessionCache>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let assertion_signer = match &config.signing_key {
+            Some(pem) => AssertionSigner::from_pem(pem),
+            None => AssertionSigner::derive(&config.shared_secret),
+        }
+        .map_err(|e| format!("signing_key: {e}"))?;
+        let runtime = Runtime::new(config);
+        let c = &runtime.config;
+        let oidc_config = c.idp.as_ref().map(|idp| OidcConfig {
+            issuer_url: idp.provider_url.clone(),
+            client_id: idp.client_id.clone(),
+            client_secret: idp.client_secret.clone(),
+            redirect_url: runtime.oauth_callback_url(),
+            scopes: idp.scopes.clone(),
+        });
+        Ok(Self {
+            cipher: Cipher::new(&c.cookie_secret),
+            url_signer: UrlSigner::new(&c.shared_secret),
+            assertion_signer,
+            assertions: AssertionCache::new(1_000_000),
+            sessions,
+            replay: ReplayGuard::new(),
+            metrics,
+            oidc: ArcSwapOption::empty(),
+            oidc_config,
+            discovering: Mutex::new(()),
+            tls: !c.insecure_server,
+            listener_port: c.address.port(),
+            runtime: ArcSwap::from_pointee(runtime),
+        })
+    }
+
+    /// The IdP client, discovering it first when that has not succeeded yet.
+    pub async fn oidc(&self) -> Option<Arc<OidcProvider>> {
+        if let Some(p) = self.oidc.load_full() {
+            return Some(p);
+        }
+        let cfg = self.oidc_config.clone()?;
+        let _one_at_a_time = self.discovering.lock().await;
+        if let Some(p) = self.oidc.load_full() {
+            return Some(p);
+        }
+        match tokio::time::timeout(Duration::from_secs(10), OidcProvider::discover(cfg)).await {
+            Ok(Ok(p)) => {
+                info!(issuer = p.issuer(), "identity provider discovered");
+                let p = Arc::new(p);
+                self.oidc.store(Some(p.clone()));
+                Some(p)
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "identity provider discovery failed");
+                None
+            }
+            Err(_) => {
+                warn!("identity provider discovery timed out");
+                None
+            }
+        }
+    }
+
+    /// Keeps trying discovery in the background until it succeeds, so the first sign-in
+    /// does not wait for it.
+    pub async fn discover_in_background(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        if self.oidc_config.is_none() {
+            return;
+        }
+        let mut delay = Duration::from_millis(200);
+        while self.oidc().await.is_none() {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => return,
+            }
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
