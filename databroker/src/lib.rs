@@ -6,8 +6,12 @@
 //! cache of the records it needs and follows that stream to drop entries the moment they
 //! change — a sign-out on one replica takes effect on every replica.
 //!
-//! [`Store`] is the one interface; [`MemoryStore`] is the in-process backend. PostgreSQL and
-//! a remote gRPC client implement the same trait.
+//! [`Store`] is the one interface. [`MemoryStore`] is the in-process backend, [`PgStore`] keeps
+//! records in PostgreSQL (several databroker replicas may share one database), and
+//! [`RemoteStore`] reaches a separate databroker service over gRPC ([`grpc`]).
+//! [`SealedStore`] wraps any of them and encrypts the IdP tokens in session records, so a
+//! database dump does not hand out sessions. Named leases ([`Store::acquire_lease`]) elect one
+//! holder among replicas for singleton work such as session refresh.
 //!
 //! ```
 //! # tokio_test_block_on(async {
@@ -22,12 +26,18 @@
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod grpc;
 mod memory;
+mod postgres;
+mod sealed;
 
+pub use grpc::RemoteStore;
 pub use memory::MemoryStore;
+pub use postgres::{PgOptions, PgStore};
+pub use sealed::{SealedStore, AT_REST_KEY_INFO, SEALED_FIELDS};
 
 use std::pin::Pin;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
 use serde::{Deserialize, Serialize};
@@ -90,6 +100,14 @@ pub struct Versions {
     pub latest_record_version: u64,
 }
 
+/// Every live record (optionally of one type) and the versions they are current at.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    pub records: Vec<Record>,
+    /// Follow [`Store::sync`] from `versions.latest_record_version` to stay current.
+    pub versions: Versions,
+}
+
 /// Every change after a version, in version order; waits for new ones when caught up.
 pub type ChangeStream = Pin<Box<dyn Stream<Item = Result<Record, Error>> + Send>>;
 
@@ -110,6 +128,10 @@ pub enum Error {
     InvalidArgument(String),
 }
 
+// Leases: a named lease has at most one holder until its TTL runs out. A holder keeps it by
+// renewing well within the TTL; when it stops (crash, partition) another holder can take it
+// once the TTL has passed. Holder ids are chosen by the caller and must be unique per process.
+
 /// Storage for records. Implementations must be cheap to share (`Arc<dyn Store>`).
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -125,6 +147,16 @@ pub trait Store: Send + Sync + 'static {
     async fn versions(&self) -> Result<Versions, Error>;
     /// Every change (writes and tombstones) with a version above `after`, then new ones as they come.
     async fn sync(&self, after: u64) -> Result<ChangeStream, Error>;
+    /// Every live record (of `kind`, or of every type when `None`) as one consistent snapshot.
+    async fn sync_latest(&self, kind: Option<&str>) -> Result<Snapshot, Error>;
+
+    /// Takes the lease `name` for `holder` for `ttl` when it is free, expired or already
+    /// `holder`'s (then it is extended). `true` when `holder` holds it afterwards.
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, Error>;
+    /// Extends `holder`'s unexpired lease to `ttl` from now; `false` when `holder` lost it.
+    async fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, Error>;
+    /// Gives the lease up at once; `false` when `holder` did not hold it.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, Error>;
 }
 
 // === impl NewRecord ===
@@ -158,6 +190,19 @@ impl Query {
 impl Record {
     pub fn is_deleted(&self) -> bool {
         self.deleted_at.is_some()
+    }
+}
+
+pub(crate) fn validate(records: &[NewRecord]) -> Result<(), Error> {
+    match records
+        .iter()
+        .find(|r| r.kind.is_empty() || r.id.is_empty())
+    {
+        Some(bad) => Err(Error::InvalidArgument(format!(
+            "record type and id must not be empty (type {:?}, id {:?})",
+            bad.kind, bad.id
+        ))),
+        None => Ok(()),
     }
 }
 

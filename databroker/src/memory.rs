@@ -11,8 +11,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures::stream;
 use tokio::sync::watch;
 
+use std::time::{Duration, Instant};
+
 use crate::{
-    now_millis, ChangeStream, Error, NewRecord, Query, QueryPage, Record, Store, Versions,
+    now_millis, validate, ChangeStream, Error, NewRecord, Query, QueryPage, Record, Snapshot,
+    Store, Versions,
 };
 
 type Key = (String, String);
@@ -37,6 +40,8 @@ struct State {
     version: u64,
     /// Every version up to and including this one may have been compacted away.
     compacted_through: u64,
+    /// Lease name → (holder, expiry).
+    leases: HashMap<String, (String, Instant)>,
 }
 
 /// How many changes one poll of a change stream hands out at most.
@@ -120,15 +125,7 @@ impl Store for MemoryStore {
     }
 
     async fn put(&self, records: Vec<NewRecord>) -> Result<Vec<Record>, Error> {
-        if let Some(bad) = records
-            .iter()
-            .find(|r| r.kind.is_empty() || r.id.is_empty())
-        {
-            return Err(Error::InvalidArgument(format!(
-                "record type and id must not be empty (type {:?}, id {:?})",
-                bad.kind, bad.id
-            )));
-        }
+        validate(&records)?;
         let now = now_millis();
         let stored = {
             let mut state = self.shared.lock();
@@ -228,6 +225,61 @@ impl Store for MemoryStore {
             },
         );
         Ok(Box::pin(changes))
+    }
+
+    async fn sync_latest(&self, kind: Option<&str>) -> Result<Snapshot, Error> {
+        let state = self.shared.lock();
+        let mut records: Vec<Record> = state
+            .records
+            .values()
+            .filter(|r| !r.is_deleted() && kind.is_none_or(|k| r.kind == k))
+            .cloned()
+            .collect();
+        records.sort_by_key(|r| r.version);
+        Ok(Snapshot {
+            records,
+            versions: Versions {
+                server_version: self.shared.server_version,
+                latest_record_version: state.version,
+            },
+        })
+    }
+
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, Error> {
+        let now = Instant::now();
+        let mut state = self.shared.lock();
+        match state.leases.get(name) {
+            Some((h, expires)) if h != holder && *expires > now => Ok(false),
+            _ => {
+                state
+                    .leases
+                    .insert(name.to_owned(), (holder.to_owned(), now + ttl));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn renew_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, Error> {
+        let now = Instant::now();
+        let mut state = self.shared.lock();
+        match state.leases.get_mut(name) {
+            Some((h, expires)) if h == holder && *expires > now => {
+                *expires = now + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<bool, Error> {
+        let mut state = self.shared.lock();
+        match state.leases.get(name) {
+            Some((h, _)) if h == holder => {
+                state.leases.remove(name);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 }
 
