@@ -20,13 +20,64 @@ struct Cli {
 enum Command {
     /// Parse and validate the configuration, then exit.
     Check,
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Evaluate the policy of the route a URL matches, for a made-up identity and request.
+    /// Prints `allow` or `deny` on the first line, then the route and the reasons; exits 0 for
+    /// allow, 1 for deny, 2 for usage or configuration errors.
+    Test {
+        /// The request URL (scheme, host, path).
+        #[arg(long)]
+        url: String,
+        /// The user's email.
+        #[arg(long)]
+        email: Option<String>,
+        /// The user's IdP subject (defaults to the email).
+        #[arg(long)]
+        user: Option<String>,
+        /// The user's groups, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// A claim, name=value (repeatable); JSON values such as ["a","b"] are taken as such.
+        #[arg(long)]
+        claim: Vec<String>,
+        /// The HTTP method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The client's IP address.
+        #[arg(long)]
+        source_ip: Option<std::net::IpAddr>,
+        /// The time of the request (RFC 3339); now by default.
+        #[arg(long)]
+        time: Option<String>,
+        /// Evaluate as a request without a session.
+        #[arg(long, conflicts_with_all = ["email", "user", "groups", "claim"])]
+        anonymous: bool,
+    },
 }
 
 /// Configuration errors exit with this code.
 const CONFIG_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => CONFIG_ERROR,
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
     let Some(path) = cli.config else {
         eprintln!("error: --config FILE is required");
         return ExitCode::from(CONFIG_ERROR);
@@ -50,7 +101,47 @@ fn main() -> ExitCode {
             println!("{}", config.summary());
             ExitCode::SUCCESS
         }
-        None => match portcullis::server::run(config) {
+        Some(Command::Policy {
+            command:
+                PolicyCommand::Test {
+                    url,
+                    email,
+                    user,
+                    groups,
+                    claim,
+                    method,
+                    source_ip,
+                    time,
+                    anonymous,
+                },
+        }) => {
+            let probe = portcullis::policy_test::Probe {
+                url,
+                email,
+                user,
+                groups,
+                claims: claim,
+                method,
+                source_ip,
+                time,
+                anonymous,
+            };
+            match portcullis::policy_test::evaluate(config, &probe) {
+                Ok(v) => {
+                    println!("{}", v.report);
+                    if v.allowed {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(CONFIG_ERROR)
+                }
+            }
+        }
+        None => match portcullis::server::run(config, &path) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

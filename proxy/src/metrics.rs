@@ -26,6 +26,8 @@ pub struct Metrics {
     pub session_cache_misses: IntCounter,
     pub identity_signatures: IntGauge,
     pub sign_ins: IntCounterVec,
+    pub reload_success: IntGauge,
+    pub reload_timestamp: IntGauge,
     /// Set once the session follower is in sync with the store.
     pub ready: AtomicBool,
 }
@@ -79,6 +81,16 @@ impl Metrics {
             Opts::new("portcullis_sign_ins_total", "Completed and failed sign-ins"),
             &["result"],
         )?;
+        let reload_success = IntGauge::new(
+            "portcullis_config_last_reload_success",
+            "1 when the last configuration load or reload succeeded, 0 when it was rejected",
+        )?;
+        let reload_timestamp = IntGauge::new(
+            "portcullis_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load or reload",
+        )?;
+        registry.register(Box::new(reload_success.clone()))?;
+        registry.register(Box::new(reload_timestamp.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -95,6 +107,8 @@ impl Metrics {
             session_cache_misses,
             identity_signatures,
             sign_ins,
+            reload_success,
+            reload_timestamp,
             ready: AtomicBool::new(false),
         })
     }

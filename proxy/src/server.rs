@@ -1,6 +1,7 @@
 //! Start-up: builds the shared state and the Pingora server, and runs it until a signal.
 
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,7 @@ impl TlsAccept for NoCallbacks {}
 struct Background {
     state: Arc<State>,
     listen: SocketAddr,
+    config_path: PathBuf,
 }
 
 #[async_trait]
@@ -65,6 +67,11 @@ impl BackgroundService for Background {
         let state = self.state.clone();
         let discovery_shutdown = shutdown.clone();
         tokio::spawn(async move { state.discover_in_background(discovery_shutdown).await });
+
+        let state = self.state.clone();
+        let path = self.config_path.clone();
+        let reload_shutdown = shutdown.clone();
+        tokio::spawn(async move { crate::reload::watch(state, path, reload_shutdown).await });
 
         let state = self.state.clone();
         let listen = self.listen;
@@ -122,7 +129,7 @@ pub fn init_logging(config: &Config) {
 }
 
 /// Runs the configured services until SIGTERM/SIGINT.
-pub fn run(config: Config) -> Result<(), String> {
+pub fn run(config: Config, config_path: &Path) -> Result<(), String> {
     init_logging(&config);
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
@@ -137,6 +144,8 @@ pub fn run(config: Config) -> Result<(), String> {
     let certificates = config.certificates.clone();
     let insecure = config.insecure_server;
     let state = Arc::new(State::new(config, sessions, metrics.clone())?);
+    metrics.reload_success.set(1);
+    metrics.reload_timestamp.set(crate::state::now_unix());
 
     let mut conf = ServerConf::default();
     let pid = std::process::id();
@@ -195,6 +204,7 @@ pub fn run(config: Config) -> Result<(), String> {
         Background {
             state: state.clone(),
             listen: address,
+            config_path: config_path.to_path_buf(),
         },
     ));
 
