@@ -16,6 +16,7 @@
 
 pub mod authenticate;
 pub mod config;
+pub mod databroker;
 pub mod metrics;
 pub mod pages;
 pub mod reload;

@@ -13,10 +13,10 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
-use portcullis_databroker::{MemoryStore, Store};
+use portcullis_databroker::Store;
 use tracing::info;
 
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogFormat, Services};
 use crate::metrics::{Metrics, MetricsApp};
 use crate::service::Proxy;
 use crate::sessions::SessionCache;
@@ -130,9 +130,12 @@ pub fn init_logging(config: &Config) {
 
 /// Runs the configured services until SIGTERM/SIGINT.
 pub fn run(config: Config, config_path: &Path) -> Result<(), String> {
+    if config.services == Services::Databroker {
+        return crate::databroker::run(config);
+    }
     init_logging(&config);
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let store: Arc<dyn Store> = crate::databroker::proxy_store(&config)?;
     let sessions = Arc::new(SessionCache::new(
         store,
         metrics.clone(),

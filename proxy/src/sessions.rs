@@ -146,7 +146,8 @@ impl SessionCache {
     }
 
     /// Follows the store's change stream until `shutdown` turns true, evicting every session
-    /// that changes. Reconnects with backoff; a compacted history clears the whole cache.
+    /// that changes. Reconnects with backoff and carries on where it stopped; a compacted
+    /// history or a recreated store (a new `server_version`) clears the whole cache first.
     pub async fn follow(
         &self,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -154,30 +155,38 @@ impl SessionCache {
     ) {
         let mut backoff = Duration::from_millis(100);
         let mut after = None;
+        let mut server_version = None;
         loop {
             if *shutdown.borrow() {
                 return;
             }
+            let versions = match self.store.versions().await {
+                Ok(v) => v,
+                Err(e) => {
+                    warn!(error = %e, "session sync: store unavailable; retrying");
+                    sleep_or_shutdown(&mut shutdown, &mut backoff).await;
+                    continue;
+                }
+            };
             let start = match after {
-                Some(v) => v,
-                None => match self.store.versions().await {
-                    Ok(v) => {
-                        // Whatever was cached before we started following may be stale.
-                        self.cache.invalidate_all();
-                        v.latest_record_version
+                Some(v) if server_version == Some(versions.server_version) => v,
+                _ => {
+                    if server_version.is_some_and(|s| s != versions.server_version) {
+                        info!("session sync: the store was recreated; resyncing");
                     }
-                    Err(e) => {
-                        warn!(error = %e, "session sync: store unavailable; retrying");
-                        sleep_or_shutdown(&mut shutdown, &mut backoff).await;
-                        continue;
-                    }
-                },
+                    // Whatever was cached before we (re)started following may be stale.
+                    self.cache.invalidate_all();
+                    server_version = Some(versions.server_version);
+                    versions.latest_record_version
+                }
             };
             let mut changes = match self.store.sync(start).await {
                 Ok(s) => s,
                 Err(e) => {
-                    warn!(error = %e, "session sync: cannot follow changes; resyncing");
-                    after = None;
+                    warn!(error = %e, "session sync: cannot follow changes; retrying");
+                    if matches!(e, StoreError::Compacted { .. }) {
+                        after = None;
+                    }
                     sleep_or_shutdown(&mut shutdown, &mut backoff).await;
                     continue;
                 }
@@ -200,8 +209,10 @@ impl SessionCache {
                         }
                     }
                     Some(Err(e)) => {
-                        warn!(error = %e, "session sync interrupted; resyncing");
-                        after = None;
+                        warn!(error = %e, "session sync interrupted; reconnecting");
+                        if matches!(e, StoreError::Compacted { .. }) {
+                            after = None;
+                        }
                         break;
                     }
                     None => {

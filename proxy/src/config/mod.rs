@@ -617,16 +617,10 @@ fn build(file: schema::File, base: &Path, errors: &mut Errors) -> Option<Config>
         "databroker_storage_connection_string",
         file.databroker_storage_connection_string,
     );
-    if storage_type == StorageType::Postgres {
-        if connection_string.is_none() {
-            errors.push(
-                "databroker_storage_connection_string",
-                "is required when databroker_storage_type = \"postgres\"",
-            );
-        }
+    if storage_type == StorageType::Postgres && connection_string.is_none() {
         errors.push(
-            "databroker_storage_type",
-            "\"postgres\" is not available in this build yet (use \"memory\")",
+            "databroker_storage_connection_string",
+            "is required when databroker_storage_type = \"postgres\"",
         );
     }
     let service_url = errors
@@ -638,15 +632,20 @@ fn build(file: schema::File, base: &Path, errors: &mut Errors) -> Option<Config>
                 None
             }
         });
-    if service_url.is_some() || services != Some(Services::All) {
-        errors.push(
-            if service_url.is_some() {
-                "databroker_service_url"
-            } else {
-                "services"
-            },
-            "split deployments (a separate databroker service) are not available in this build yet; use services = \"all\"",
-        );
+    if let Some(url) = &service_url {
+        // The gRPC client speaks plain HTTP/2 (h2c); keep the databroker on a private network.
+        if url.scheme() != "http" {
+            errors.push(
+                "databroker_service_url",
+                format!(
+                    "scheme {:?} is not supported (use http://host:port)",
+                    url.scheme()
+                ),
+            );
+        }
+        if url.host_str().is_none() {
+            errors.push("databroker_service_url", "has no host");
+        }
     }
     let raw_grpc = errors.or("grpc_address", file.grpc_address, "127.0.0.1:5443".into());
     let grpc_address = socket_addr(errors, "grpc_address", &raw_grpc);

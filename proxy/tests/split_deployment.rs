@@ -1,0 +1,221 @@
+//! A split deployment end to end: two databroker processes on one PostgreSQL database and two
+//! proxy processes, each proxy on its own databroker. A session signed in through proxy A and
+//! signed out through proxy B must stop working on A; the time that takes is measured over
+//! many trials (run with `--nocapture` to see p50/p99).
+//!
+//! Needs PostgreSQL on 127.0.0.1:5432 (user `postgres`, trust auth; `.ci/deps` starts it) and
+//! `psql`. The test makes its own database and drops it afterwards.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use portcullis_harness::{free_port, random_secret, Portcullis, TestEnv};
+
+const TRIALS: usize = 50;
+const COOKIE: &str = "_portcullis";
+
+/// A database of its own, dropped with its connections at the end (even on panic).
+struct TestDb {
+    name: String,
+}
+
+impl TestDb {
+    fn create() -> Self {
+        let name = format!("portcullis_e2e_{:016x}", rand_u64());
+        psql(&format!("CREATE DATABASE {name}"));
+        Self { name }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-Atc",
+            sql,
+        ])
+        .output()
+        .expect("psql (PostgreSQL client; .ci/deps installs it)");
+    assert!(
+        out.status.success(),
+        "psql {sql:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn rand_u64() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ (u64::from(std::process::id()) << 32)
+}
+
+async fn start_databroker(binary: &str, db: &TestDb, shared_secret: &str) -> (Portcullis, String) {
+    let grpc = free_port();
+    let config = format!(
+        r#"services = "databroker"
+grpc_address = "127.0.0.1:{grpc}"
+metrics_address = "127.0.0.1:{metrics}"
+databroker_storage_type = "postgres"
+databroker_storage_connection_string = "{url}"
+authenticate_service_url = "http://authenticate.localhost:1"
+shared_secret = "{shared_secret}"
+cookie_secret = "{cookie}"
+log_format = "json"
+"#,
+        metrics = free_port(),
+        url = db.url(),
+        cookie = random_secret(),
+    );
+    let broker = Portcullis::builder(binary)
+        .config(&config)
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("databroker: {e}"));
+    (broker, format!("http://127.0.0.1:{grpc}"))
+}
+
+/// A client without cookies or redirects that reaches `app.localhost` on any port.
+fn plain_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve("app.localhost", SocketAddr::from(([127, 0, 0, 1], 0)))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client")
+}
+
+async fn status_with_cookie(client: &reqwest::Client, url: &str, cookie: &str) -> u16 {
+    client
+        .get(url)
+        .header("cookie", format!("{COOKIE}={cookie}"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_out_through_one_proxy_ends_the_session_on_the_other() {
+    let binary = env!("CARGO_BIN_EXE_portcullis");
+    let db = TestDb::create();
+    let shared_secret = random_secret();
+    let (_broker1, broker1_url) = start_databroker(binary, &db, &shared_secret).await;
+    let (_broker2, broker2_url) = start_databroker(binary, &db, &shared_secret).await;
+
+    // Proxy A (with the IdP and the upstream) on databroker 1.
+    let env = TestEnv::builder(binary)
+        .route(
+            r#"from = "http://app.localhost"
+to = "{upstream}"
+allow_any_authenticated_user = true"#,
+        )
+        .config(&format!(
+            "services = \"proxy\"\ndatabroker_service_url = \"{broker1_url}\""
+        ))
+        .env("PORTCULLIS_SHARED_SECRET", &shared_secret)
+        .start()
+        .await;
+
+    // Proxy B: the same configuration on other ports, on databroker 2.
+    let (port_b, metrics_b) = (free_port(), free_port());
+    let config_b = env
+        .config_text()
+        .replace(
+            &format!("address = \"127.0.0.1:{}\"", env.port),
+            &format!("address = \"127.0.0.1:{port_b}\""),
+        )
+        .replace(
+            &format!("metrics_address = \"127.0.0.1:{}\"", env.metrics_port),
+            &format!("metrics_address = \"127.0.0.1:{metrics_b}\""),
+        )
+        .replace(&broker1_url, &broker2_url);
+    let _proxy_b = Portcullis::builder(binary)
+        .config(&config_b)
+        .env("PORTCULLIS_SHARED_SECRET", &shared_secret)
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("proxy B: {e}"));
+
+    let on_a = env.url("app", "/");
+    let on_b = format!("http://app.localhost:{port_b}/");
+    let sign_out_b = format!("http://app.localhost:{port_b}/.portcullis/sign_out");
+    let client = plain_client();
+    let mut delays = Vec::with_capacity(TRIALS);
+    for trial in 0..TRIALS {
+        let browser = env.browser();
+        let page = browser.sign_in(&on_a, "alice").await;
+        assert_eq!(page.status(), 200, "trial {trial}: sign-in through A");
+        let cookie = browser
+            .cookie(&on_a, COOKIE)
+            .expect("a session cookie after sign-in");
+        // Both proxies know the session (A has it cached now; B reads it from its databroker).
+        assert_eq!(status_with_cookie(&client, &on_a, &cookie).await, 200);
+        assert_eq!(status_with_cookie(&client, &on_b, &cookie).await, 200);
+
+        let signed_out = client
+            .get(&sign_out_b)
+            .header("cookie", format!("{COOKIE}={cookie}"))
+            .send()
+            .await
+            .expect("sign-out through B");
+        assert!(
+            signed_out.status().is_redirection() || signed_out.status().is_success(),
+            "sign-out: {}",
+            signed_out.status()
+        );
+        let t0 = Instant::now();
+        loop {
+            let status = status_with_cookie(&client, &on_a, &cookie).await;
+            if status == 401 {
+                delays.push(t0.elapsed());
+                break;
+            }
+            assert_eq!(
+                status, 200,
+                "trial {trial}: A answers 200 until it learns, then 401"
+            );
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "trial {trial}: A still accepts the old cookie after 5 s\n{}",
+                env.logs()
+            );
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+    delays.sort();
+    let pct =
+        |p: f64| delays[((delays.len() as f64 * p).ceil() as usize).clamp(1, delays.len()) - 1];
+    let (p50, p99, max) = (pct(0.50), pct(0.99), delays[delays.len() - 1]);
+    println!(
+        "sign-out propagation B → A over {} trials: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        delays.len(),
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3
+    );
+    // The change travels by NOTIFY, not by the 1 s fallback poll.
+    assert!(p99 < Duration::from_millis(500), "p99 {p99:?}");
+}
