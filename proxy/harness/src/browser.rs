@@ -178,12 +178,39 @@ impl Browser {
         self.drive(url, None).await
     }
 
+    /// [`Browser::sign_in_visited`], but stops at the first redirect whose absolute target
+    /// `stop` accepts, without requesting it: the returned response is that redirect (its
+    /// `Location` is the target) and the target is the last URL in the list. Use it to capture
+    /// a one-time link (a handoff, a programmatic login's token) unused, or a redirect to a
+    /// port nothing listens on. If no redirect matches, it is the same as `sign_in_visited`.
+    pub async fn sign_in_until(
+        &self,
+        url: &str,
+        login: &str,
+        stop: impl Fn(&str) -> bool + Sync,
+    ) -> (Response, Vec<String>) {
+        self.drive_until(url, Some(login), &stop).await
+    }
+
     async fn drive(&self, url: &str, login: Option<&str>) -> (Response, Vec<String>) {
+        self.drive_until(url, login, &|_| false).await
+    }
+
+    async fn drive_until(
+        &self,
+        url: &str,
+        login: Option<&str>,
+        stop: &(dyn Fn(&str) -> bool + Sync),
+    ) -> (Response, Vec<String>) {
         let mut visited = vec![url.to_owned()];
         let mut resp = self.get(url).await;
         for _ in 0..MAX_STEPS * 2 {
             if let Some(next) = redirect_target(&resp) {
+                let done = stop(&next);
                 visited.push(next.clone());
+                if done {
+                    return (resp, visited);
+                }
                 resp = self.get(&next).await;
                 continue;
             }
