@@ -84,7 +84,7 @@ pub async fn serve_authenticate_host(
     match path {
         SIGN_IN_PATH => {
             only_get(req)?;
-            sign_in(state, runtime, req).await
+            sign_in(state, runtime, req, ctx).await
         }
         OAUTH_CALLBACK_PATH => {
             only_get(req)?;
@@ -159,7 +159,12 @@ fn jwks(state: &State) -> Flow {
     ))
 }
 
-async fn sign_in(state: &State, runtime: &Runtime, req: &RequestHeader) -> Result<Flow, Refusal> {
+async fn sign_in(
+    state: &State,
+    runtime: &Runtime,
+    req: &RequestHeader,
+    ctx: &mut Ctx,
+) -> Result<Flow, Refusal> {
     let now = now_unix();
     let target = match query_param(req, REDIRECT_PARAM)? {
         None => format!("{}{}", runtime.authenticate_origin, USER_PATH),
@@ -192,6 +197,21 @@ async fn sign_in(state: &State, runtime: &Runtime, req: &RequestHeader) -> Resul
                 // Marks the flow for the callback: the token goes back to the command line.
                 format!("{PROGRAMMATIC_MARK}{url}")
             } else {
+                // Already signed in on the authenticate host: hand the same session to the
+                // route host, so that one sign-out (which deletes it) ends it on every host.
+                if let Some(current) = load_session(state, runtime, req, ctx, now)
+                    .await
+                    .ok()
+                    .flatten()
+                {
+                    return Ok(Flow::Reply(return_to(
+                        state,
+                        runtime,
+                        &current.session.id,
+                        &url,
+                        now,
+                    )));
+                }
                 url.to_string()
             }
         }
@@ -303,25 +323,35 @@ async fn oauth_callback(
         back.query_pairs_mut()
             .append_pair(TOKEN_PARAM, &sealed_session);
         reply = Reply::redirect(back.as_str());
-    } else if target.host_str().map(str::to_ascii_lowercase).as_deref()
-        == Some(runtime.config.authenticate.host.as_str())
-    {
-        reply = Reply::redirect(target.as_str());
+    } else {
+        // The authenticate host keeps the session too, so that signing in on another route
+        // host reuses it (see `sign_in`) instead of starting a second one.
+        reply = return_to(state, runtime, &session.id, &target, now);
         reply.header(
             header::SET_COOKIE,
             runtime.session_cookie.set_cookie(&sealed_session),
         );
-    } else {
-        let handoff = Handoff::new(session.id.clone(), target.as_str(), now).seal(&state.cipher);
-        let mut next = target.clone();
-        next.set_path(HOST_CALLBACK_PATH);
-        next.set_query(None);
-        next.set_fragment(None);
-        next.query_pairs_mut().append_pair(HANDOFF_PARAM, &handoff);
-        reply = Reply::redirect(next.as_str());
     }
     reply.header(header::SET_COOKIE, login_cookie.clear_cookie());
     Ok(Flow::Reply(reply))
+}
+
+/// The redirect that takes session `session_id` back to `target`: directly when `target` is
+/// on the authenticate host (whose cookie the caller sets), otherwise through a single-use
+/// handoff to the target host's callback.
+fn return_to(state: &State, runtime: &Runtime, session_id: &str, target: &Url, now: i64) -> Reply {
+    if target.host_str().map(str::to_ascii_lowercase).as_deref()
+        == Some(runtime.config.authenticate.host.as_str())
+    {
+        return Reply::redirect(target.as_str());
+    }
+    let handoff = Handoff::new(session_id.to_owned(), target.as_str(), now).seal(&state.cipher);
+    let mut next = target.clone();
+    next.set_path(HOST_CALLBACK_PATH);
+    next.set_query(None);
+    next.set_fragment(None);
+    next.query_pairs_mut().append_pair(HANDOFF_PARAM, &handoff);
+    Reply::redirect(next.as_str())
 }
 
 fn host_callback(

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub sign_ins: IntCounterVec,
     pub reload_success: IntGauge,
     pub reload_timestamp: IntGauge,
+    /// Requests read and not yet finished (a shutdown waits for this to reach 0).
+    pub in_flight: IntGauge,
     /// Set once the session follower is in sync with the store.
     pub ready: AtomicBool,
 }
@@ -97,7 +99,12 @@ impl Metrics {
         registry.register(Box::new(session_cache_hits.clone()))?;
         registry.register(Box::new(session_cache_misses.clone()))?;
         registry.register(Box::new(identity_signatures.clone()))?;
+        let in_flight = IntGauge::new(
+            "portcullis_requests_in_flight",
+            "Requests being handled right now",
+        )?;
         registry.register(Box::new(sign_ins.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -109,6 +116,7 @@ impl Metrics {
             sign_ins,
             reload_success,
             reload_timestamp,
+            in_flight,
             ready: AtomicBool::new(false),
         })
     }

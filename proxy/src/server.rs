@@ -26,8 +26,18 @@ use crate::tls::SniResolver;
 /// How many sessions the proxy keeps in memory at most.
 const MAX_CACHED_SESSIONS: u64 = 1_000_000;
 
+/// How long a shutdown waits for in-flight requests at most.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Both SIGTERM and SIGINT drain in-flight requests, then exit 0.
-struct Signals;
+///
+/// Pingora's graceful shutdown only waits a fixed grace period before it stops its runtimes
+/// (cancelling whatever is still running), so the drain happens here, before the signal is
+/// reported: readiness turns off, and the shutdown starts once no request is in flight (or
+/// after [`DRAIN_TIMEOUT`]).
+struct Signals {
+    metrics: Arc<Metrics>,
+}
 
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
@@ -46,6 +56,11 @@ impl ShutdownSignalWatch for Signals {
             _ => std::future::pending::<()>().await,
         }
         info!("shutdown requested; draining in-flight requests");
+        self.metrics.ready.store(false, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while self.metrics.in_flight.get() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         ShutdownSignal::GracefulTerminate
     }
 }
@@ -213,7 +228,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), String> {
 
     info!(address = %address, tls = !insecure, "starting portcullis");
     server.run(RunArgs {
-        shutdown_signal: Box::new(Signals),
+        shutdown_signal: Box::new(Signals { metrics }),
     });
     info!("stopped");
     Ok(())

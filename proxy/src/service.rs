@@ -68,6 +68,24 @@ pub struct Ctx {
     pub bearer: bool,
     /// Answer in JSON, not HTML.
     pub json: bool,
+    /// Counts this request in `portcullis_requests_in_flight` until it is dropped.
+    pub in_flight: InFlight,
+}
+
+/// One request in `portcullis_requests_in_flight`, for as long as it lives.
+pub struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    pub fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// What `decide` wants done with the request.
@@ -117,6 +135,15 @@ impl Proxy {
         ctx.json = wants_json(req);
         ctx.path = req.uri.path().to_string();
         reject_smuggling(req)?;
+        if req.headers.contains_key(header::TRANSFER_ENCODING)
+            && session
+                .as_http1()
+                .is_some_and(|h1| raw_has_content_length(&h1.get_headers_raw_bytes()))
+        {
+            return Err(Refusal::BadRequest(
+                "Content-Length and Transfer-Encoding together are not allowed".into(),
+            ));
+        }
         let (host, port, authority) = request_host(req, state.tls)?;
         ctx.host = host;
         ctx.port = port;
@@ -278,6 +305,7 @@ impl ProxyHttp for Proxy {
             client_ip: None,
             bearer: false,
             json: false,
+            in_flight: InFlight::new(&self.state.metrics.in_flight),
         }
     }
 
@@ -677,6 +705,16 @@ fn reject_smuggling(req: &RequestHeader) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Whether raw HTTP/1 request headers have a `Content-Length` line. Pingora drops
+/// `Content-Length` when `Transfer-Encoding` is also sent (RFC 9112 §6.3), so only the raw
+/// header shows that a client sent both; such a request is refused, not repaired.
+fn raw_has_content_length(raw: &[u8]) -> bool {
+    const NAME: &[u8] = b"content-length:";
+    raw.split(|&b| b == b'\n')
+        .skip(1)
+        .any(|line| line.len() >= NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME))
+}
+
 /// The request's host (lowercase, no port, no trailing dot), port and authority.
 fn request_host(req: &RequestHeader, tls: bool) -> Result<(String, u16, String), Refusal> {
     let mut hosts = req.headers.get_all(header::HOST).iter();
@@ -857,5 +895,11 @@ mod tests {
         let mut req = RequestHeader::build("POST", b"/", None).unwrap();
         req.insert_header("transfer-encoding", "chunked").unwrap();
         assert!(reject_smuggling(&req).is_ok());
+        assert!(raw_has_content_length(
+            b"POST / HTTP/1.1\r\nHost: a\r\ncontent-LENGTH: 5\r\n\r\n"
+        ));
+        assert!(!raw_has_content_length(
+            b"POST / HTTP/1.1\r\nHost: a\r\nX-Content-Length: 5\r\n\r\n"
+        ));
     }
 }

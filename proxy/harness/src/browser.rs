@@ -45,6 +45,12 @@ impl Browser {
     /// carry the port themselves (`http://app.localhost:PORT/`); `port` is only what
     /// `reqwest::ClientBuilder::resolve` wants for the override and is otherwise unused.
     pub fn new(hosts: &[&str], port: u16) -> Browser {
+        Browser::with_root_certificates(hosts, port, &[])
+    }
+
+    /// [`Browser::new`] for `https://` URLs too: `root_pems` (PEM certificates, e.g. the
+    /// proxy's self-signed ones) are trusted in addition to the built-in roots.
+    pub fn with_root_certificates(hosts: &[&str], port: u16, root_pems: &[Vec<u8>]) -> Browser {
         let jar = Arc::new(Jar::default());
         let mut builder = reqwest::Client::builder()
             .cookie_provider(jar.clone())
@@ -52,6 +58,10 @@ impl Browser {
             .no_proxy()
             .timeout(Duration::from_secs(10))
             .dns_resolver(Arc::new(LocalhostOnly));
+        for pem in root_pems {
+            let cert = reqwest::Certificate::from_pem(pem).expect("root certificate PEM");
+            builder = builder.add_root_certificate(cert);
+        }
         for host in hosts {
             assert!(
                 is_loopback_host(host),
