@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use portcullis_harness::{free_port, random_secret, Portcullis, TestEnv};
 
-const TRIALS: usize = 50;
+const TRIALS: usize = 100;
 const COOKIE: &str = "_portcullis";
 
 /// A database of its own, dropped with its connections at the end (even on panic).
