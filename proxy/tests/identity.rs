@@ -498,11 +498,19 @@ async fn policy_denial_is_403_naming_the_request_id() {
     let html = resp.text().await.unwrap();
     assert_no_token(&html);
     let page_id = request_id_on_page(&html).expect("the deny page names a request id");
-    // The id on the page is the one the access log recorded for this 403.
-    let logged = env.proxy.json_logs().into_iter().any(|l| {
-        let fields = l.get("fields").unwrap_or(&l);
-        fields["request_id"] == page_id.as_str() && fields["status"] == 403
-    });
+    // The id on the page is the one the access log recorded for this 403 (the log line is
+    // written just after the response, so give it a moment).
+    let mut logged = false;
+    for _ in 0..50 {
+        logged = env.proxy.json_logs().into_iter().any(|l| {
+            let fields = l.get("fields").unwrap_or(&l);
+            fields["request_id"] == page_id.as_str() && fields["status"] == 403
+        });
+        if logged {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert!(
         logged,
         "request id {page_id} not in the access log as a 403"
