@@ -45,10 +45,13 @@ pub fn evaluate(config: Config, probe: &Probe) -> Result<Verdict, String> {
         .trim_end_matches('.')
         .to_ascii_lowercase();
     let port = url.port_or_known_default().unwrap_or(443);
-    let path = path::normalize(url.path()).map_err(|e| format!("--url: {e} (the proxy answers 400)"))?;
+    let path =
+        path::normalize(url.path()).map_err(|e| format!("--url: {e} (the proxy answers 400)"))?;
     let now = match &probe.time {
         Some(t) => time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-            .map_err(|e| format!("--time {t:?}: {e} (expected RFC 3339, e.g. 2026-01-31T09:30:00Z)"))?
+            .map_err(|e| {
+                format!("--time {t:?}: {e} (expected RFC 3339, e.g. 2026-01-31T09:30:00Z)")
+            })?
             .unix_timestamp(),
         None => crate::state::now_unix(),
     };
@@ -58,14 +61,20 @@ pub fn evaluate(config: Config, probe: &Probe) -> Result<Verdict, String> {
             .split_once('=')
             .ok_or_else(|| format!("--claim {c:?}: expected name=value"))?;
         let value = match serde_json::from_str::<serde_json::Value>(v) {
-            Ok(j @ (serde_json::Value::Array(_) | serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => j,
+            Ok(
+                j @ (serde_json::Value::Array(_)
+                | serde_json::Value::Number(_)
+                | serde_json::Value::Bool(_)),
+            ) => j,
             _ => serde_json::Value::String(v.to_string()),
         };
         claims.insert(k.to_string(), value);
     }
     let email = probe.email.clone().unwrap_or_default();
     if !email.is_empty() {
-        claims.entry("email").or_insert_with(|| email.clone().into());
+        claims
+            .entry("email")
+            .or_insert_with(|| email.clone().into());
     }
     let identity = (!probe.anonymous).then(|| {
         let user = probe
@@ -83,7 +92,11 @@ pub fn evaluate(config: Config, probe: &Probe) -> Result<Verdict, String> {
             report: format!("deny\nno route matches {host}:{port}{path} (the proxy answers 404)"),
         });
     };
-    let method = if probe.method.is_empty() { "GET" } else { probe.method.as_str() };
+    let method = if probe.method.is_empty() {
+        "GET"
+    } else {
+        probe.method.as_str()
+    };
     let method = method.to_ascii_uppercase();
     let request = Request {
         identity: identity.as_ref(),
@@ -156,7 +169,11 @@ policy = [
     fn allow_deny_and_reasons() {
         let v = evaluate(config(), &probe(&["admins"], "GET")).unwrap();
         assert!(v.allowed);
-        assert!(v.report.starts_with("allow\nroute: routes[0]"), "{}", v.report);
+        assert!(
+            v.report.starts_with("allow\nroute: routes[0]"),
+            "{}",
+            v.report
+        );
         let v = evaluate(config(), &probe(&["admins"], "delete")).unwrap();
         assert!(!v.allowed);
         assert!(v.report.starts_with("deny\n"));
@@ -165,7 +182,10 @@ policy = [
         assert!(!v.allowed);
         let mut anon = probe(&[], "GET");
         anon.anonymous = true;
-        assert!(evaluate(config(), &anon).unwrap().report.contains("sign in"));
+        assert!(evaluate(config(), &anon)
+            .unwrap()
+            .report
+            .contains("sign in"));
     }
 
     #[test]

@@ -36,7 +36,10 @@ pub fn reload(state: &State, path: &Path) -> Outcome {
             state.runtime.store(Arc::new(Runtime::new(config)));
             info!(routes, "configuration reloaded");
             for key in &restart_needed {
-                warn!(key = *key, "this key changed but only takes effect after a restart");
+                warn!(
+                    key = *key,
+                    "this key changed but only takes effect after a restart"
+                );
             }
             Outcome::Applied { restart_needed }
         }
@@ -66,7 +69,10 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     };
     check("services", old.services != new.services);
     check("address", old.address != new.address);
-    check("insecure_server", old.insecure_server != new.insecure_server);
+    check(
+        "insecure_server",
+        old.insecure_server != new.insecure_server,
+    );
     check("certificates", old.certificates != new.certificates);
     // Compared through a derived value: the secrets themselves have no equality.
     check(
@@ -78,11 +84,19 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         old.cookie_secret.derive("reload-compare") != new.cookie_secret.derive("reload-compare"),
     );
     check("signing_key", old.signing_key != new.signing_key);
-    check("metrics_address", old.metrics_address != new.metrics_address);
+    check(
+        "metrics_address",
+        old.metrics_address != new.metrics_address,
+    );
     check(
         "idp_*",
-        old.idp.as_ref().map(|i| (&i.provider_url, &i.client_id, &i.client_secret, &i.scopes))
-            != new.idp.as_ref().map(|i| (&i.provider_url, &i.client_id, &i.client_secret, &i.scopes)),
+        old.idp
+            .as_ref()
+            .map(|i| (&i.provider_url, &i.client_id, &i.client_secret, &i.scopes))
+            != new
+                .idp
+                .as_ref()
+                .map(|i| (&i.provider_url, &i.client_id, &i.client_secret, &i.scopes)),
     );
     check(
         "authenticate_service_url",
@@ -110,7 +124,11 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
 }
 
 /// Watches `path` and listens for SIGHUP until `shutdown`, reloading on either.
-pub async fn watch(state: Arc<State>, path: PathBuf, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn watch(
+    state: Arc<State>,
+    path: PathBuf,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
 

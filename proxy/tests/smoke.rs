@@ -13,7 +13,9 @@ pass_identity_headers = true"#,
         .await;
     let b = env.browser();
     let (resp, visited) = b.sign_in_visited(&env.url("app", "/hello"), "alice").await;
-    for v in &visited { eprintln!("visited {v}"); }
+    for v in &visited {
+        eprintln!("visited {v}");
+    }
     let status = resp.status();
     let body = resp.text().await.unwrap();
     eprintln!("{status} {body}");
