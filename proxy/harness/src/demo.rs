@@ -111,9 +111,13 @@ Press Ctrl-C to stop."#,
         }
     });
 
-    tokio::signal::ctrl_c()
-        .await
-        .map_err(|e| format!("waiting for Ctrl-C: {e}"))?;
+    // Ctrl-C, or SIGTERM from a supervisor: either way, stop the children before leaving.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("listening for SIGTERM: {e}"))?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.map_err(|e| format!("waiting for Ctrl-C: {e}"))?,
+        _ = term.recv() => {}
+    }
     tail.abort();
     println!("\nstopping ...");
     let status = proxy.stop().await;
