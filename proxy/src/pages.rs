@@ -56,13 +56,14 @@ fn layout(title: &str, body: &str) -> String {
     )
 }
 
-/// A page for an error or a refusal.
+/// A page for an error or a refusal, with optional links (label, same-host path) under it.
 pub fn message(
     status: u16,
     title: &str,
     text: &str,
     request_id: &str,
     details: &[String],
+    links: &[(&str, &str)],
 ) -> String {
     let class = if status >= 500 { "warn" } else { "bad" };
     let mut body = format!(
@@ -82,6 +83,19 @@ pub fn message(
         "<table><tr><th>Request id</th><td><code>{}</code></td></tr></table>",
         escape(request_id)
     );
+    if !links.is_empty() {
+        body.push_str("<div class=\"actions\">");
+        for (i, (label, href)) in links.iter().enumerate() {
+            let class = if i == 0 { "button" } else { "button secondary" };
+            let _ = write!(
+                body,
+                "<a class=\"{class}\" href=\"{}\">{}</a>",
+                escape(href),
+                escape(label)
+            );
+        }
+        body.push_str("</div>");
+    }
     layout(title, &body)
 }
 
@@ -185,9 +199,17 @@ mod tests {
 
     #[test]
     fn message_page_names_request_id_and_escapes() {
-        let page = message(403, "Forbidden", "<b>no</b>", "req-1", &[]);
+        let page = message(
+            403,
+            "Forbidden",
+            "<b>no</b>",
+            "req-1",
+            &[],
+            &[("Sign out", "/x")],
+        );
         assert!(page.contains("req-1"));
         assert!(page.contains("&lt;b&gt;no&lt;/b&gt;"));
         assert!(!page.contains("<b>no</b>"));
+        assert!(page.contains("href=\"/x\">Sign out</a>"));
     }
 }

@@ -79,6 +79,17 @@ impl Refusal {
         }
     }
 
+    /// Where a person can go from the page of this refusal.
+    fn links(&self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Refusal::Forbidden { .. } => &[
+                ("Your session", "/.portcullis/"),
+                ("Sign out and use another account", "/.portcullis/sign_out"),
+            ],
+            _ => &[],
+        }
+    }
+
     pub fn reply(&self, request_id: &str, json: bool, show_details: bool) -> Reply {
         let status = self.status();
         if let Refusal::SignIn { location } = self {
@@ -126,7 +137,7 @@ impl Refusal {
         } else {
             Reply::html(
                 status,
-                pages::message(status, title, text, request_id, details),
+                pages::message(status, title, text, request_id, details, self.links()),
             )
         };
         if matches!(self, Refusal::Unauthorized) {
