@@ -3,8 +3,10 @@
 //! - `services = "all"` (or `"proxy"` without `databroker_service_url`): the store lives in
 //!   this process, in memory or in PostgreSQL (`databroker_storage_type`).
 //! - `services = "proxy"` with `databroker_service_url`: a [`RemoteStore`] reaches a separate
-//!   databroker over gRPC. When it is unreachable, cached sessions keep working and unknown
-//!   ones get 503 (the session cache fails closed on store errors).
+//!   databroker over gRPC. When it is unreachable, cached sessions keep working for
+//!   `databroker_cache_staleness` and unknown ones get 503 (the session cache fails closed on
+//!   store errors).
+//! - PostgreSQL unreachable at start: start-up retries for 30 s, then fails with the error.
 //! - `services = "databroker"`: only the gRPC databroker on `grpc_address` (plus
 //!   `/metrics`, `/healthz`, `/readyz` on `metrics_address` when set).
 //!
@@ -14,6 +16,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
@@ -22,9 +25,10 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use portcullis_databroker::grpc::{TokenKey, TOKEN_KEY_INFO};
 use portcullis_databroker::{
-    MemoryStore, PgOptions, PgStore, RemoteStore, SealedStore, Store, AT_REST_KEY_INFO,
+    Error as StoreError, MemoryStore, PgOptions, PgStore, RemoteStore, SealedStore, Store,
+    AT_REST_KEY_INFO,
 };
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::{Config, StorageType};
 use crate::metrics::{Metrics, MetricsApp};
@@ -179,11 +183,36 @@ fn local_store(config: &Config) -> Result<Arc<dyn Store>, String> {
                 .connection_string
                 .as_deref()
                 .ok_or("databroker_storage_connection_string is required")?;
-            let store = runtime()?
-                .block_on(PgStore::connect(url, PgOptions::default()))
-                .map_err(|e| format!("databroker storage: {e}"))?;
+            let store = runtime()?.block_on(connect_postgres(url))?;
             info!("databroker: PostgreSQL storage");
             Ok(Arc::new(store))
+        }
+    }
+}
+
+/// How long start-up waits for PostgreSQL (it may be starting alongside us) before giving up.
+const POSTGRES_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connects to PostgreSQL, retrying with backoff (capped at 2 s) while it is unreachable for up
+/// to [`POSTGRES_START_TIMEOUT`]; then start-up fails with the last error. A malformed
+/// connection string fails at once.
+async fn connect_postgres(url: &str) -> Result<PgStore, String> {
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match PgStore::connect(url, PgOptions::default()).await {
+            Ok(store) => return Ok(store),
+            Err(StoreError::Unavailable(e)) if started.elapsed() < POSTGRES_START_TIMEOUT => {
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "databroker storage: PostgreSQL unreachable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "databroker storage: cannot use PostgreSQL (gave up after {:.0?}): {e}",
+                    started.elapsed()
+                ))
+            }
         }
     }
 }

@@ -26,6 +26,12 @@ pub struct Metrics {
     pub session_cache_misses: IntCounter,
     pub identity_signatures: IntGauge,
     pub sign_ins: IntCounterVec,
+    /// Session refreshes by result (`success`, `invalid_grant`, `transient`, ...).
+    pub session_refreshes: IntCounterVec,
+    /// 1 while this process holds the `identity_manager` lease.
+    pub identity_manager_leader: IntGauge,
+    /// 1 while the session follower is connected to the databroker's change stream.
+    pub session_sync_connected: IntGauge,
     pub reload_success: IntGauge,
     pub reload_timestamp: IntGauge,
     /// Requests read and not yet finished (a shutdown waits for this to reach 0).
@@ -104,6 +110,24 @@ impl Metrics {
             "Requests being handled right now",
         )?;
         registry.register(Box::new(sign_ins.clone()))?;
+        let session_refreshes = IntCounterVec::new(
+            Opts::new(
+                "portcullis_session_refreshes_total",
+                "Session refreshes with the identity provider, by result",
+            ),
+            &["result"],
+        )?;
+        let identity_manager_leader = IntGauge::new(
+            "portcullis_identity_manager_leader",
+            "1 while this process holds the identity_manager lease and refreshes sessions",
+        )?;
+        let session_sync_connected = IntGauge::new(
+            "portcullis_session_sync_connected",
+            "1 while the session cache follows the databroker's change stream",
+        )?;
+        registry.register(Box::new(session_refreshes.clone()))?;
+        registry.register(Box::new(identity_manager_leader.clone()))?;
+        registry.register(Box::new(session_sync_connected.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         Ok(Self {
             registry,
@@ -114,6 +138,9 @@ impl Metrics {
             session_cache_misses,
             identity_signatures,
             sign_ins,
+            session_refreshes,
+            identity_manager_leader,
+            session_sync_connected,
             reload_success,
             reload_timestamp,
             in_flight,

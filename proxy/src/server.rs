@@ -112,6 +112,13 @@ impl BackgroundService for Background {
             }
         });
 
+        // Session refresh: one replica at a time, elected through the databroker's lease.
+        let state = self.state.clone();
+        let manager_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            crate::sessions::identity_manager::run(state, manager_shutdown).await
+        });
+
         let assertions_state = self.state.clone();
         self.state
             .sessions
@@ -155,6 +162,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), String> {
         store,
         metrics.clone(),
         MAX_CACHED_SESSIONS,
+        config.databroker.cache_staleness,
     ));
 
     let address = config.address;

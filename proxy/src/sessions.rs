@@ -4,9 +4,19 @@
 //! A lookup that hits the cache costs a hash and an `Arc` clone. A miss asks the store once
 //! and fills the cache. Every change the store reports (a sign-out's tombstone, a refresh)
 //! evicts the entry at once, so a session deleted through any replica stops working on all.
+//!
+//! When the databroker cannot be reached, cached sessions keep working for a bounded time
+//! (`databroker_cache_staleness`) after the change stream was last in sync; after that a cached
+//! entry is only used once the store confirms it again. Unknown sessions need the store, so
+//! while it is down they fail closed (the caller answers 503).
+//!
+//! [`identity_manager`] refreshes sessions with the IdP's refresh token.
 
+pub mod identity_manager;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use portcullis_auth::Session;
@@ -15,6 +25,9 @@ use portcullis_policy::Identity;
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
+
+/// The longest wait between two attempts to reach the store again.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A session together with everything derived from it once, not per request.
 #[derive(Debug)]
@@ -30,6 +43,13 @@ pub struct SessionCache {
     deleted: moka::sync::Cache<String, ()>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    /// How long cached entries stay usable after the follower lost the store.
+    staleness: Duration,
+    /// The follower is connected to the change stream: every cached entry is current.
+    in_sync: AtomicBool,
+    /// When the follower was last in sync, in milliseconds since `epoch`.
+    last_in_sync_ms: AtomicU64,
+    epoch: Instant,
 }
 
 // === impl CachedSession ===
@@ -69,7 +89,12 @@ impl CachedSession {
 // === impl SessionCache ===
 
 impl SessionCache {
-    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, max_sessions: u64) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        max_sessions: u64,
+        staleness: Duration,
+    ) -> Self {
         Self {
             cache: moka::sync::Cache::builder()
                 .max_capacity(max_sessions)
@@ -80,6 +105,39 @@ impl SessionCache {
                 .build(),
             store,
             metrics,
+            staleness,
+            in_sync: AtomicBool::new(false),
+            last_in_sync_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// True while cached entries may be answered without asking the store: the follower is in
+    /// sync, or lost the store less than the staleness bound ago.
+    pub fn cache_is_trusted(&self) -> bool {
+        if self.in_sync.load(Ordering::Acquire) {
+            return true;
+        }
+        let since = self
+            .elapsed_ms()
+            .saturating_sub(self.last_in_sync_ms.load(Ordering::Acquire));
+        u128::from(since) <= self.staleness.as_millis()
+    }
+
+    fn set_in_sync(&self, in_sync: bool) {
+        self.last_in_sync_ms
+            .store(self.elapsed_ms(), Ordering::Release);
+        let was = self.in_sync.swap(in_sync, Ordering::AcqRel);
+        self.metrics.session_sync_connected.set(i64::from(in_sync));
+        if was && !in_sync {
+            warn!(
+                staleness_secs = self.staleness.as_secs(),
+                "session sync: lost the databroker; cached sessions are served for the staleness bound"
+            );
         }
     }
 
@@ -94,8 +152,11 @@ impl SessionCache {
         now_unix: i64,
     ) -> Result<Option<Arc<CachedSession>>, StoreError> {
         if let Some(s) = self.cache.get(id) {
-            self.metrics.session_cache_hits.inc();
-            return Ok((!s.session.is_expired(now_unix)).then_some(s));
+            if self.cache_is_trusted() {
+                self.metrics.session_cache_hits.inc();
+                return Ok((!s.session.is_expired(now_unix)).then_some(s));
+            }
+            // Too long without the change stream: the entry may have been signed out since.
         }
         self.metrics.session_cache_misses.inc();
         let Some(record) = self.store.get(SESSION_TYPE, id).await? else {
@@ -163,7 +224,7 @@ impl SessionCache {
             let versions = match self.store.versions().await {
                 Ok(v) => v,
                 Err(e) => {
-                    warn!(error = %e, "session sync: store unavailable; retrying");
+                    debug!(error = %e, "session sync: store unavailable; retrying");
                     sleep_or_shutdown(&mut shutdown, &mut backoff).await;
                     continue;
                 }
@@ -194,6 +255,7 @@ impl SessionCache {
             info!(after = start, "session sync: following changes");
             backoff = Duration::from_millis(100);
             after = Some(start);
+            self.set_in_sync(true);
             loop {
                 let next = tokio::select! {
                     next = changes.next() => next,
@@ -209,6 +271,7 @@ impl SessionCache {
                         }
                     }
                     Some(Err(e)) => {
+                        self.set_in_sync(false);
                         warn!(error = %e, "session sync interrupted; reconnecting");
                         if matches!(e, StoreError::Compacted { .. }) {
                             after = None;
@@ -216,6 +279,7 @@ impl SessionCache {
                         break;
                     }
                     None => {
+                        self.set_in_sync(false);
                         warn!("session sync stream ended; reconnecting");
                         break;
                     }
@@ -234,5 +298,6 @@ async fn sleep_or_shutdown(
         _ = tokio::time::sleep(*backoff) => {}
         _ = shutdown.changed() => {}
     }
-    *backoff = (*backoff * 2).min(Duration::from_secs(5));
+    // Capped low so that everything recovers within a second or two of the store coming back.
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
 }

@@ -120,6 +120,9 @@ pub struct DatabrokerSettings {
 
 /// One route, compiled.
 #[derive(Debug)]
+    /// How long cached sessions keep working after the databroker was last reached
+    /// (`databroker_cache_staleness`).
+    pub cache_staleness: Duration,
 pub struct Route {
     /// Position in the file; first match wins.
     pub index: usize,
@@ -684,6 +687,12 @@ fn build(file: schema::File, base: &Path, errors: &mut Errors) -> Option<Config>
                     errors.push(&path, e.to_string());
                     continue;
                 }
+    let cache_staleness = duration(
+        errors,
+        "databroker_cache_staleness",
+        file.databroker_cache_staleness,
+        "5m",
+    );
             },
             _ => {
                 errors.push(&path, "must be a table");
@@ -772,6 +781,7 @@ fn build_route(
             for (i, s) in list.iter().enumerate() {
                 upstreams.extend(upstream(errors, &format!("{path}.to[{i}]"), s));
             }
+            cache_staleness,
         }
         None => {}
     }

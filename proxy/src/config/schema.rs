@@ -67,6 +67,7 @@ pub struct File {
     pub databroker_storage_connection_string: Field<String>,
     pub databroker_service_url: Field<String>,
     pub grpc_address: Field<String>,
+    pub databroker_cache_staleness: Field<String>,
     pub log_level: Field<String>,
     pub log_format: Field<String>,
     pub show_error_details: Field<bool>,
@@ -138,6 +139,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "databroker_storage_connection_string",
     "databroker_service_url",
     "grpc_address",
+    "databroker_cache_staleness",
     "log_level",
     "log_format",
     "show_error_details",
@@ -197,6 +199,7 @@ pub const STRING_KEYS: &[&str] = &[
     "databroker_storage_connection_string",
     "databroker_service_url",
     "grpc_address",
+    "databroker_cache_staleness",
     "log_level",
     "log_format",
 ];
