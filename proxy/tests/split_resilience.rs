@@ -1,0 +1,512 @@
+//! A split deployment when parts of it fail, on a real PostgreSQL (127.0.0.1:5432, user
+//! `postgres`, trust auth; `.ci/deps` starts it; each test makes its own database):
+//!
+//! - the proxy holding the `identity_manager` lease is killed: the other proxy takes over
+//!   refreshing within the lease TTL;
+//! - a databroker process stops: sessions the proxy has cached keep working (for
+//!   `databroker_cache_staleness`), unknown ones get 503, sign-in shows a 503 page, and
+//!   everything recovers by itself within 5 s of the databroker coming back;
+//! - (ignored, run by hand) the proxy's RSS growth per 100k cached sessions.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use portcullis_auth::{Cipher, Secret, Session, SessionCookie};
+use portcullis_databroker::{NewRecord, PgOptions, PgStore, Store, SESSION_TYPE};
+use portcullis_harness::{free_port, random_secret, IdpOptions, Portcullis, TestEnv};
+
+const COOKIE: &str = "_portcullis";
+
+/// A database of its own, dropped with its connections at the end (even on panic).
+struct TestDb {
+    name: String,
+}
+
+impl TestDb {
+    fn create() -> Self {
+        let name = format!("portcullis_res_{:016x}", rand_u64());
+        psql(&format!("CREATE DATABASE {name}"));
+        Self { name }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-Atc",
+            sql,
+        ])
+        .output()
+        .expect("psql (PostgreSQL client; .ci/deps installs it)");
+    assert!(
+        out.status.success(),
+        "psql {sql:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn rand_u64() -> u64 {
+    use rand::RngCore as _;
+    rand::thread_rng().next_u64()
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn databroker_config(grpc: u16, db: &TestDb, shared_secret: &str) -> String {
+    format!(
+        r#"services = "databroker"
+grpc_address = "127.0.0.1:{grpc}"
+metrics_address = "127.0.0.1:{metrics}"
+databroker_storage_type = "postgres"
+databroker_storage_connection_string = "{url}"
+authenticate_service_url = "http://authenticate.localhost:1"
+shared_secret = "{shared_secret}"
+cookie_secret = "{cookie}"
+log_format = "json"
+"#,
+        metrics = free_port(),
+        url = db.url(),
+        cookie = random_secret(),
+    )
+}
+
+async fn start(binary: &str, config: &str) -> Portcullis {
+    Portcullis::builder(binary)
+        .config(config)
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The same proxy configuration on fresh ports (and, optionally, another databroker).
+fn second_proxy_config(env: &TestEnv, port: u16, metrics: u16) -> String {
+    env.config_text()
+        .replace(
+            &format!("address = \"127.0.0.1:{}\"", env.port),
+            &format!("address = \"127.0.0.1:{port}\""),
+        )
+        .replace(
+            &format!("metrics_address = \"127.0.0.1:{}\"", env.metrics_port),
+            &format!("metrics_address = \"127.0.0.1:{metrics}\""),
+        )
+}
+
+fn plain_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve("app.localhost", SocketAddr::from(([127, 0, 0, 1], 0)))
+        .resolve(
+            "authenticate.localhost",
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("client")
+}
+
+async fn status(client: &reqwest::Client, url: &str, cookie: &str) -> u16 {
+    client
+        .get(url)
+        .header("cookie", format!("{COOKIE}={cookie}"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+async fn metric(client: &reqwest::Client, metrics_port: u16, name: &str) -> Option<f64> {
+    let text = client
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix(' ')?;
+        rest.trim().parse().ok()
+    })
+}
+
+/// A session for `user` written straight into the database, and a cookie naming it.
+fn session(id: &str, user: &str, with_tokens: bool) -> Session {
+    let now = now_unix();
+    let mut claims = serde_json::Map::new();
+    claims.insert("email".into(), format!("{user}@example.com").into());
+    claims.insert("email_verified".into(), true.into());
+    claims.insert("name".into(), format!("User {user}").into());
+    claims.insert("groups".into(), serde_json::json!(["users"]));
+    // Token sizes as node oidc-provider issues them: opaque 43-character access and refresh
+    // tokens and an RS256 ID token of about 800 characters.
+    let token = |n: usize| Some("x".repeat(n));
+    Session {
+        id: id.to_owned(),
+        user_id: user.to_owned(),
+        email: format!("{user}@example.com"),
+        name: format!("User {user}"),
+        groups: vec!["users".into()],
+        claims,
+        issued_at: now,
+        expires_at: now + 3600,
+        id_token: if with_tokens { token(800) } else { None },
+        access_token: if with_tokens { token(43) } else { None },
+        refresh_token: None,
+        access_token_expires_at: None,
+    }
+}
+
+fn cookie_for(cookie_secret: &str, id: &str) -> String {
+    let secret = Secret::from_base64(cookie_secret).expect("cookie secret");
+    let now = now_unix();
+    SessionCookie {
+        session_id: id.to_owned(),
+        issued_at: now,
+        expires_at: now + 3600,
+    }
+    .seal(&Cipher::new(&secret))
+}
+
+async fn seed(db: &TestDb, sessions: Vec<Session>) {
+    let store = PgStore::connect(&db.url(), PgOptions::default())
+        .await
+        .expect("connect to the test database");
+    for chunk in sessions.chunks(1000) {
+        let records = chunk
+            .iter()
+            .map(|s| {
+                NewRecord::new(
+                    SESSION_TYPE,
+                    s.id.clone(),
+                    serde_json::to_value(s).expect("session JSON"),
+                )
+            })
+            .collect();
+        store.put(records).await.expect("seed sessions");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_lease_holder_hands_refresh_to_the_other_proxy() {
+    let binary = env!("CARGO_BIN_EXE_portcullis");
+    let db = TestDb::create();
+    let mut env = TestEnv::builder(binary)
+        .route(
+            r#"from = "http://app.localhost"
+to = "{upstream}"
+allow_any_authenticated_user = true"#,
+        )
+        .config(&format!(
+            "databroker_storage_type = \"postgres\"\ndatabroker_storage_connection_string = \"{}\"",
+            db.url()
+        ))
+        .idp_options(IdpOptions {
+            access_token_ttl_secs: 3,
+            ..IdpOptions::default()
+        })
+        .start()
+        .await;
+    let (port_b, metrics_b) = (free_port(), free_port());
+    let mut proxy_b = start(binary, &second_proxy_config(&env, port_b, metrics_b)).await;
+
+    let browser = env.browser();
+    assert_eq!(
+        browser
+            .sign_in(&env.url("app", "/"), "alice")
+            .await
+            .status(),
+        200
+    );
+    let cookie = browser
+        .cookie(&env.url("app", "/"), COOKIE)
+        .expect("session cookie");
+    let client = plain_client();
+
+    // Exactly one of the two holds the lease.
+    let leader = 'found: {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(15) {
+            let a = metric(
+                &client,
+                env.metrics_port,
+                "portcullis_identity_manager_leader",
+            )
+            .await;
+            let b = metric(&client, metrics_b, "portcullis_identity_manager_leader").await;
+            match (a, b) {
+                (Some(a), Some(b)) if a + b == 1.0 => {
+                    break 'found if a == 1.0 { 'a' } else { 'b' }
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        panic!("no single lease holder\n{}", env.logs());
+    };
+    let grants = env.idp.token_grants("refresh_token").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        env.idp.token_grants("refresh_token").await > grants,
+        "the holder refreshes"
+    );
+
+    // SIGKILL: no chance to give the lease up.
+    let (survivor_port, survivor_metrics) = if leader == 'a' {
+        env.proxy.signal("KILL");
+        (port_b, metrics_b)
+    } else {
+        proxy_b.signal("KILL");
+        (env.port, env.metrics_port)
+    };
+    let killed = Instant::now();
+    let grants = env.idp.token_grants("refresh_token").await;
+    let took_over = loop {
+        if metric(
+            &client,
+            survivor_metrics,
+            "portcullis_identity_manager_leader",
+        )
+        .await
+            == Some(1.0)
+        {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "no takeover\n{}",
+            env.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    while env.idp.token_grants("refresh_token").await <= grants {
+        assert!(
+            killed.elapsed() < Duration::from_secs(25),
+            "no refresh after takeover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refreshed = killed.elapsed();
+    println!(
+        "lease holder ({leader}) killed: the other proxy held the lease after {took_over:?} and refreshed after {refreshed:?}"
+    );
+    // The lease TTL (10 s) plus one acquisition interval (2 s).
+    assert!(took_over <= Duration::from_secs(13), "{took_over:?}");
+    let on_survivor = format!("http://app.localhost:{survivor_port}/");
+    assert_eq!(status(&client, &on_survivor, &cookie).await, 200);
+    if leader == 'a' {
+        let _ = env.proxy.try_wait();
+    } else {
+        let _ = proxy_b.try_wait();
+    }
+    drop(proxy_b);
+    env.idp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_databroker_serves_cached_sessions_refuses_unknown_ones_and_recovers() {
+    let binary = env!("CARGO_BIN_EXE_portcullis");
+    let db = TestDb::create();
+    let shared_secret = random_secret();
+    let grpc = free_port();
+    let broker_config = databroker_config(grpc, &db, &shared_secret);
+    let broker = start(binary, &broker_config).await;
+    let staleness = Duration::from_secs(6);
+
+    let env = TestEnv::builder(binary)
+        .route(
+            r#"from = "http://app.localhost"
+to = "{upstream}"
+allow_any_authenticated_user = true"#,
+        )
+        .config(&format!(
+            "services = \"proxy\"\ndatabroker_service_url = \"http://127.0.0.1:{grpc}\"\ndatabroker_cache_staleness = \"{}s\"",
+            staleness.as_secs()
+        ))
+        .env("PORTCULLIS_SHARED_SECRET", &shared_secret)
+        .start()
+        .await;
+    let client = plain_client();
+    let app = env.url("app", "/");
+
+    let alice = env.browser();
+    assert_eq!(alice.sign_in(&app, "alice").await.status(), 200);
+    let alice = alice.cookie(&app, COOKIE).expect("cookie");
+    // Bob's session exists in the store but this proxy has never looked it up.
+    seed(&db, vec![session("bob-session", "bob", true)]).await;
+    let bob = cookie_for(env.cookie_secret(), "bob-session");
+
+    // The databroker goes away.
+    let stopped = Instant::now();
+    broker.stop().await;
+    assert_eq!(status(&client, &app, &alice).await, 200, "cached session");
+    assert_eq!(status(&client, &app, &bob).await, 503, "unknown session");
+    // Sign-in cannot store a session: a clear 503 page, not a raw failure.
+    let carol = env.browser();
+    let page = carol.sign_in(&app, "carol").await;
+    assert_eq!(page.status(), 503);
+    let body = page.text().await.unwrap_or_default();
+    assert!(body.contains("session store"), "{body}");
+
+    // Past the staleness bound, cached sessions are refused too (fail closed).
+    loop {
+        let s = status(&client, &app, &alice).await;
+        if s == 503 {
+            println!(
+                "cached session refused {:?} after the databroker stopped (bound {staleness:?})",
+                stopped.elapsed()
+            );
+            break;
+        }
+        assert_eq!(s, 200);
+        assert!(stopped.elapsed() < staleness + Duration::from_secs(3));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(stopped.elapsed() >= staleness - Duration::from_secs(1));
+
+    // The databroker comes back on the same address: everything recovers by itself.
+    let _broker = start(binary, &broker_config).await;
+    let back = Instant::now();
+    loop {
+        let a = status(&client, &app, &alice).await;
+        let b = status(&client, &app, &bob).await;
+        let synced = metric(
+            &client,
+            env.metrics_port,
+            "portcullis_session_sync_connected",
+        )
+        .await;
+        if a == 200 && b == 200 && synced == Some(1.0) {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "not recovered 5 s after the databroker came back (alice {a}, bob {b}, sync {synced:?})\n{}",
+            env.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "recovered {:?} after the databroker was ready again",
+        back.elapsed()
+    );
+    let carol = env.browser();
+    assert_eq!(carol.sign_in(&app, "carol").await.status(), 200);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The proxy's RSS growth per 100k cached sessions (sessions with ID and access tokens of
+/// realistic size). Run it alone:
+/// `cargo test -p portcullis --test split_resilience -- --ignored --nocapture rss`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: seeds 100k sessions and takes a minute or two"]
+async fn rss_per_100k_cached_sessions() {
+    const N: usize = 100_000;
+    const WARM: usize = 1_000;
+    let binary = env!("CARGO_BIN_EXE_portcullis");
+    let db = TestDb::create();
+    let env = TestEnv::builder(binary)
+        .route(
+            r#"from = "http://app.localhost"
+to = "{upstream}"
+allow_any_authenticated_user = true"#,
+        )
+        .config(&format!(
+            "databroker_storage_type = \"postgres\"\ndatabroker_storage_connection_string = \"{}\"\nlog_level = \"warn\"",
+            db.url()
+        ))
+        .start()
+        .await;
+    let t0 = Instant::now();
+    let ids: Vec<String> = (0..N + WARM).map(|i| format!("s{i:07}")).collect();
+    seed(
+        &db,
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| session(id, &format!("user{i}"), true))
+            .collect(),
+    )
+    .await;
+    println!("seeded {} sessions in {:?}", ids.len(), t0.elapsed());
+    let pid = env.proxy.pid().expect("proxy pid");
+    let client = plain_client();
+    let page = env.url("app", "/.portcullis/");
+    let load = |ids: &[String]| {
+        let cookies: Vec<String> = ids
+            .iter()
+            .map(|id| cookie_for(env.cookie_secret(), id))
+            .collect();
+        let client = client.clone();
+        let page = page.clone();
+        async move {
+            use futures::StreamExt as _;
+            let ok = futures::stream::iter(cookies)
+                .map(|c| {
+                    let client = client.clone();
+                    let page = page.clone();
+                    async move { status(&client, &page, &c).await }
+                })
+                .buffer_unordered(32)
+                .filter(|s| futures::future::ready(*s == 200))
+                .count()
+                .await;
+            ok
+        }
+    };
+    // Warm up (connections, allocator arenas, the first cache segments).
+    assert_eq!(load(&ids[..WARM]).await, WARM, "{}", env.logs());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss_kib(pid);
+    let t0 = Instant::now();
+    let ok = load(&ids[WARM..]).await;
+    let took = t0.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid);
+    assert_eq!(ok, N, "every seeded session answers 200");
+    let growth_mib = (after.saturating_sub(before)) as f64 / 1024.0;
+    let text = env.proxy.metrics().await;
+    let misses = text
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis_session_cache_misses_total "))
+        .unwrap_or("?")
+        .to_owned();
+    println!(
+        "RSS {before} KiB → {after} KiB after caching {N} more sessions in {took:?} (cache misses {misses}): {growth_mib:.1} MiB per 100k"
+    );
+}
