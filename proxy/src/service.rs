@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::ErrorType;
 use portcullis_auth::{find_cookie, strip_cookie, IdentityClaims, SessionCookie};
@@ -26,7 +27,7 @@ use portcullis_policy::{HeaderLookup, Request as PolicyRequest};
 use tracing::{info, warn};
 
 use crate::authenticate;
-use crate::config::{PathMatcher, Route, TemplatePart};
+use crate::config::{PathMatcher, Route, TemplatePart, Upstream};
 use crate::path;
 use crate::respond::{Refusal, Reply};
 use crate::sessions::CachedSession;
@@ -355,7 +356,7 @@ impl ProxyHttp for Proxy {
             .pick_upstream(route)
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "route has no upstream"))?;
         ctx.upstream = Some(index);
-        let mut peer = HttpPeer::new(upstream.addr, upstream.tls, upstream.sni.clone());
+        let mut peer = upstream_http_peer(upstream);
         peer.options.connection_timeout = Some(route.timeout.min(Duration::from_secs(10)));
         peer.options.total_connection_timeout = Some(route.timeout.min(Duration::from_secs(15)));
         peer.options.read_timeout = Some(route.timeout);
@@ -790,10 +791,39 @@ fn strip_session_cookie(req: &mut RequestHeader, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The peer for `upstream` with the route's TLS (or h2c) settings; timeouts are set by the
+/// caller.
+fn upstream_http_peer(upstream: &Upstream) -> HttpPeer {
+    let settings = upstream.tls_settings.as_deref();
+    let sni = settings
+        .and_then(|t| t.server_name.clone())
+        .unwrap_or_else(|| upstream.sni.clone());
+    let mut peer = HttpPeer::new(upstream.addr, upstream.tls, sni);
+    if upstream.h2c {
+        // Cleartext HTTP/2 with prior knowledge; streams share one connection.
+        peer.options.alpn = ALPN::H2;
+        peer.options.max_h2_streams = 100;
+    }
+    if let Some(t) = settings {
+        peer.options.verify_cert = !t.skip_verify;
+        peer.options.verify_hostname = !t.skip_verify;
+        peer.options.ca = t.ca.clone();
+        peer.client_cert_key = t.client_cert.clone();
+        peer.group_key = t.group_key;
+    }
+    peer
+}
+
 /// The path (with query) to send upstream.
 fn rewrite_path<'a>(route: &Route, base_path: Option<&str>, uri: &'a http::Uri) -> Cow<'a, str> {
     let path = uri.path();
-    let rewritten: Option<String> = if let Some(rewrite) = &route.prefix_rewrite {
+    let rewritten: Option<String> = if let Some((re, substitution)) = &route.regex_rewrite {
+        match re.replace_all(path, substitution.as_str()) {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(p) if p.starts_with('/') => Some(p),
+            Cow::Owned(p) => Some(format!("/{p}")),
+        }
+    } else if let Some(rewrite) = &route.prefix_rewrite {
         let prefix = match &route.path {
             PathMatcher::Prefix(p) => p.as_str(),
             _ => "/",

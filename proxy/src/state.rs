@@ -52,6 +52,19 @@ pub const LOGIN_STATE_COOKIE_TTL: Duration = Duration::from_secs(600);
 
 impl Runtime {
     pub fn new(mut config: Config) -> Self {
+        for route in &config.routes {
+            if route
+                .upstreams
+                .iter()
+                .any(|u| u.tls_settings.as_ref().is_some_and(|t| t.skip_verify))
+            {
+                warn!(
+                    route = %route.name,
+                    "routes[{}].tls_skip_verify = true: upstream certificates are not verified",
+                    route.index
+                );
+            }
+        }
         let routes = RouteTable::new(std::mem::take(&mut config.routes));
         let session_cookie = CookieOptions {
             name: config.cookie.name.clone(),

@@ -296,6 +296,7 @@ mod tests {
                 .collect(),
             body: Vec::new(),
             peer: "127.0.0.1:1".parse().unwrap(),
+            version: "HTTP/1.1".into(),
         }
     }
 

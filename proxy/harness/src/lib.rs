@@ -37,6 +37,7 @@
 #![forbid(unsafe_code)]
 
 mod browser;
+mod ca;
 pub mod demo;
 mod env;
 mod idp;
@@ -48,6 +49,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::Mutex;
 
 pub use crate::browser::{Browser, Form};
+pub use crate::ca::{Issued, TestCa};
 pub use crate::env::{TestEnv, TestEnvBuilder};
 pub use crate::idp::{Idp, IdpOptions};
 pub use crate::portcullis::{Portcullis, PortcullisBuilder};

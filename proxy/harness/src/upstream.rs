@@ -1,4 +1,5 @@
-//! A recording HTTP/1.1 upstream (hyper 1) on 127.0.0.1.
+//! A recording HTTP upstream (hyper 1) on 127.0.0.1: HTTP/1.1 and cleartext HTTP/2 (h2c, by
+//! prior knowledge) on one port, optionally behind TLS (and mTLS).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,11 +10,12 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::rustls;
 
 use crate::LOOPBACK;
 
@@ -32,6 +34,8 @@ pub struct RecordedRequest {
     pub body: Vec<u8>,
     /// The TCP peer (the proxy's side of the upstream connection).
     pub peer: SocketAddr,
+    /// `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
 }
 
 /// Configures an [`Upstream`] before it starts.
@@ -41,6 +45,8 @@ pub struct UpstreamBuilder {
     status: StatusCode,
     port: u16,
     responder: Option<Responder>,
+    tls: Option<(String, String)>,
+    client_ca: Option<String>,
 }
 
 /// A running upstream; stops when dropped.
@@ -118,6 +124,19 @@ impl UpstreamBuilder {
         self
     }
 
+    /// Serves TLS with this PEM certificate chain and PEM key (see [`crate::TestCa`]).
+    pub fn tls(mut self, cert_pem: &str, key_pem: &str) -> Self {
+        self.tls = Some((cert_pem.to_owned(), key_pem.to_owned()));
+        self
+    }
+
+    /// With [`UpstreamBuilder::tls`]: requires a client certificate signed by this PEM CA
+    /// (mutual TLS); a handshake without one fails.
+    pub fn client_ca(mut self, ca_pem: &str) -> Self {
+        self.client_ca = Some(ca_pem.to_owned());
+        self
+    }
+
     /// Binds and starts serving. Panics if the port cannot be bound.
     pub async fn start(self) -> Upstream {
         let listener = TcpListener::bind(SocketAddr::from((LOOPBACK, self.port)))
@@ -142,7 +161,11 @@ impl UpstreamBuilder {
             delay: self.delay,
             responder,
         });
-        let task = tokio::spawn(accept_loop(listener, state));
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|(c, k)| tls_acceptor(c, k, self.client_ca.as_deref()));
+        let task = tokio::spawn(accept_loop(listener, state, tls));
         Upstream {
             addr,
             requests,
@@ -157,7 +180,51 @@ struct State {
     responder: Responder,
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+fn tls_acceptor(
+    cert_pem: &str,
+    key_pem: &str,
+    client_ca: Option<&str>,
+) -> tokio_rustls::TlsAcceptor {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("upstream: certificate PEM");
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .expect("upstream: key PEM")
+        .expect("upstream: a private key");
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("upstream: TLS versions");
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut ca.as_bytes()) {
+                roots
+                    .add(c.expect("upstream: CA PEM"))
+                    .expect("upstream: CA");
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .expect("upstream: client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .expect("upstream: certificate and key");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     // Connections live in this set, so aborting the accept task (on drop) ends them too.
     let mut connections = JoinSet::new();
     loop {
@@ -165,13 +232,23 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
             accepted = listener.accept() => {
                 let Ok((stream, peer)) = accepted else { continue };
                 let state = state.clone();
+                let tls = tls.clone();
                 connections.spawn(async move {
                     let service = service_fn(move |req| handle(req, peer, state.clone()));
-                    let _ = http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else { return };
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        None => {
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -209,6 +286,7 @@ async fn handle(
             .collect(),
         body,
         peer,
+        version: format!("{:?}", parts.version),
     };
     state
         .requests
@@ -236,10 +314,12 @@ impl Upstream {
             status: StatusCode::OK,
             port: 0,
             responder: None,
+            tls: None,
+            client_ca: None,
         }
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (use [`Upstream::port`] to build `https://` or `h2c://` URLs).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -12,7 +12,11 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use http::header::{HeaderName, HeaderValue};
+use pingora::protocols::tls::CaType;
+use pingora::utils::tls::{CertKey, WrappedX509};
 use portcullis_auth::Secret;
 use portcullis_policy::Policy;
 use regex::Regex;
@@ -116,13 +120,13 @@ pub struct DatabrokerSettings {
     pub connection_string: Option<String>,
     pub service_url: Option<Url>,
     pub grpc_address: SocketAddr,
+    /// How long cached sessions keep working after the databroker was last reached
+    /// (`databroker_cache_staleness`).
+    pub cache_staleness: Duration,
 }
 
 /// One route, compiled.
 #[derive(Debug)]
-    /// How long cached sessions keep working after the databroker was last reached
-    /// (`databroker_cache_staleness`).
-    pub cache_staleness: Duration,
 pub struct Route {
     /// Position in the file; first match wins.
     pub index: usize,
@@ -132,6 +136,8 @@ pub struct Route {
     pub path: PathMatcher,
     pub upstreams: Vec<Upstream>,
     pub prefix_rewrite: Option<String>,
+    /// `regex_rewrite_pattern` and its substitution (in `regex` crate syntax: `${1}`).
+    pub regex_rewrite: Option<(Regex, String)>,
     pub preserve_host_header: bool,
     pub host_rewrite: Option<String>,
     pub set_request_headers: Vec<(HeaderName, HeaderTemplate)>,
@@ -173,6 +179,10 @@ pub struct Upstream {
     pub url: Url,
     pub addr: SocketAddr,
     pub tls: bool,
+    /// `h2c://`: cleartext HTTP/2 with prior knowledge.
+    pub h2c: bool,
+    /// The route's upstream TLS settings (for `https://` upstreams).
+    pub tls_settings: Option<Arc<UpstreamTls>>,
     /// `host[:port]` as the upstream expects it in `Host`.
     pub authority: String,
     /// Host name for SNI and certificate verification.
@@ -180,6 +190,31 @@ pub struct Upstream {
     pub weight: u32,
     /// A path on the `to` URL acts as a prefix rewrite ("" when none).
     pub base_path: String,
+}
+
+/// A route's upstream TLS options, loaded from their files at configuration time.
+pub struct UpstreamTls {
+    /// `tls_skip_verify`: no certificate or name verification at all.
+    pub skip_verify: bool,
+    /// `tls_server_name`: SNI and the name verified, instead of the upstream's host.
+    pub server_name: Option<String>,
+    /// `tls_custom_ca_file`: trusted instead of the system roots.
+    pub ca: Option<Arc<CaType>>,
+    /// `tls_client_cert_file` + `tls_client_key_file`: the client certificate (mTLS).
+    pub client_cert: Option<Arc<CertKey>>,
+    /// Keeps pooled connections made with different TLS settings apart.
+    pub group_key: u64,
+}
+
+impl fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("skip_verify", &self.skip_verify)
+            .field("server_name", &self.server_name)
+            .field("custom_ca", &self.ca.as_ref().map(|c| c.len()))
+            .field("client_cert", &self.client_cert.is_some())
+            .finish()
+    }
 }
 
 /// A `set_request_headers` value with its `${portcullis.*}` substitutions parsed.
@@ -652,6 +687,12 @@ fn build(file: schema::File, base: &Path, errors: &mut Errors) -> Option<Config>
     }
     let raw_grpc = errors.or("grpc_address", file.grpc_address, "127.0.0.1:5443".into());
     let grpc_address = socket_addr(errors, "grpc_address", &raw_grpc);
+    let cache_staleness = duration(
+        errors,
+        "databroker_cache_staleness",
+        file.databroker_cache_staleness,
+        "5m",
+    );
 
     let log_level = errors.or("log_level", file.log_level, "info".into());
     if !["trace", "debug", "info", "warn", "error", "off"].contains(&log_level.as_str()) {
@@ -687,12 +728,6 @@ fn build(file: schema::File, base: &Path, errors: &mut Errors) -> Option<Config>
                     errors.push(&path, e.to_string());
                     continue;
                 }
-    let cache_staleness = duration(
-        errors,
-        "databroker_cache_staleness",
-        file.databroker_cache_staleness,
-        "5m",
-    );
             },
             _ => {
                 errors.push(&path, "must be a table");
@@ -746,6 +781,7 @@ fn build(file: schema::File, base: &Path, errors: &mut Errors) -> Option<Config>
             connection_string,
             service_url,
             grpc_address: grpc_address?,
+            cache_staleness,
         },
         log_level,
         log_format,
@@ -781,7 +817,6 @@ fn build_route(
             for (i, s) in list.iter().enumerate() {
                 upstreams.extend(upstream(errors, &format!("{path}.to[{i}]"), s));
             }
-            cache_staleness,
         }
         None => {}
     }
@@ -825,29 +860,67 @@ fn build_route(
             errors.push(key("prefix_rewrite"), "must start with /");
         }
     }
-    for (k, present) in [
-        (
-            "regex_rewrite_pattern",
-            raw.regex_rewrite_pattern.is_present(),
+    let regex_rewrite = match (
+        errors.opt(&key("regex_rewrite_pattern"), raw.regex_rewrite_pattern),
+        errors.opt(
+            &key("regex_rewrite_substitution"),
+            raw.regex_rewrite_substitution,
         ),
-        (
-            "regex_rewrite_substitution",
-            raw.regex_rewrite_substitution.is_present(),
-        ),
-        ("tls_skip_verify", raw.tls_skip_verify.is_present()),
-        ("tls_custom_ca_file", raw.tls_custom_ca_file.is_present()),
-        ("tls_server_name", raw.tls_server_name.is_present()),
-        (
-            "tls_client_cert_file",
-            raw.tls_client_cert_file.is_present(),
-        ),
-        ("tls_client_key_file", raw.tls_client_key_file.is_present()),
-    ] {
-        if present {
-            errors.push(key(k), "is not supported by this build yet");
+    ) {
+        (None, None) => None,
+        (Some(_), None) => {
+            errors.push(
+                key("regex_rewrite_substitution"),
+                "is required when regex_rewrite_pattern is set",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            errors.push(
+                key("regex_rewrite_pattern"),
+                "is required when regex_rewrite_substitution is set",
+            );
+            None
+        }
+        (Some(pattern), Some(substitution)) => match Regex::new(&pattern) {
+            Ok(re) => {
+                if prefix_rewrite.is_some() {
+                    errors.push(
+                        key("regex_rewrite_pattern"),
+                        "cannot be combined with prefix_rewrite",
+                    );
+                }
+                match regex_substitution(&substitution, re.captures_len()) {
+                    Ok(s) => Some((re, s)),
+                    Err(e) => {
+                        errors.push(key("regex_rewrite_substitution"), e);
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                errors.push(key("regex_rewrite_pattern"), format!("invalid regex: {e}"));
+                None
+            }
+        },
+    };
+    let tls_settings = upstream_tls(
+        errors,
+        path,
+        base,
+        TlsFields {
+            skip_verify: raw.tls_skip_verify,
+            custom_ca_file: raw.tls_custom_ca_file,
+            server_name: raw.tls_server_name,
+            client_cert_file: raw.tls_client_cert_file,
+            client_key_file: raw.tls_client_key_file,
+        },
+    );
+    for u in &mut upstreams {
+        if u.tls {
+            u.tls_settings = tls_settings.clone();
         }
     }
-    let _ = base;
 
     let preserve_host_header = errors.or(
         &key("preserve_host_header"),
@@ -966,6 +1039,7 @@ fn build_route(
         path: path_matcher,
         upstreams,
         prefix_rewrite,
+        regex_rewrite,
         preserve_host_header,
         host_rewrite,
         set_request_headers,
@@ -977,6 +1051,186 @@ fn build_route(
         pass_identity_headers,
         policy,
     })
+}
+
+/// The `tls_*` keys of a route.
+struct TlsFields {
+    skip_verify: Field<bool>,
+    custom_ca_file: Field<String>,
+    server_name: Field<String>,
+    client_cert_file: Field<String>,
+    client_key_file: Field<String>,
+}
+
+/// Loads a route's upstream TLS settings (`None` when it sets none of the `tls_*` keys).
+fn upstream_tls(
+    errors: &mut Errors,
+    path: &str,
+    base: &Path,
+    f: TlsFields,
+) -> Option<Arc<UpstreamTls>> {
+    use std::hash::{Hash as _, Hasher as _};
+    let key = |k: &str| format!("{path}.{k}");
+    let skip_verify = errors.or(&key("tls_skip_verify"), f.skip_verify, false);
+    let ca_file = errors.opt(&key("tls_custom_ca_file"), f.custom_ca_file);
+    let server_name = errors.opt(&key("tls_server_name"), f.server_name);
+    let cert_file = errors.opt(&key("tls_client_cert_file"), f.client_cert_file);
+    let key_file = errors.opt(&key("tls_client_key_file"), f.client_key_file);
+    if !skip_verify
+        && ca_file.is_none()
+        && server_name.is_none()
+        && cert_file.is_none()
+        && key_file.is_none()
+    {
+        return None;
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    skip_verify.hash(&mut hasher);
+    server_name.hash(&mut hasher);
+
+    if let Some(name) = &server_name {
+        if name.is_empty() || url::Host::parse(name).is_err() {
+            errors.push(
+                key("tls_server_name"),
+                format!("{name:?} is not a host name"),
+            );
+        }
+    }
+    let ca = ca_file.and_then(|file| {
+        let k = key("tls_custom_ca_file");
+        let pem = read_pem_file(errors, &k, base, &file)?;
+        pem.hash(&mut hasher);
+        let ders = pem_certificates(errors, &k, &pem)?;
+        let list: Vec<WrappedX509> = ders
+            .into_iter()
+            .map(|der| WrappedX509::new(der, pingora::utils::tls::parse_x509))
+            .collect();
+        Some(Arc::<CaType>::from(list))
+    });
+    let client_cert = match (cert_file, key_file) {
+        (None, None) => None,
+        (Some(_), None) => {
+            errors.push(
+                key("tls_client_key_file"),
+                "is required when tls_client_cert_file is set",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            errors.push(
+                key("tls_client_cert_file"),
+                "is required when tls_client_key_file is set",
+            );
+            None
+        }
+        (Some(cert), Some(private)) => {
+            let ck = key("tls_client_cert_file");
+            let kk = key("tls_client_key_file");
+            let certs = read_pem_file(errors, &ck, base, &cert)
+                .and_then(|pem| pem_certificates(errors, &ck, &pem));
+            let private = read_pem_file(errors, &kk, base, &private).and_then(|pem| {
+                match rustls_pemfile::private_key(&mut pem.as_slice()) {
+                    Ok(Some(k)) => Some(k.secret_der().to_vec()),
+                    Ok(None) => {
+                        errors.push(&kk, "holds no PEM private key");
+                        None
+                    }
+                    Err(e) => {
+                        errors.push(&kk, format!("invalid PEM: {e}"));
+                        None
+                    }
+                }
+            });
+            match (certs, private) {
+                (Some(certs), Some(private)) => {
+                    certs.hash(&mut hasher);
+                    Some(Arc::new(CertKey::new(certs, private)))
+                }
+                _ => None,
+            }
+        }
+    };
+    Some(Arc::new(UpstreamTls {
+        skip_verify,
+        server_name,
+        ca,
+        client_cert,
+        group_key: hasher.finish(),
+    }))
+}
+
+fn read_pem_file(errors: &mut Errors, path: &str, base: &Path, file: &str) -> Option<Vec<u8>> {
+    let p = base.join(file);
+    match std::fs::read(&p) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            errors.push(path, format!("cannot read {}: {e}", p.display()));
+            None
+        }
+    }
+}
+
+/// The DER certificates of a PEM file: at least one, each a parseable X.509 certificate.
+fn pem_certificates(errors: &mut Errors, path: &str, pem: &[u8]) -> Option<Vec<Vec<u8>>> {
+    use x509_parser::prelude::FromDer as _;
+    let mut out = Vec::new();
+    for item in rustls_pemfile::certs(&mut &pem[..]) {
+        match item {
+            Ok(der) => {
+                if x509_parser::certificate::X509Certificate::from_der(der.as_ref()).is_err() {
+                    errors.push(path, "holds a certificate that does not parse");
+                    return None;
+                }
+                out.push(der.to_vec());
+            }
+            Err(e) => {
+                errors.push(path, format!("invalid PEM: {e}"));
+                return None;
+            }
+        }
+    }
+    if out.is_empty() {
+        errors.push(path, "holds no PEM certificate");
+        return None;
+    }
+    Some(out)
+}
+
+/// Turns a `regex_rewrite_substitution` (`\1` as in Pomerium and Envoy, or `$1`) into the
+/// `regex` crate's syntax (`${1}`), checking that every group exists.
+fn regex_substitution(raw: &str, groups: usize) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len() + 8);
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' | '$' => match chars.peek().copied() {
+                Some(d) if d.is_ascii_digit() => {
+                    let mut n = 0usize;
+                    while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+                        n = n.saturating_mul(10).saturating_add(d as usize);
+                        chars.next();
+                    }
+                    if n >= groups {
+                        return Err(format!(
+                            "refers to group {n}, but the pattern has {} group(s)",
+                            groups.saturating_sub(1)
+                        ));
+                    }
+                    out.push_str("${");
+                    out.push_str(&n.to_string());
+                    out.push('}');
+                }
+                Some(next) if next == c => {
+                    chars.next();
+                    out.push_str(if c == '$' { "$$" } else { "\\" });
+                }
+                _ if c == '$' => out.push_str("$$"),
+                _ => out.push('\\'),
+            },
+            c => out.push(c),
+        }
+    }
+    Ok(out)
 }
 
 fn socket_addr(errors: &mut Errors, path: &str, raw: &str) -> Option<SocketAddr> {
@@ -1171,13 +1425,14 @@ fn upstream(errors: &mut Errors, path: &str, raw: &str) -> Option<Upstream> {
             return None;
         }
     };
-    let tls = match url.scheme() {
-        "http" => false,
-        "https" => true,
+    let (tls, h2c) = match url.scheme() {
+        "http" => (false, false),
+        "https" => (true, false),
+        "h2c" => (false, true),
         other => {
             errors.push(
                 path,
-                format!("unsupported upstream scheme {other:?} (http or https)"),
+                format!("unsupported upstream scheme {other:?} (http, https or h2c)"),
             );
             return None;
         }
@@ -1186,9 +1441,7 @@ fn upstream(errors: &mut Errors, path: &str, raw: &str) -> Option<Upstream> {
         errors.push(path, "upstream URL must have a host");
         return None;
     };
-    let port = url
-        .port_or_known_default()
-        .unwrap_or(if tls { 443 } else { 80 });
+    let port = url.port().unwrap_or(if tls { 443 } else { 80 });
     // Resolve once, at load: the request path must never block on a lookup.
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let addr = match (bare, port).to_socket_addrs().map(|mut a| a.next()) {
@@ -1206,6 +1459,8 @@ fn upstream(errors: &mut Errors, path: &str, raw: &str) -> Option<Upstream> {
     Some(Upstream {
         addr,
         tls,
+        h2c,
+        tls_settings: None,
         authority,
         sni: bare.to_string(),
         weight,
@@ -1216,3 +1471,5 @@ fn upstream(errors: &mut Errors, path: &str, raw: &str) -> Option<Upstream> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod upstream_tests;
