@@ -182,3 +182,117 @@ async fn tls_upstreams_verify_by_default_and_honour_every_tls_option() {
     );
     let _ = (free_port, Duration::from_secs(0));
 }
+
+/// Writes `request` on a fresh connection to the proxy and reads the whole answer (the request
+/// should carry `Connection: close`). Returns the status (0 when none) and the raw text.
+async fn raw(port: u16, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_and_connection_nominated_ones_never_reach_the_upstream() {
+    let env = TestEnv::builder(BIN)
+        .route(&public("public", "to = \"{upstream}\""))
+        .start()
+        .await;
+    let host = format!("public.localhost:{}", env.port);
+    let (status, text) = raw(
+        env.port,
+        &format!(
+            "GET /hop HTTP/1.1\r\nHost: {host}\r\nConnection: close, X-Secret-Hop, x-other-hop\r\n\
+             X-Secret-Hop: 1\r\nX-Other-Hop: 2\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\n\
+             TE: trailers\r\nTrailer: X-Checksum\r\nProxy-Authorization: Basic dXNlcjpwYXNz\r\n\
+             X-Kept: yes\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let seen = env.upstream.last().unwrap();
+    assert_eq!(seen.header("x-kept"), Some("yes"));
+    for name in [
+        "x-secret-hop",
+        "x-other-hop",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "upgrade",
+    ] {
+        assert_eq!(seen.header(name), None, "{name} reached the upstream");
+    }
+    assert!(
+        seen.header("connection")
+            .is_none_or(|v| !v.to_ascii_lowercase().contains("hop")),
+        "{:?}",
+        seen.headers
+    );
+
+    // Nominating a header Portcullis sets itself is refused, not repaired.
+    env.upstream.clear();
+    let (status, text) = raw(
+        env.port,
+        &format!(
+            "GET /spoof HTTP/1.1\r\nHost: {host}\r\nConnection: close, X-Forwarded-For\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(env.upstream.requests().is_empty());
+}
+
+#[tokio::test]
+async fn portcullis_pages_carry_security_headers_and_hsts_only_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = vec![
+        "public.localhost".to_string(),
+        "authenticate.localhost".to_string(),
+    ];
+    let certified = rcgen::generate_simple_self_signed(names).unwrap();
+    let cert = dir.path().join("listener.pem");
+    let key = dir.path().join("listener.key");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let route = "from = \"https://public.localhost\"\nallow_public_unauthenticated_access = true\nto = \"{upstream}\"\nprefix = \"/app\"";
+    let tls_env = TestEnv::builder(BIN)
+        .tls_certificate(&cert, &key)
+        .route(route)
+        .start()
+        .await;
+    let plain_env = TestEnv::builder(BIN)
+        .route(&public("public", "to = \"{upstream}\"\nprefix = \"/app\""))
+        .start()
+        .await;
+    for (env, tls) in [(&tls_env, true), (&plain_env, false)] {
+        // A Portcullis page (404: no route for this path).
+        let resp = env.browser().get(&env.url("public", "/nothing-here")).await;
+        assert_eq!(resp.status(), 404);
+        let h = resp.headers();
+        assert_eq!(h["x-frame-options"], "DENY");
+        assert_eq!(h["cache-control"], "no-store");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert!(h.contains_key("content-security-policy"));
+        assert_eq!(
+            h.contains_key("strict-transport-security"),
+            tls,
+            "HSTS only over TLS (tls = {tls})"
+        );
+        // Proxied responses are the application's: Portcullis adds no HSTS of its own there.
+        let resp = env.browser().get(&env.url("public", "/app")).await;
+        assert_eq!(resp.status(), 200, "{}", env.logs());
+        assert!(!resp.headers().contains_key("strict-transport-security"));
+    }
+}
