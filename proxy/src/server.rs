@@ -39,22 +39,27 @@ struct Signals {
     metrics: Arc<Metrics>,
 }
 
+/// Resolves on the first SIGTERM or SIGINT (never, if the handlers cannot be installed).
+pub(crate) async fn termination_requested() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}
+
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => std::future::pending::<()>().await,
-        }
+        termination_requested().await;
         info!("shutdown requested; draining in-flight requests");
         self.metrics.ready.store(false, Ordering::Release);
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
