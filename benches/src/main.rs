@@ -1,1 +1,517 @@
-fn main() {}
+//! `cargo run --release -p portcullis-bench -- [--quick] [--out FILE]`: the Portcullis load
+//! harness. It starts everything itself on 127.0.0.1 (ephemeral ports): a small fast upstream,
+//! Portcullis as a `databroker` process plus a `proxy` process (sessions seeded with
+//! `portcullis sessions seed`), nginx as a plain reverse proxy and Apache httpd with
+//! mod_auth_openidc (both skipped, with a line saying how to install them, when absent). Then it
+//! runs the scenarios in interleaved rounds (A B C A B C ...), closed loop with N keep-alive
+//! connections, then once more open loop at a fixed rate, and prints a table of medians. The
+//! results go to JSON (`--out`, default `target/bench/results.json`) with a latency plot (SVG)
+//! beside it. Every load loop is bounded in time and in request count.
+
+#![forbid(unsafe_code)]
+
+mod load;
+mod peers;
+mod plot;
+mod procstat;
+mod report;
+mod upstream;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use http::HeaderValue;
+
+use crate::load::{Mode, Progress, Target};
+use crate::peers::{ApacheUnderTest, PeerProcess, PortcullisUnderTest, APP_HOST, PUBLIC_HOST};
+use crate::report::{OpenResult, RoundResult, ScenarioResult};
+
+#[derive(Parser, Debug, Clone, serde::Serialize)]
+#[command(
+    name = "portcullis-bench",
+    about = "Portcullis side by side with nginx and Apache + mod_auth_openidc"
+)]
+pub struct Args {
+    /// Smoke run: 1 round of a few seconds, a tiny session count (CI).
+    #[arg(long)]
+    pub quick: bool,
+    /// Where the JSON results go (the SVG plot goes beside it).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Interleaved rounds (default 5; 1 with --quick).
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Seeded sessions (default 10,000; 50 with --quick).
+    #[arg(long)]
+    pub sessions: Option<usize>,
+    /// Keep-alive connections per scenario (default 32).
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// Seconds per scenario per round (default 10; 2 with --quick).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Open-loop rate in requests/s (default: half of nginx's closed-loop median, or half of
+    /// Portcullis auth-off's when nginx is absent). 0 skips the open loop.
+    #[arg(long)]
+    pub rate: Option<f64>,
+}
+
+/// Settings after defaults.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Settings {
+    pub quick: bool,
+    pub rounds: usize,
+    pub sessions: usize,
+    pub connections: usize,
+    pub duration_secs: f64,
+    pub workers: usize,
+    pub cpus: usize,
+}
+
+/// One scenario: what to send, where, and whose CPU to count.
+pub struct Scenario {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub target: Target,
+    pub pid: Option<u32>,
+}
+
+/// A request's upper bound per run, so that no loop is unbounded even if the clock misbehaves.
+const MAX_REQUESTS_PER_SECOND: f64 = 1_000_000.0;
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let settings = Settings {
+        quick: args.quick,
+        rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 5 }).max(1),
+        sessions: args
+            .sessions
+            .unwrap_or(if args.quick { 50 } else { 10_000 })
+            .max(10),
+        connections: args.connections.unwrap_or(32).clamp(1, 10_000),
+        duration_secs: args
+            .duration
+            .unwrap_or(if args.quick { 2.0 } else { 10.0 })
+            .clamp(0.2, 3600.0),
+        // Portcullis runs one Pingora thread per CPU; nginx and Apache get as many workers.
+        workers: cpus,
+        cpus,
+    };
+    let duration = Duration::from_secs_f64(settings.duration_secs);
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| target_dir().join("bench").join("results.json"));
+
+    let binary = portcullis_binary()?;
+    eprintln!(
+        "portcullis-bench: {} round(s) x {:.1} s per scenario, {} connections, {} seeded sessions, {} CPU(s); binary {}",
+        settings.rounds,
+        settings.duration_secs,
+        settings.connections,
+        settings.sessions,
+        cpus,
+        binary.display()
+    );
+
+    let upstream = upstream::FastUpstream::start()?;
+    eprintln!("upstream on {}", upstream.url());
+    eprintln!(
+        "starting Portcullis (databroker + proxy) and seeding {} sessions ...",
+        settings.sessions
+    );
+    let portcullis =
+        PortcullisUnderTest::start(&binary, &upstream.url(), settings.sessions).await?;
+    let mut skipped = Vec::new();
+    let nginx = match PeerProcess::nginx(upstream.addr, settings.workers).await {
+        Ok(n) => Some(n),
+        Err(e) => {
+            let line = format!("skipping nginx: {e}");
+            eprintln!("{line}");
+            skipped.push(line);
+            None
+        }
+    };
+    eprintln!("starting Apache + mod_auth_openidc and signing in once ...");
+    let apache = match ApacheUnderTest::start(upstream.addr, settings.workers).await {
+        Ok(a) => Some(a),
+        Err(e) => {
+            let line = format!("skipping apache + mod_auth_openidc: {e}");
+            eprintln!("{line}");
+            skipped.push(line);
+            None
+        }
+    };
+
+    let scenarios = scenarios(&upstream, &portcullis, nginx.as_ref(), apache.as_ref())?;
+
+    // Warm-up, not measured: every seeded session once (fills the proxy's session and
+    // assertion caches, as in a steady state), and a short run of everything else.
+    eprintln!("warming up ...");
+    for s in &scenarios {
+        let n = s.target.cookies.len().max(1) as u64;
+        let warm = Duration::from_secs_f64((settings.duration_secs / 2.0).clamp(0.2, 2.0));
+        let progress = Arc::new(Progress::default());
+        let o = load::run(
+            &s.target,
+            Mode::Closed,
+            settings.connections,
+            if n > 1 {
+                Duration::from_secs(120)
+            } else {
+                warm
+            },
+            Some(if n > 1 { n } else { cap(warm) }),
+            progress,
+        )
+        .await;
+        if o.requests > 0 && o.errors == o.requests {
+            return Err(format!(
+                "{}: every warm-up request failed: {:?}",
+                s.name, o.error_samples
+            ));
+        }
+    }
+
+    let signatures_before = portcullis.signatures().await;
+    let mut results: Vec<ScenarioResult> = scenarios
+        .iter()
+        .map(|s| ScenarioResult::new(s.name, s.about))
+        .collect();
+    for round in 1..=settings.rounds {
+        for (i, s) in scenarios.iter().enumerate() {
+            let label = format!("round {round}/{} {}", settings.rounds, s.name);
+            let r = measure(s, Mode::Closed, settings.connections, duration, &label).await;
+            results[i].rounds.push(r);
+        }
+    }
+
+    // Open loop at a fixed rate: latency without coordinated omission.
+    let rate = match args.rate {
+        Some(r) => r,
+        None => {
+            let base = results
+                .iter()
+                .find(|r| r.name == "nginx")
+                .or_else(|| results.iter().find(|r| r.name == "portcullis-public"))
+                .map(|r| r.median_rps())
+                .unwrap_or(0.0);
+            (base / 2.0).floor()
+        }
+    };
+    let mut open = Vec::new();
+    if rate >= 1.0 {
+        for s in &scenarios {
+            let label = format!("open loop {rate:.0} req/s {}", s.name);
+            let r = measure(
+                s,
+                Mode::Open { rate },
+                settings.connections,
+                duration,
+                &label,
+            )
+            .await;
+            open.push(OpenResult {
+                name: s.name,
+                rate,
+                result: r,
+            });
+        }
+    }
+    let signatures_after = portcullis.signatures().await;
+    let signatures = match (signatures_before, signatures_after) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+
+    // Stop everything before reporting.
+    if let Some(n) = nginx {
+        n.stop().await;
+    }
+    if let Some(a) = apache {
+        a.server.stop().await;
+    }
+    drop(portcullis);
+    drop(upstream);
+
+    let report = report::Report {
+        settings,
+        skipped,
+        scenarios: results,
+        open_loop: open,
+        identity_signatures_during_measurement: signatures,
+        machine_note: "2 CPUs shared by the load generator, the upstream and the proxy under test (and possibly other work): compare ratios within one run, not absolute numbers across machines".into(),
+    };
+    println!("{}", report.table());
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::write(&out, report.json()).map_err(|e| format!("{}: {e}", out.display()))?;
+    let svg = out.with_extension("svg");
+    plot::latency(&report, &svg)?;
+    println!(
+        "results: {}\nlatency plot: {}",
+        out.display(),
+        svg.display()
+    );
+    Ok(())
+}
+
+fn cap(d: Duration) -> u64 {
+    (d.as_secs_f64() * MAX_REQUESTS_PER_SECOND) as u64 + 1
+}
+
+/// One run of one scenario, with the progress line and the process's CPU and memory.
+async fn measure(
+    s: &Scenario,
+    mode: Mode,
+    connections: usize,
+    duration: Duration,
+    label: &str,
+) -> RoundResult {
+    let progress = Arc::new(Progress::default());
+    let ticker = {
+        let progress = progress.clone();
+        let label = label.to_owned();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut last = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let done = progress.done.load(Ordering::Relaxed);
+                eprint!(
+                    "\r{label}: {:>8} req/s  ({:.0} s)      ",
+                    done - last,
+                    start.elapsed().as_secs_f64()
+                );
+                last = done;
+            }
+        })
+    };
+    let cpu_before = s.pid.map(procstat::cpu_seconds);
+    let o = load::run(
+        &s.target,
+        mode,
+        connections,
+        duration,
+        Some(cap(duration)),
+        progress,
+    )
+    .await;
+    let cpu_after = s.pid.map(procstat::cpu_seconds);
+    ticker.abort();
+    let rps = o.requests as f64 / o.elapsed.as_secs_f64().max(1e-9);
+    eprintln!(
+        "\r{label}: {rps:>8.0} req/s, p99 {:.2} ms, {} error(s)      ",
+        o.histogram.value_at_quantile(0.99) as f64 / 1000.0,
+        o.errors
+    );
+    for e in &o.error_samples {
+        eprintln!("    error: {e}");
+    }
+    RoundResult::new(
+        &o,
+        match (cpu_before, cpu_after) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        },
+        s.pid.map(procstat::peak_rss_mib),
+    )
+}
+
+fn scenarios(
+    upstream: &upstream::FastUpstream,
+    p: &PortcullisUnderTest,
+    nginx: Option<&PeerProcess>,
+    apache: Option<&ApacheUnderTest>,
+) -> Result<Vec<Scenario>, String> {
+    let header = |s: String| HeaderValue::try_from(s).map_err(|e| e.to_string());
+    let cookies = |values: &[String]| -> Result<Arc<Vec<HeaderValue>>, String> {
+        values
+            .iter()
+            .map(|v| header(format!("_portcullis={v}")))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Arc::new)
+    };
+    let loopback = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let none = Arc::new(Vec::new());
+    let proxy_pid = p.proxy.pid();
+    let mut out = vec![
+        Scenario {
+            name: "direct",
+            about: "straight to the upstream (the ceiling)",
+            target: Target {
+                addr: upstream.addr,
+                host: header(upstream.addr.to_string())?,
+                path: "/",
+                cookies: none.clone(),
+                expect: 200,
+            },
+            pid: None,
+        },
+        Scenario {
+            name: "portcullis-public",
+            about: "Portcullis, public route (auth off)",
+            target: Target {
+                addr: loopback(p.port),
+                host: header(format!("{PUBLIC_HOST}:{}", p.port))?,
+                path: "/",
+                cookies: none.clone(),
+                expect: 200,
+            },
+            pid: proxy_pid,
+        },
+        Scenario {
+            name: "portcullis-auth",
+            about: "Portcullis, authorized cookie requests (random seeded session, 3-criterion policy, identity JWT + claim headers)",
+            target: Target {
+                addr: loopback(p.port),
+                host: header(format!("{APP_HOST}:{}", p.port))?,
+                path: "/",
+                cookies: cookies(&p.allowed)?,
+                expect: 200,
+            },
+            pid: proxy_pid,
+        },
+        Scenario {
+            name: "portcullis-403",
+            about: "Portcullis, signed in but denied by the policy",
+            target: Target {
+                addr: loopback(p.port),
+                host: header(format!("{APP_HOST}:{}", p.port))?,
+                path: "/",
+                cookies: cookies(&p.denied)?,
+                expect: 403,
+            },
+            pid: proxy_pid,
+        },
+        Scenario {
+            name: "portcullis-302",
+            about: "Portcullis, no session: redirect to sign-in",
+            target: Target {
+                addr: loopback(p.port),
+                host: header(format!("{APP_HOST}:{}", p.port))?,
+                path: "/",
+                cookies: none.clone(),
+                expect: 302,
+            },
+            pid: proxy_pid,
+        },
+    ];
+    if let Some(n) = nginx {
+        out.push(Scenario {
+            name: "nginx",
+            about: "nginx, plain reverse proxy (no auth)",
+            target: Target {
+                addr: loopback(n.port),
+                host: header(format!("{APP_HOST}:{}", n.port))?,
+                path: "/",
+                cookies: none.clone(),
+                expect: 200,
+            },
+            pid: n.pid(),
+        });
+    }
+    if let Some(a) = apache {
+        out.push(Scenario {
+            name: "apache-oidc",
+            about: "Apache httpd + mod_auth_openidc, signed-in session",
+            target: Target {
+                addr: loopback(a.server.port),
+                host: header(format!("{APP_HOST}:{}", a.server.port))?,
+                path: "/",
+                cookies: Arc::new(vec![header(a.cookie.clone())?]),
+                expect: 200,
+            },
+            pid: a.server.pid(),
+        });
+    }
+    Ok(out)
+}
+
+/// The target directory this executable was built into (`…/target`), or `./target`.
+fn target_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.to_owned()))
+        .filter(|d| d.file_name().is_some_and(|n| n == "target") || d.join("CACHEDIR.TAG").exists())
+        .unwrap_or_else(|| PathBuf::from("target"))
+}
+
+/// `$PORTCULLIS_BIN` if set, else the `portcullis` binary next to this executable. Under
+/// `cargo run` (which sets `$CARGO`), or when the binary is missing, it is first brought up to
+/// date with `cargo build [--release] -p portcullis` in this executable's profile, so the bench
+/// never measures a stale binary (a no-op when it is fresh).
+fn portcullis_binary() -> Result<PathBuf, String> {
+    if let Some(bin) = std::env::var_os("PORTCULLIS_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let dir = exe
+        .parent()
+        .ok_or("current_exe has no parent directory")?
+        .to_owned();
+    let binary = dir.join(format!("portcullis{}", std::env::consts::EXE_SUFFIX));
+    if binary.exists() && std::env::var_os("CARGO").is_none() {
+        return Ok(binary);
+    }
+    let debug = dir.file_name().is_some_and(|n| n == "debug");
+    if debug {
+        eprintln!("note: a debug build measures nothing useful; use cargo run --release -p portcullis-bench");
+    }
+    let mut args = vec!["build", "-p", "portcullis"];
+    if !debug {
+        args.push("--release");
+    }
+    eprintln!("cargo {} (for {}) ...", args.join(" "), binary.display());
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(&args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+    if dir
+        .file_name()
+        .is_some_and(|n| n == "release" || n == "debug")
+    {
+        if let Some(target) = dir.parent() {
+            cmd.env("CARGO_TARGET_DIR", target);
+        }
+    }
+    let status = cmd.status().map_err(|e| format!("run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("cargo {} failed: {status}", args.join(" ")));
+    }
+    if binary.exists() {
+        Ok(binary)
+    } else {
+        Err(format!("built, but {} is still missing", binary.display()))
+    }
+}

@@ -11,7 +11,8 @@
 //! - [`service`]: the Pingora `ProxyHttp` implementation;
 //! - [`authenticate`]: sign-in, callbacks, sign-out and the user page;
 //! - [`sessions`]: the session cache and its change-stream follower;
-//! - [`server`]: start-up and shutdown.
+//! - [`server`]: start-up and shutdown;
+//! - [`seed`]: `portcullis sessions seed`, sessions and cookies for load tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod authenticate;
@@ -24,6 +25,7 @@ pub mod policy_test;
 pub mod reload;
 pub mod respond;
 pub mod routes;
+pub mod seed;
 pub mod server;
 pub mod service;
 pub mod sessions;

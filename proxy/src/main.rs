@@ -25,6 +25,26 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Session tools.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// Write COUNT made-up sessions (random users with a few groups) into the configured store
+    /// (the databroker at `databroker_service_url`, or PostgreSQL) and print one sealed session
+    /// cookie value per line, for load tests. Refused for the in-memory store.
+    Seed {
+        /// How many sessions.
+        #[arg(long)]
+        count: usize,
+        /// Write the cookies to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -138,6 +158,26 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::from(CONFIG_ERROR)
+                }
+            }
+        }
+        Some(Command::Sessions {
+            command: SessionsCommand::Seed { count, out },
+        }) => {
+            let options = portcullis::seed::SeedOptions { count };
+            let result = match out {
+                Some(file) => std::fs::File::create(&file)
+                    .map_err(|e| format!("{}: {e}", file.display()))
+                    .and_then(|f| {
+                        portcullis::seed::seed(&config, &options, &mut std::io::BufWriter::new(f))
+                    }),
+                None => portcullis::seed::seed(&config, &options, &mut std::io::stdout().lock()),
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
                 }
             }
         }

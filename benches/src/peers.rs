@@ -1,0 +1,464 @@
+//! The processes under test: Portcullis (a `databroker` process and a `proxy` process, seeded
+//! through `portcullis sessions seed`), nginx as a plain reverse proxy, and Apache httpd with
+//! mod_auth_openidc. Each writes its configuration into a temp dir, listens on 127.0.0.1 on an
+//! ephemeral port, and is stopped when its handle is dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use portcullis_harness::{free_port, random_secret, Browser, Idp, IdpOptions, Portcullis};
+use tokio::process::{Child, Command};
+
+/// The route hosts of the Portcullis configuration.
+pub const APP_HOST: &str = "app.localhost";
+pub const PUBLIC_HOST: &str = "public.localhost";
+
+/// Portcullis split in two processes, with its seeded cookies.
+pub struct PortcullisUnderTest {
+    pub proxy: Portcullis,
+    pub _databroker: Portcullis,
+    pub port: u16,
+    /// Cookie values of seeded users in group `users` (allowed by the route's policy).
+    pub allowed: Vec<String>,
+    /// Cookie values of seeded users not in `users` (denied).
+    pub denied: Vec<String>,
+}
+
+/// A peer server run as a child process tree (nginx or Apache).
+pub struct PeerProcess {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+/// Apache with mod_auth_openidc, signed in once.
+pub struct ApacheUnderTest {
+    pub server: PeerProcess,
+    /// `Cookie` header value of the signed-in browser.
+    pub cookie: String,
+    pub _idp: Idp,
+}
+
+// === Portcullis ===
+
+impl PortcullisUnderTest {
+    pub async fn start(binary: &Path, upstream: &str, sessions: usize) -> Result<Self, String> {
+        let shared_secret = random_secret();
+        let cookie_secret = random_secret();
+        let grpc = free_port();
+        let databroker = Portcullis::builder(binary)
+            .config(&format!(
+                r#"services = "databroker"
+grpc_address = "127.0.0.1:{grpc}"
+metrics_address = "127.0.0.1:{metrics}"
+authenticate_service_url = "http://authenticate.localhost:1"
+shared_secret = "{shared_secret}"
+cookie_secret = "{cookie_secret}"
+log_level = "warn"
+"#,
+                metrics = free_port(),
+            ))
+            .start()
+            .await
+            .map_err(|e| format!("databroker: {e}"))?;
+
+        let port = free_port();
+        // The IdP is never contacted: sessions are seeded, and a sign-in redirect only names
+        // the authenticate host. A closed loopback port keeps it that way.
+        let config = format!(
+            r#"services = "proxy"
+databroker_service_url = "http://127.0.0.1:{grpc}"
+insecure_server = true
+address = "127.0.0.1:{port}"
+metrics_address = "127.0.0.1:{metrics}"
+authenticate_service_url = "http://authenticate.localhost:{port}"
+shared_secret = "{shared_secret}"
+cookie_secret = "{cookie_secret}"
+cookie_secure = false
+idp_provider_url = "http://127.0.0.1:9"
+idp_client_id = "bench"
+idp_client_secret = "bench"
+jwt_claims_headers = {{ "X-Email" = "email", "X-Groups" = "groups" }}
+log_level = "info"
+log_format = "json"
+
+# Three criteria: two allow conditions and a deny.
+[[routes]]
+from = "http://{APP_HOST}:{port}"
+to = "{upstream}"
+pass_identity_headers = true
+policy = [
+  {{ allow = {{ and = [ {{ domain = {{ is = "example.com" }} }}, {{ groups = {{ has = "users" }} }} ] }} }},
+  {{ deny = {{ or = [ {{ http_method = {{ is = "DELETE" }} }} ] }} }},
+]
+
+[[routes]]
+from = "http://{PUBLIC_HOST}:{port}"
+to = "{upstream}"
+allow_public_unauthenticated_access = true
+"#,
+            metrics = free_port(),
+        );
+        let proxy = Portcullis::builder(binary)
+            .config(&config)
+            .start()
+            .await
+            .map_err(|e| format!("proxy: {e}"))?;
+
+        // Seed through the supported command, with the proxy's own file.
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let cookies_path = dir.path().join("cookies.txt");
+        let seed = Portcullis::run(
+            binary,
+            &[
+                "sessions",
+                "seed",
+                "--count",
+                &sessions.to_string(),
+                "--out",
+                &cookies_path.display().to_string(),
+            ],
+            &config,
+        );
+        if !seed.status.success() {
+            return Err(format!(
+                "portcullis sessions seed: {}\n{}",
+                seed.status,
+                String::from_utf8_lossy(&seed.stderr)
+            ));
+        }
+        let text = std::fs::read_to_string(&cookies_path).map_err(|e| e.to_string())?;
+        let (mut allowed, mut denied) = (Vec::new(), Vec::new());
+        // `sessions seed` leaves every tenth user out of group `users`.
+        for (i, line) in text.lines().enumerate() {
+            if i % 10 == 9 {
+                denied.push(line.to_owned());
+            } else {
+                allowed.push(line.to_owned());
+            }
+        }
+        if allowed.is_empty() || denied.is_empty() {
+            return Err(format!(
+                "seeded {} sessions; need at least 10 for both allowed and denied users",
+                text.lines().count()
+            ));
+        }
+        Ok(Self {
+            proxy,
+            _databroker: databroker,
+            port,
+            allowed,
+            denied,
+        })
+    }
+
+    /// `portcullis_identity_jwt_signatures_total` now.
+    pub async fn signatures(&self) -> Option<u64> {
+        let text = self.proxy.metrics().await;
+        text.lines()
+            .find(|l| l.starts_with("portcullis_identity_jwt_signatures_total "))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .map(|v| v as u64)
+    }
+}
+
+// === peers ===
+
+/// `Some(path)` of an executable found in the usual places.
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Waits until something accepts TCP connections on 127.0.0.1:`port`.
+async fn wait_listening(
+    port: u16,
+    child: &mut Child,
+    what: &str,
+    logs: &Path,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "{what} exited at start ({status}):\n{}",
+                std::fs::read_to_string(logs).unwrap_or_default()
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{what} not listening on 127.0.0.1:{port} after 20 s"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl PeerProcess {
+    /// nginx as a plain reverse proxy: `workers` worker processes, keep-alive to the upstream.
+    pub async fn nginx(
+        upstream: std::net::SocketAddr,
+        workers: usize,
+    ) -> Result<PeerProcess, String> {
+        let Some(nginx) = which("nginx") else {
+            return Err(
+                "nginx is not installed (Debian/Ubuntu: sudo apt-get install nginx)".into(),
+            );
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("bench-nginx-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let d = dir.path().display().to_string();
+        let port = free_port();
+        let conf = format!(
+            r#"worker_processes {workers};
+daemon off;
+master_process on;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    upstream bench_upstream {{
+        server {upstream};
+        keepalive 128;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://bench_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+        }}
+    }}
+}}
+"#
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
+        let log = dir.path().join("stderr.log");
+        let mut child = Command::new(nginx)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("spawn nginx: {e}"))?;
+        wait_listening(port, &mut child, "nginx", &log).await?;
+        Ok(PeerProcess {
+            port,
+            child,
+            _dir: dir,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// SIGTERM to the master process (by its pid; it stops its workers), then waits for it.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+// === Apache + mod_auth_openidc ===
+
+const APACHE_MODULES: &str = "/usr/lib/apache2/modules";
+
+impl ApacheUnderTest {
+    /// Apache httpd (event MPM, `processes` child processes) with mod_auth_openidc in front
+    /// of `upstream`, against the test IdP; then signs in once as `alice` and keeps the cookie.
+    pub async fn start(upstream: std::net::SocketAddr, processes: usize) -> Result<Self, String> {
+        let Some(apache) = which("apache2") else {
+            return Err(
+                "Apache is not installed (Debian/Ubuntu: sudo apt-get install apache2 libapache2-mod-auth-openidc)"
+                    .into(),
+            );
+        };
+        if !Path::new(APACHE_MODULES)
+            .join("mod_auth_openidc.so")
+            .is_file()
+        {
+            return Err("mod_auth_openidc is not installed (Debian/Ubuntu: sudo apt-get install libapache2-mod-auth-openidc)".into());
+        }
+        if which("node").is_none() {
+            return Err("node is not installed; the test IdP needs it (see the README)".into());
+        }
+        let port = free_port();
+        let origin = format!("http://{APP_HOST}:{port}");
+        let redirect = format!("{origin}/oauth2/callback");
+        let idp = Idp::start(IdpOptions {
+            client_id: "apache-bench".into(),
+            redirect_uris: vec![redirect.clone()],
+            post_logout_redirect_uris: vec![origin.clone()],
+            ..IdpOptions::default()
+        })
+        .await;
+
+        let dir = tempfile::Builder::new()
+            .prefix("bench-apache-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        // Apache drops to www-data: let it read the config and write its logs here.
+        let _ = std::process::Command::new("chmod")
+            .args(["0755"])
+            .arg(dir.path())
+            .status();
+        let d = dir.path().display().to_string();
+        let m = APACHE_MODULES;
+        let threads = 64;
+        let user = if is_root() {
+            "User www-data\nGroup www-data\n"
+        } else {
+            ""
+        };
+        let conf = format!(
+            r#"ServerRoot "{d}"
+ServerName {APP_HOST}
+Listen 127.0.0.1:{port}
+PidFile {d}/httpd.pid
+ErrorLog {d}/error.log
+LogLevel warn
+{user}
+LoadModule mpm_event_module {m}/mod_mpm_event.so
+LoadModule unixd_module {m}/mod_unixd.so
+LoadModule authn_core_module {m}/mod_authn_core.so
+LoadModule authz_core_module {m}/mod_authz_core.so
+LoadModule authz_user_module {m}/mod_authz_user.so
+LoadModule log_config_module {m}/mod_log_config.so
+LoadModule headers_module {m}/mod_headers.so
+LoadModule proxy_module {m}/mod_proxy.so
+LoadModule proxy_http_module {m}/mod_proxy_http.so
+LoadModule auth_openidc_module {m}/mod_auth_openidc.so
+
+# Same worker processes as Portcullis's threads and nginx's workers; Apache's threads block,
+# so each process has {threads}.
+StartServers {processes}
+ServerLimit {processes}
+MinSpareThreads {threads}
+MaxSpareThreads {max_threads}
+ThreadsPerChild {threads}
+ThreadLimit {threads}
+MaxRequestWorkers {max_threads}
+MaxConnectionsPerChild 0
+KeepAlive On
+MaxKeepAliveRequests 0
+KeepAliveTimeout 30
+
+LogFormat "%h %l %u %t \"%r\" %>s %b" common
+CustomLog {d}/access.log common
+
+OIDCProviderMetadataURL {issuer}/.well-known/openid-configuration
+OIDCClientID {client_id}
+OIDCClientSecret {client_secret}
+OIDCRedirectURI {redirect}
+OIDCCryptoPassphrase {passphrase}
+OIDCScope "openid email profile"
+OIDCPKCEMethod S256
+OIDCSessionInactivityTimeout 86400
+OIDCSessionMaxDuration 86400
+OIDCPassClaimsAs headers
+OIDCStateMaxNumberOfCookies 5 true
+
+<Location />
+    AuthType openid-connect
+    Require valid-user
+</Location>
+ProxyPass /oauth2/callback !
+ProxyPass / http://{upstream}/ keepalive=On
+ProxyPassReverse / http://{upstream}/
+"#,
+            max_threads = threads * processes,
+            issuer = idp.issuer(),
+            client_id = idp.client_id(),
+            client_secret = idp.client_secret(),
+            passphrase = random_secret(),
+        );
+        let conf_path = dir.path().join("httpd.conf");
+        std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
+        let log = dir.path().join("stderr.log");
+        let mut child = Command::new(&apache)
+            .arg("-f")
+            .arg(&conf_path)
+            .arg("-DFOREGROUND")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("spawn apache2: {e}"))?;
+        wait_listening(port, &mut child, "apache2", &log).await?;
+        let server = PeerProcess {
+            port,
+            child,
+            _dir: dir,
+        };
+
+        // Sign in once, as the tests do, and keep the session cookie(s).
+        let browser = Browser::new(&[APP_HOST], port).with_idp(idp.issuer());
+        let page = browser.sign_in(&format!("{origin}/"), "alice").await;
+        if page.status() != 200 {
+            let errors =
+                std::fs::read_to_string(server._dir.path().join("error.log")).unwrap_or_default();
+            return Err(format!(
+                "sign-in through Apache ended with {}\n--- apache error.log ---\n{errors}",
+                page.status()
+            ));
+        }
+        let cookie = browser
+            .cookies(&format!("{origin}/"))
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("mod_auth_openidc_session"))
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        if cookie.is_empty() {
+            return Err("signed in through Apache, but no mod_auth_openidc_session cookie".into());
+        }
+        Ok(Self {
+            server,
+            cookie,
+            _idp: idp,
+        })
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}

@@ -1,0 +1,306 @@
+//! What a run measured: per-round numbers, medians across rounds, the table and the JSON.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::load::Outcome;
+use crate::Settings;
+
+/// One closed-loop (or open-loop) run of one scenario.
+#[derive(Serialize, Clone, Debug)]
+pub struct RoundResult {
+    pub requests: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub rps: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    /// CPU seconds of the process under test (and its children) during the run.
+    pub cpu_seconds: Option<f64>,
+    /// Peak RSS (VmHWM, summed over the process tree) so far, MiB.
+    pub peak_rss_mib: Option<f64>,
+    /// (percentile, µs) points of the latency distribution, for the plot.
+    pub distribution: Vec<(f64, u64)>,
+}
+
+/// Every round of one scenario.
+#[derive(Serialize, Debug)]
+pub struct ScenarioResult {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub rounds: Vec<RoundResult>,
+}
+
+/// The open-loop run of one scenario.
+#[derive(Serialize, Debug)]
+pub struct OpenResult {
+    pub name: &'static str,
+    pub rate: f64,
+    pub result: RoundResult,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Report {
+    pub settings: Settings,
+    pub skipped: Vec<String>,
+    pub scenarios: Vec<ScenarioResult>,
+    pub open_loop: Vec<OpenResult>,
+    /// ES256 identity assertions signed while the rounds and the open loop ran (after the
+    /// warm-up); 0 means no asymmetric crypto per steady-state request.
+    pub identity_signatures_during_measurement: Option<u64>,
+    pub machine_note: String,
+}
+
+/// Percentiles of the plotted distribution.
+const PLOT_QUANTILES: [f64; 12] = [
+    0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0,
+];
+
+// === impl RoundResult ===
+
+impl RoundResult {
+    pub fn new(o: &Outcome, cpu_seconds: Option<f64>, peak_rss_mib: Option<f64>) -> Self {
+        let h = &o.histogram;
+        let seconds = o.elapsed.as_secs_f64();
+        let ok = !h.is_empty();
+        let q = |x: f64| if ok { h.value_at_quantile(x) } else { 0 };
+        RoundResult {
+            requests: o.requests,
+            errors: o.errors,
+            seconds,
+            rps: o.requests as f64 / seconds.max(1e-9),
+            p50_us: q(0.5),
+            p90_us: q(0.9),
+            p99_us: q(0.99),
+            p999_us: q(0.999),
+            max_us: if ok { h.max() } else { 0 },
+            cpu_seconds,
+            peak_rss_mib,
+            distribution: PLOT_QUANTILES.iter().map(|&p| (p * 100.0, q(p))).collect(),
+        }
+    }
+
+    /// CPU seconds per 100k requests.
+    pub fn cpu_per_100k(&self) -> Option<f64> {
+        let cpu = self.cpu_seconds?;
+        (self.requests > 0).then(|| cpu * 100_000.0 / self.requests as f64)
+    }
+}
+
+// === impl ScenarioResult ===
+
+impl ScenarioResult {
+    pub fn new(name: &'static str, about: &'static str) -> Self {
+        Self {
+            name,
+            about,
+            rounds: Vec::new(),
+        }
+    }
+
+    fn median_of(&self, f: impl Fn(&RoundResult) -> f64) -> f64 {
+        median(self.rounds.iter().map(f).collect())
+    }
+
+    pub fn median_rps(&self) -> f64 {
+        self.median_of(|r| r.rps)
+    }
+
+    /// (max − min) / median of the rounds' req/s, in percent.
+    pub fn spread_pct(&self) -> f64 {
+        let rps: Vec<f64> = self.rounds.iter().map(|r| r.rps).collect();
+        let (lo, hi) = rps
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        let m = median(rps);
+        if m > 0.0 {
+            (hi - lo) / m * 100.0
+        } else {
+            0.0
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn ms(us: f64) -> String {
+    format!("{:.2}", us / 1000.0)
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+// === impl Report ===
+
+impl Report {
+    fn find(&self, name: &str) -> Option<&ScenarioResult> {
+        self.scenarios.iter().find(|s| s.name == name)
+    }
+
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+
+    /// The closed-loop table (medians across rounds), the open-loop table and the targets.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let nginx = self.find("nginx").map(ScenarioResult::median_rps);
+        let auth_off = self
+            .find("portcullis-public")
+            .map(ScenarioResult::median_rps);
+        let _ = writeln!(
+            s,
+            "\nClosed loop: {} connections, {} round(s) of {:.1} s, interleaved; medians across rounds",
+            self.settings.connections, self.settings.rounds, self.settings.duration_secs
+        );
+        let _ = writeln!(
+            s,
+            "{:<18} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8} {:>7} {:>9}",
+            "scenario",
+            "req/s",
+            "spread",
+            "p50 ms",
+            "p90",
+            "p99",
+            "p99.9",
+            "errors",
+            "CPU s/100k",
+            "RSS MiB",
+            "×nginx",
+            "×auth-off"
+        );
+        for sc in &self.scenarios {
+            let rps = sc.median_rps();
+            let errors: u64 = sc.rounds.iter().map(|r| r.errors).sum();
+            let cpu = {
+                let v: Vec<f64> = sc
+                    .rounds
+                    .iter()
+                    .filter_map(RoundResult::cpu_per_100k)
+                    .collect();
+                (!v.is_empty()).then(|| median(v))
+            };
+            let rss = sc
+                .rounds
+                .iter()
+                .filter_map(|r| r.peak_rss_mib)
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+            let ratio = |base: Option<f64>| {
+                base.filter(|b| *b > 0.0)
+                    .map(|b| format!("{:.2}", rps / b))
+                    .unwrap_or_else(|| "-".into())
+            };
+            let _ = writeln!(
+                s,
+                "{:<18} {:>9.0} {:>6.1}% {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8} {:>7} {:>9}",
+                sc.name,
+                rps,
+                sc.spread_pct(),
+                ms(sc.median_of(|r| r.p50_us as f64)),
+                ms(sc.median_of(|r| r.p90_us as f64)),
+                ms(sc.median_of(|r| r.p99_us as f64)),
+                ms(sc.median_of(|r| r.p999_us as f64)),
+                errors,
+                opt(cpu, 2),
+                opt(rss, 1),
+                ratio(nginx),
+                ratio(auth_off),
+            );
+        }
+        if !self.open_loop.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nOpen loop at {:.0} req/s (latency from the intended send time, no coordinated omission)",
+                self.open_loop[0].rate
+            );
+            let _ = writeln!(
+                s,
+                "{:<18} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7}",
+                "scenario", "achieved", "p50 ms", "p90", "p99", "p99.9", "errors"
+            );
+            for o in &self.open_loop {
+                let r = &o.result;
+                let _ = writeln!(
+                    s,
+                    "{:<18} {:>9.0} {:>7} {:>7} {:>7} {:>7} {:>7}",
+                    o.name,
+                    r.rps,
+                    ms(r.p50_us as f64),
+                    ms(r.p90_us as f64),
+                    ms(r.p99_us as f64),
+                    ms(r.p999_us as f64),
+                    r.errors
+                );
+            }
+        }
+        let _ = writeln!(s, "\nTargets (issue 6):");
+        let auth = self.find("portcullis-auth").map(ScenarioResult::median_rps);
+        let apache = self.find("apache-oidc").map(ScenarioResult::median_rps);
+        let mut target = |n: u8, what: &str, value: Option<f64>, goal: f64| {
+            let _ = match value {
+                Some(v) => writeln!(
+                    s,
+                    "  {n}. {what}: {v:.2} (goal ≥ {goal}) {}",
+                    if v >= goal { "MET" } else { "MISSED" }
+                ),
+                None => writeln!(s, "  {n}. {what}: not measured"),
+            };
+        };
+        let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        target(1, "auth ÷ auth-off req/s", div(auth, auth_off), 0.95);
+        target(2, "auth ÷ nginx req/s", div(auth, nginx), 1.0);
+        target(3, "auth ÷ apache-oidc req/s", div(auth, apache), 4.0);
+        let open = |name: &str| self.open_loop.iter().find(|o| o.name == name);
+        match (open("portcullis-auth"), open("nginx")) {
+            (Some(a), Some(n)) => {
+                let (a, n) = (&a.result, &n.result);
+                let _ = writeln!(
+                    s,
+                    "  4. open loop: p50 {} vs nginx {} ms (goal ≤ +0.05 ms) {}; p99 {} vs nginx {} ms (goal ≤ ×1.2) {}",
+                    ms(a.p50_us as f64),
+                    ms(n.p50_us as f64),
+                    if a.p50_us <= n.p50_us + 50 { "MET" } else { "MISSED" },
+                    ms(a.p99_us as f64),
+                    ms(n.p99_us as f64),
+                    if (a.p99_us as f64) <= n.p99_us as f64 * 1.2 { "MET" } else { "MISSED" },
+                );
+            }
+            _ => {
+                let _ = writeln!(s, "  4. open-loop latency vs nginx: not measured");
+            }
+        }
+        let _ = match self.identity_signatures_during_measurement {
+            Some(n) => writeln!(
+                s,
+                "  5. ES256 signatures during measurement: {n} (goal 0) {}",
+                if n == 0 { "MET" } else { "MISSED" }
+            ),
+            None => writeln!(s, "  5. ES256 signatures: not measured"),
+        };
+        for line in &self.skipped {
+            let _ = writeln!(s, "\n{line}");
+        }
+        let _ = writeln!(s, "\nNote: {}", self.machine_note);
+        s
+    }
+}

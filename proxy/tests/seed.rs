@@ -1,0 +1,127 @@
+//! `portcullis sessions seed` end to end: seed sessions into a separate databroker process, then
+//! use some of the printed cookies through a proxy that reads that databroker.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use portcullis_harness::{free_port, random_secret, Portcullis, TestEnv};
+
+const COUNT: usize = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_cookies_work_through_a_proxy() {
+    let binary = env!("CARGO_BIN_EXE_portcullis");
+    let shared_secret = random_secret();
+    let grpc = free_port();
+    let broker = Portcullis::builder(binary)
+        .config(&format!(
+            r#"services = "databroker"
+grpc_address = "127.0.0.1:{grpc}"
+metrics_address = "127.0.0.1:{metrics}"
+authenticate_service_url = "http://authenticate.localhost:1"
+shared_secret = "{shared_secret}"
+cookie_secret = "{cookie}"
+"#,
+            metrics = free_port(),
+            cookie = random_secret(),
+        ))
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("databroker: {e}"));
+
+    let env = TestEnv::builder(binary)
+        .config(&format!(
+            "services = \"proxy\"\ndatabroker_service_url = \"http://127.0.0.1:{grpc}\"\n\
+             jwt_claims_headers = {{ \"X-Email\" = \"email\" }}"
+        ))
+        .route(
+            r#"from = "http://app.localhost"
+to = "{upstream}"
+pass_identity_headers = true
+policy = [ { allow = { and = [ { domain = { is = "example.com" } }, { groups = { has = "users" } } ] } } ]"#,
+        )
+        .env("PORTCULLIS_SHARED_SECRET", &shared_secret)
+        .start()
+        .await;
+
+    // The proxy's own file, with the secret the databroker shares.
+    let config = env
+        .config_text()
+        .replace(env.shared_secret(), &shared_secret);
+    let dir = tempfile::tempdir().unwrap();
+    let cookies_path = dir.path().join("cookies.txt");
+    let out = Portcullis::run(
+        binary.as_ref(),
+        &[
+            "sessions",
+            "seed",
+            "--count",
+            &COUNT.to_string(),
+            "--out",
+            cookies_path.to_str().unwrap(),
+        ],
+        &config,
+    );
+    assert!(
+        out.status.success(),
+        "seed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cookies: Vec<String> = std::fs::read_to_string(&cookies_path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(cookies.len(), COUNT);
+    let unique: std::collections::HashSet<_> = cookies.iter().collect();
+    assert_eq!(unique.len(), COUNT, "every cookie names its own session");
+
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve("app.localhost", SocketAddr::from(([127, 0, 0, 1], 0)))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    // The first nine seeded users are in group `users` (every tenth is not).
+    for cookie in &cookies[..3] {
+        let resp = client
+            .get(env.url("app", "/seeded"))
+            .header("cookie", format!("_portcullis={cookie}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", env.logs());
+        let seen = env.upstream.last().unwrap();
+        let email = seen.header("x-email").unwrap_or_default().to_owned();
+        assert!(
+            email.starts_with("seed-") && email.ends_with("@example.com"),
+            "{email}"
+        );
+        assert!(seen.header("x-portcullis-jwt-assertion").is_some());
+    }
+    // The tenth is not in `users`: the policy denies it.
+    let resp = client
+        .get(env.url("app", "/seeded"))
+        .header("cookie", format!("_portcullis={}", cookies[9]))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+
+    // The in-memory store of a lone proxy cannot be seeded.
+    let lone = config.replace(
+        &format!("databroker_service_url = \"http://127.0.0.1:{grpc}\""),
+        "",
+    );
+    let out = Portcullis::run(
+        binary.as_ref(),
+        &["sessions", "seed", "--count", "1"],
+        &lone,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("databroker_service_url"));
+    drop(broker);
+}
