@@ -17,6 +17,9 @@
 //                                   consumes the old one; "0": oidc-provider's default policy
 //   IDP_ALWAYS_ISSUE_REFRESH_TOKEN  "1": a refresh token even without offline_access; default "0"
 //   IDP_STATE_FILE                  where to save/load the in-memory store across restarts
+//   IDP_EXTRA_CLAIMS                comma-separated names of custom claims (e.g. "department,org")
+//                                   released with scope `profile` (ID token and userinfo); an
+//                                   account gets values for them with PUT /__admin/accounts/<login>
 //
 // When listening it prints exactly one line `READY <port>` on stdout.
 //
@@ -25,8 +28,9 @@
 //   GET    /__admin/stats                     counts of token endpoint grants by grant_type, etc.
 //   POST   /__admin/revoke?account=<login>    destroys the account's grants (so its refresh
 //                                            tokens and access tokens) and IdP sessions
-//   PUT    /__admin/accounts/<login>          body {email?, email_verified?, name?, groups?}
-//                                            overrides the account's claims from now on
+//   PUT    /__admin/accounts/<login>          body {email?, email_verified?, name?, groups?,
+//                                            <any IDP_EXTRA_CLAIMS name>?} overrides the
+//                                            account's claims from now on
 //   POST   /__admin/outage?status=503         every non-admin request answers that status
 //   POST   /__admin/outage?hang=1             every non-admin request hangs (never answered)
 //   DELETE /__admin/outage                    back to normal
@@ -58,6 +62,8 @@ const refreshTokenTtl = seconds('IDP_REFRESH_TOKEN_TTL', 14 * 24 * 60 * 60);
 const rotateAlways = env('IDP_ROTATE_REFRESH_TOKEN', '1') === '1';
 const alwaysIssueRefreshToken = env('IDP_ALWAYS_ISSUE_REFRESH_TOKEN', '0') === '1';
 const stateFile = env('IDP_STATE_FILE', '');
+const standardClaims = ['sub', 'email', 'email_verified', 'name', 'groups'];
+const extraClaims = list('IDP_EXTRA_CLAIMS').filter((c) => !standardClaims.includes(c));
 
 // ---------------------------------------------------------------------------------------------
 // Accounts
@@ -192,7 +198,7 @@ const configuration = {
     iss: null,
     openid: ['sub'],
     email: ['email', 'email_verified'],
-    profile: ['name', 'groups'],
+    profile: ['name', 'groups', ...extraClaims],
   },
   scopes: ['openid', 'offline_access', 'email', 'profile'],
   // Put the scope's claims in the ID token too, not only in userinfo: that is what the proxy
@@ -230,7 +236,9 @@ const configuration = {
       accountId: sub,
       async claims() {
         const p = profileOf(sub);
+        const extra = Object.fromEntries(extraClaims.filter((c) => c in p).map((c) => [c, p[c]]));
         return {
+          ...extra,
           sub,
           email: p.email,
           email_verified: p.email_verified,

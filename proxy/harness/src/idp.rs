@@ -43,6 +43,10 @@ pub struct IdpOptions {
     /// refresh token needs scope `offline_access` *and* `prompt=consent` in the authorization
     /// request (oidc-provider drops `offline_access` without `prompt=consent`).
     pub always_issue_refresh_token: bool,
+    /// Names of custom claims the provider releases with scope `profile` (in the ID token and
+    /// userinfo), besides `email`, `email_verified`, `name` and `groups`. An account has them
+    /// only once [`Idp::set_account`] gives it values. Default none.
+    pub extra_claims: Vec<String>,
     /// Fixed port; default a free ephemeral one.
     pub port: Option<u16>,
 }
@@ -71,6 +75,7 @@ impl Default for IdpOptions {
             refresh_token_ttl_secs: 14 * 24 * 60 * 60,
             rotate_refresh_token: true,
             always_issue_refresh_token: false,
+            extra_claims: Vec::new(),
             port: None,
         }
     }
@@ -136,6 +141,7 @@ impl Idp {
                     "0"
                 },
             )
+            .env("IDP_EXTRA_CLAIMS", o.extra_claims.join(","))
             .env("IDP_STATE_FILE", self.dir.path().join("state.json"))
             // oidc-provider logs via `debug`; keep it quiet unless the caller asked.
             .stdin(Stdio::null())
@@ -283,7 +289,8 @@ impl Idp {
     }
 
     /// Overrides `login`'s claims from now on, e.g. `json!({"groups": ["users"]})`; keys
-    /// `email`, `email_verified`, `name`, `groups`.
+    /// `email`, `email_verified`, `name`, `groups` and the names in
+    /// [`IdpOptions::extra_claims`] (any JSON value, e.g. a string, a list or an object).
     pub async fn set_account(&self, login: &str, claims: serde_json::Value) -> serde_json::Value {
         self.admin(
             reqwest::Method::PUT,
