@@ -18,6 +18,7 @@
 pub mod authenticate;
 pub mod config;
 pub mod databroker;
+pub mod health;
 pub mod metrics;
 pub mod pages;
 pub mod path;

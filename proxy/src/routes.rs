@@ -5,7 +5,9 @@
 //! tried against the path.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::config::{HostPattern, PathMatcher, Route, Upstream};
 
@@ -25,6 +27,48 @@ pub struct RouteTable {
 struct Balancer {
     schedule: Vec<usize>,
     next: AtomicUsize,
+    /// Per upstream of the route, in `to` order.
+    health: Arc<[Health]>,
+}
+
+/// How long a connection failure takes a backend out of the rotation (passive health).
+pub const PASSIVE_EJECTION: Duration = Duration::from_secs(10);
+
+/// The health of one backend of one route.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Milliseconds (since [`epoch`]) until which a connection failure keeps it out.
+    down_until_ms: AtomicU64,
+    /// The active health check (when the route has one) found it unhealthy.
+    active_down: AtomicBool,
+}
+
+/// The process-wide clock origin for [`Health`].
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Health {
+    pub fn is_healthy(&self) -> bool {
+        !self.active_down.load(Ordering::Relaxed)
+            && self.down_until_ms.load(Ordering::Relaxed) <= now_ms()
+    }
+
+    /// A connection to it failed: out of the rotation for [`PASSIVE_EJECTION`].
+    pub fn connection_failed(&self) {
+        let until = now_ms().saturating_add(PASSIVE_EJECTION.as_millis() as u64);
+        self.down_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    /// The active health check's verdict.
+    pub fn set_active(&self, healthy: bool) {
+        self.active_down.store(!healthy, Ordering::Relaxed);
+    }
 }
 
 // === impl RouteTable ===
@@ -81,13 +125,48 @@ impl RouteTable {
 
     /// The upstream for the next request on `route`.
     pub fn pick_upstream<'r>(&self, route: &'r Route) -> Option<(usize, &'r Upstream)> {
+        self.pick_upstream_excluding(route, 0)
+    }
+
+    /// The next upstream of `route` in weighted round-robin order that is healthy and not in
+    /// `tried` (bit `i` set: upstream `i` was tried already). When every untried upstream is
+    /// unhealthy, the next untried one anyway (better a chance than a certain 502); `None` once
+    /// all were tried.
+    pub fn pick_upstream_excluding<'r>(
+        &self,
+        route: &'r Route,
+        tried: u64,
+    ) -> Option<(usize, &'r Upstream)> {
         let b = self.balancers.get(route.index)?;
-        if b.schedule.is_empty() {
+        let len = b.schedule.len();
+        if len == 0 {
             return None;
         }
         let n = b.next.fetch_add(1, Ordering::Relaxed);
-        let i = b.schedule[n % b.schedule.len()];
+        let untried = |i: usize| i >= 64 || tried & (1u64 << i) == 0;
+        let mut fallback = None;
+        for k in 0..len {
+            let i = b.schedule[(n + k) % len];
+            if !untried(i) {
+                continue;
+            }
+            if b.health.get(i).is_none_or(Health::is_healthy) {
+                return Some((i, route.upstreams.get(i)?));
+            }
+            fallback.get_or_insert(i);
+        }
+        let i = fallback?;
         Some((i, route.upstreams.get(i)?))
+    }
+
+    /// The health of upstream `upstream` of route `route`.
+    pub fn health(&self, route: usize, upstream: usize) -> Option<&Health> {
+        self.balancers.get(route)?.health.get(upstream)
+    }
+
+    /// The health records of a route's upstreams (for the active health checker).
+    pub fn route_health(&self, route: usize) -> Option<Arc<[Health]>> {
+        self.balancers.get(route).map(|b| b.health.clone())
     }
 
     fn wildcard_candidates<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a Vec<usize>> {
@@ -131,6 +210,7 @@ impl Balancer {
         Self {
             schedule,
             next: AtomicUsize::new(0),
+            health: upstreams.iter().map(|_| Health::default()).collect(),
         }
     }
 }
@@ -229,5 +309,32 @@ allow_any_authenticated_user = true
             counts[usize::from(u.addr.port() == 2)] += 1;
         }
         assert_eq!(counts, [300, 100]);
+    }
+
+    #[test]
+    fn unhealthy_and_tried_backends_are_skipped() {
+        let t = table(
+            r#"
+[[routes]]
+from = "http://a.test"
+to = ["http://127.0.0.1:1,3", "http://127.0.0.1:2", "http://127.0.0.1:3"]
+allow_any_authenticated_user = true
+"#,
+        );
+        let route = &t.routes()[0];
+        t.health(0, 0).unwrap().connection_failed();
+        for _ in 0..50 {
+            let (i, _) = t.pick_upstream(route).unwrap();
+            assert_ne!(i, 0, "a backend whose connection failed is out for a while");
+        }
+        // Tried ones are skipped even when healthy; the last untried one is used even when down.
+        assert_eq!(t.pick_upstream_excluding(route, 0b110).unwrap().0, 0);
+        assert!(t.pick_upstream_excluding(route, 0b111).is_none());
+        t.health(0, 1).unwrap().set_active(false);
+        for _ in 0..20 {
+            assert_eq!(t.pick_upstream(route).unwrap().0, 2);
+        }
+        t.health(0, 1).unwrap().set_active(true);
+        assert!((0..20).any(|_| t.pick_upstream(route).unwrap().0 == 1));
     }
 }

@@ -41,6 +41,8 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const IDENTITY_PREFIX: &str = "x-portcullis-";
+/// Backends tried per request when connections fail.
+const MAX_CONNECT_ATTEMPTS: u32 = 3;
 
 /// The proxy service.
 pub struct Proxy {
@@ -54,6 +56,8 @@ pub struct Ctx {
     pub runtime: Option<Arc<Runtime>>,
     pub route: Option<usize>,
     pub upstream: Option<usize>,
+    /// Upstreams of the route tried for this request (bit `i`: upstream `i`).
+    pub tried: u64,
     pub session: Option<Arc<CachedSession>>,
     /// What was decided: `allow`, `public`, `deny`, `sign_in`, ... (logs and metrics).
     pub outcome: &'static str,
@@ -297,6 +301,7 @@ impl ProxyHttp for Proxy {
             runtime: None,
             route: None,
             upstream: None,
+            tried: 0,
             session: None,
             outcome: "none",
             host: String::new(),
@@ -353,9 +358,12 @@ impl ProxyHttp for Proxy {
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route selected"))?;
         let (index, upstream) = runtime
             .routes
-            .pick_upstream(route)
+            .pick_upstream_excluding(route, ctx.tried)
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "route has no upstream"))?;
         ctx.upstream = Some(index);
+        if index < 64 {
+            ctx.tried |= 1 << index;
+        }
         let mut peer = upstream_http_peer(upstream);
         peer.options.connection_timeout = Some(route.timeout.min(Duration::from_secs(10)));
         peer.options.total_connection_timeout = Some(route.timeout.min(Duration::from_secs(15)));
@@ -505,13 +513,28 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    /// A connection to the upstream failed before any byte of the request was sent: the
+    /// backend leaves the rotation for a while (passive health), and the request may go to
+    /// another backend of the route, whatever its method.
     fn fail_to_connect(
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        _ctx: &mut Ctx,
-        e: Box<Error>,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
     ) -> Box<Error> {
+        let Some((runtime, route)) = self.route(ctx) else {
+            return e;
+        };
+        if let Some(h) = ctx
+            .upstream
+            .and_then(|i| runtime.routes.health(route.index, i))
+        {
+            h.connection_failed();
+        }
+        let untried = (0..route.upstreams.len().min(64)).any(|i| ctx.tried & (1 << i) == 0);
+        let attempts = ctx.tried.count_ones();
+        e.set_retry(untried && attempts < MAX_CONNECT_ATTEMPTS);
         e
     }
 
@@ -793,7 +816,7 @@ fn strip_session_cookie(req: &mut RequestHeader, name: &str) -> Result<()> {
 
 /// The peer for `upstream` with the route's TLS (or h2c) settings; timeouts are set by the
 /// caller.
-fn upstream_http_peer(upstream: &Upstream) -> HttpPeer {
+pub(crate) fn upstream_http_peer(upstream: &Upstream) -> HttpPeer {
     let settings = upstream.tls_settings.as_deref();
     let sni = settings
         .and_then(|t| t.server_name.clone())

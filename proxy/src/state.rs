@@ -66,6 +66,7 @@ impl Runtime {
             }
         }
         let routes = RouteTable::new(std::mem::take(&mut config.routes));
+        crate::health::spawn(&routes);
         let session_cookie = CookieOptions {
             name: config.cookie.name.clone(),
             domain: config.cookie.domain.clone(),

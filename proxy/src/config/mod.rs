@@ -147,7 +147,22 @@ pub struct Route {
     pub idle_timeout: Duration,
     pub allow_websockets: bool,
     pub pass_identity_headers: bool,
+    /// Active HTTP health checks of the route's upstreams (`health_check`).
+    pub health_check: Option<HealthCheck>,
     pub policy: Policy,
+}
+
+/// `health_check = "/path"` or `{ path, interval, timeout, healthy_threshold,
+/// unhealthy_threshold }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that bring an unhealthy backend back.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that take a backend out.
+    pub unhealthy_threshold: u32,
 }
 
 /// The host part of `from`.
@@ -922,6 +937,10 @@ fn build_route(
         }
     }
 
+    let health_check = errors
+        .opt(&key("health_check"), raw.health_check)
+        .and_then(|v| health_check(errors, &key("health_check"), v));
+
     let preserve_host_header = errors.or(
         &key("preserve_host_header"),
         raw.preserve_host_header,
@@ -1049,7 +1068,81 @@ fn build_route(
         idle_timeout,
         allow_websockets,
         pass_identity_headers,
+        health_check,
         policy,
+    })
+}
+
+fn health_check(errors: &mut Errors, path: &str, value: toml::Value) -> Option<HealthCheck> {
+    const KEYS: &[&str] = &[
+        "path",
+        "interval",
+        "timeout",
+        "healthy_threshold",
+        "unhealthy_threshold",
+    ];
+    let mut table = match value {
+        toml::Value::String(p) => {
+            let mut t = toml::Table::new();
+            t.insert("path".into(), toml::Value::String(p));
+            t
+        }
+        toml::Value::Table(t) => t,
+        _ => {
+            errors.push(path, "must be a path (\"/healthz\") or a table with path, interval, timeout, healthy_threshold, unhealthy_threshold");
+            return None;
+        }
+    };
+    let unknown: Vec<String> = table
+        .keys()
+        .filter(|k| !KEYS.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    errors.unknown(path, unknown, KEYS);
+    let key = |k: &str| format!("{path}.{k}");
+    let check_path = match table.remove("path") {
+        Some(toml::Value::String(p))
+            if p.starts_with('/') && http::uri::PathAndQuery::try_from(p.as_str()).is_ok() =>
+        {
+            p
+        }
+        Some(_) => {
+            errors.push(key("path"), "must be a path starting with /");
+            return None;
+        }
+        None => {
+            errors.push(key("path"), "is required");
+            return None;
+        }
+    };
+    let mut dur = |k: &str, default: &str| -> Duration {
+        let field = match table.remove(k) {
+            None => Field::Missing,
+            Some(toml::Value::String(s)) => Field::Value(s),
+            Some(_) => Field::Invalid("must be a duration string like \"5s\"".into()),
+        };
+        duration(errors, &key(k), field, default)
+    };
+    let interval = dur("interval", "10s");
+    let timeout = dur("timeout", "2s");
+    let mut threshold = |k: &str, default: u32| -> u32 {
+        match table.remove(k) {
+            None => default,
+            Some(toml::Value::Integer(n)) if (1..=100).contains(&n) => n as u32,
+            Some(_) => {
+                errors.push(key(k), "must be a whole number from 1 to 100");
+                default
+            }
+        }
+    };
+    let healthy_threshold = threshold("healthy_threshold", 2);
+    let unhealthy_threshold = threshold("unhealthy_threshold", 3);
+    Some(HealthCheck {
+        path: check_path,
+        interval,
+        timeout,
+        healthy_threshold,
+        unhealthy_threshold,
     })
 }
 

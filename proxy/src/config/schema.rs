@@ -104,6 +104,7 @@ pub struct Route {
     pub tls_server_name: Field<String>,
     pub tls_client_cert_file: Field<String>,
     pub tls_client_key_file: Field<String>,
+    pub health_check: Field<toml::Value>,
     pub policy: Field<toml::Value>,
     #[serde(flatten)]
     pub unknown: BTreeMap<String, toml::Value>,
@@ -172,6 +173,7 @@ pub const ROUTE_KEYS: &[&str] = &[
     "tls_server_name",
     "tls_client_cert_file",
     "tls_client_key_file",
+    "health_check",
     "policy",
 ];
 

@@ -129,3 +129,47 @@ fn h2c_upstreams() {
     let e = errors("to = \"ftp://127.0.0.1:9\"");
     assert!(e[0].contains("(http, https or h2c)"), "{e:?}");
 }
+
+#[test]
+fn health_checks() {
+    let c = with_route(
+        "to = \"http://127.0.0.1:9\"\nhealth_check = \"/healthz\"",
+        Path::new("."),
+    )
+    .unwrap();
+    let h = c.routes[0].health_check.as_ref().unwrap();
+    assert_eq!(h.path, "/healthz");
+    assert_eq!(h.interval, Duration::from_secs(10));
+    assert_eq!((h.healthy_threshold, h.unhealthy_threshold), (2, 3));
+    let c = with_route(
+        "to = \"http://127.0.0.1:9\"\nhealth_check = { path = \"/up\", interval = \"1s\", timeout = \"500ms\", healthy_threshold = 1, unhealthy_threshold = 2 }",
+        Path::new("."),
+    )
+    .unwrap();
+    let h = c.routes[0].health_check.as_ref().unwrap();
+    assert_eq!(h.interval, Duration::from_secs(1));
+    assert_eq!(h.timeout, Duration::from_millis(500));
+    assert_eq!((h.healthy_threshold, h.unhealthy_threshold), (1, 2));
+    let e = errors(
+        "to = \"http://127.0.0.1:9\"\nhealth_check = { path = \"up\", intervall = \"1s\", unhealthy_threshold = 0 }",
+    );
+    assert!(
+        e.iter()
+            .any(|e| e.starts_with("routes[0].health_check.path: must be")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|e| e.contains(
+            "routes[0].health_check.intervall: unknown key (did you mean \"interval\"?)"
+        )),
+        "{e:?}"
+    );
+    let e = errors(
+        "to = \"http://127.0.0.1:9\"\nhealth_check = { path = \"/x\", unhealthy_threshold = 0 }",
+    );
+    assert!(
+        e.iter()
+            .any(|e| e.starts_with("routes[0].health_check.unhealthy_threshold: must be")),
+        "{e:?}"
+    );
+}
