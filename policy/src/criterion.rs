@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 use crate::matcher::{ClaimMatcher, ListMatcher, StringMatcher};
 use crate::net::Cidr;
 use crate::time::{DateRange, DayOfWeek, TimeOfDay};
-use crate::{ClientCertificate, Request};
+use crate::{ClientCertificate, Identity, Request};
 
 /// Names of all criteria (`claim/<name>` aside), for errors and suggestions.
 pub(crate) const NAMES: &[&str] = &[
@@ -71,14 +71,14 @@ impl Criterion {
             Criterion::Accept => true,
             Criterion::Reject => false,
             Criterion::AuthenticatedUser => identity.is_some(),
-            Criterion::Email(m) => identity.is_some_and(|id| m.matches(&id.email_lower)),
+            Criterion::Email(m) => identity.is_some_and(|id| m.matches(id.email_lower())),
             Criterion::Domain(m) => identity
                 .and_then(|id| id.domain_lower())
                 .is_some_and(|d| m.matches(d)),
-            Criterion::User(m) => identity.is_some_and(|id| m.matches(&id.user)),
-            Criterion::Groups(m) => identity.is_some_and(|id| m.matches(&id.groups)),
+            Criterion::User(m) => identity.is_some_and(|id| m.matches(id.user())),
+            Criterion::Groups(m) => identity.is_some_and(|id| m.matches(&id.groups())),
             Criterion::Claim { name, matcher } => identity
-                .and_then(|id| lookup_claim(&id.claims, name))
+                .and_then(|id| lookup_top_claim(id, name))
                 .is_some_and(|v| matcher.matches(v)),
             Criterion::HttpMethod(m) => m.matches(request.method),
             Criterion::HttpPath(m) => m.matches(request.path),
@@ -130,6 +130,20 @@ fn same_fingerprint(normalized: &str, given: &str) -> bool {
         .filter(|b| *b != b':')
         .map(|b| b.to_ascii_lowercase());
     normalized.bytes().eq(given)
+}
+
+/// Finds claim `name` among the identity's claims; see [`lookup_claim`].
+fn lookup_top_claim<'c>(id: &'c Identity, name: &str) -> Option<&'c Value> {
+    if let Some(v) = id.claim(name) {
+        return Some(v);
+    }
+    name.rmatch_indices('/').find_map(|(i, _)| {
+        let (head, tail) = (name.get(..i)?, name.get(i + 1..)?);
+        match id.claim(head)? {
+            Value::Object(inner) => lookup_claim(inner, tail),
+            _ => None,
+        }
+    })
 }
 
 /// Finds claim `name`: a top-level key first (claim names such as `https://x.example/roles`

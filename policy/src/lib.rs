@@ -70,6 +70,7 @@ use std::sync::Arc;
 
 mod criterion;
 mod error;
+mod identity;
 mod matcher;
 mod net;
 mod parse;
@@ -77,6 +78,7 @@ mod render;
 mod time;
 
 pub use error::PolicyError;
+pub use identity::Identity;
 
 use criterion::Criterion;
 
@@ -123,19 +125,6 @@ struct Block {
 enum Node {
     Criterion(Criterion),
     Block(Block),
-}
-
-/// The facts about one signed-in user that criteria look at, built once per session.
-#[derive(Clone, Debug)]
-pub struct Identity {
-    user: String,
-    email: String,
-    /// `email` lower-cased once, so that evaluation compares without allocating.
-    email_lower: Box<str>,
-    /// Byte offset of the domain in `email_lower`, when the email has exactly one `@`.
-    domain_start: Option<usize>,
-    groups: Vec<String>,
-    claims: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Looks up a request header by name (given in lower case; implementations should compare
@@ -374,61 +363,6 @@ impl fmt::Display for Reason {
             Reason::NoAllowMatched => f.write_str("no allow rule matched"),
             Reason::Public => f.write_str("public route"),
         }
-    }
-}
-
-// === impl Identity ===
-
-impl Identity {
-    /// `user` is the IdP subject; `claims` all ID-token and userinfo claims.
-    pub fn new(
-        user: String,
-        email: String,
-        groups: Vec<String>,
-        claims: serde_json::Map<String, serde_json::Value>,
-    ) -> Identity {
-        let email_lower: Box<str> = email.to_lowercase().into();
-        let domain_start = match email_lower.split_once('@') {
-            Some((local, domain))
-                if !local.is_empty() && !domain.is_empty() && !domain.contains('@') =>
-            {
-                Some(local.len() + 1)
-            }
-            _ => None,
-        };
-        Identity {
-            user,
-            email,
-            email_lower,
-            domain_start,
-            groups,
-            claims,
-        }
-    }
-
-    /// The IdP subject.
-    pub fn user(&self) -> &str {
-        &self.user
-    }
-
-    /// The email address as the IdP gave it.
-    pub fn email(&self) -> &str {
-        &self.email
-    }
-
-    /// Group names or ids.
-    pub fn groups(&self) -> &[String] {
-        &self.groups
-    }
-
-    /// All claims.
-    pub fn claims(&self) -> &serde_json::Map<String, serde_json::Value> {
-        &self.claims
-    }
-
-    /// The lower-cased domain of the email, when the email has exactly one `@`.
-    fn domain_lower(&self) -> Option<&str> {
-        self.domain_start.and_then(|i| self.email_lower.get(i..))
     }
 }
 

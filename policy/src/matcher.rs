@@ -3,6 +3,8 @@
 use std::cmp::Ordering;
 use std::fmt::Write as _;
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 /// How a string matcher compares.
@@ -174,6 +176,12 @@ impl ClaimMatcher {
 // === impl StrList ===
 
 impl StrList for Vec<String> {
+    fn any_str(&self, f: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.iter().any(|s| f(s))
+    }
+}
+
+impl StrList for &[Arc<str>] {
     fn any_str(&self, f: &mut dyn FnMut(&str) -> bool) -> bool {
         self.iter().any(|s| f(s))
     }

@@ -207,7 +207,7 @@ async fn sign_in(
                     return Ok(Flow::Reply(return_to(
                         state,
                         runtime,
-                        &current.session.id,
+                        &current.id,
                         &url,
                         now,
                     )));
@@ -415,7 +415,7 @@ async fn sign_out(
         .await
         .ok()
         .flatten();
-    let session_id = current.as_ref().map(|s| s.session.id.clone()).or_else(|| {
+    let session_id = current.as_ref().map(|s| s.id.to_string()).or_else(|| {
         let cookie = find_cookie(
             req.headers
                 .get_all(header::COOKIE)
@@ -425,6 +425,17 @@ async fn sign_out(
         )?;
         SessionCookie::open(&state.cipher, cookie, now).map(|c| c.session_id)
     });
+    // The cache holds no tokens: read the ID token from the store before the deletion.
+    let id_token = match &current {
+        Some(s) => state
+            .sessions
+            .full(&s.id, now)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|s| s.id_token),
+        None => None,
+    };
     if let Some(id) = &session_id {
         state.sessions.delete(id).await.map_err(|e| {
             warn!(error = %e, "sign-out: cannot delete the session");
@@ -435,7 +446,6 @@ async fn sign_out(
         state.assertions.invalidate_session(id);
         info!(request_id = %ctx.request_id, session = %id, "signed out");
     }
-    let id_token = current.as_ref().and_then(|s| s.session.id_token.clone());
     let signed_out = format!("{}{}", runtime.authenticate_origin, SIGNED_OUT_PATH);
     let end_session = match state.oidc().await {
         Some(p) => p.end_session_url(id_token.as_deref(), Some(&signed_out)),
@@ -473,14 +483,20 @@ async fn user_page(
     };
     ctx.session = Some(Arc::clone(&current));
     ctx.outcome = "allow";
-    let s = &current.session;
+    let s = &*current;
     if ctx.json {
+        let claims: serde_json::Map<String, serde_json::Value> = s
+            .identity
+            .claims()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         let body = serde_json::json!({
-            "user": s.user_id,
-            "email": s.email,
+            "user": s.user_id(),
+            "email": s.email(),
             "name": s.name,
-            "groups": s.groups,
-            "claims": s.claims,
+            "groups": s.identity.groups().iter().map(|g| &**g).collect::<Vec<&str>>(),
+            "claims": claims,
             "session_id": s.id,
             "issued_at": s.issued_at,
             "expires_at": s.expires_at,

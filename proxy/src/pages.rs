@@ -101,29 +101,30 @@ pub fn message(
 
 /// The signed-in user's page (`/.portcullis/`).
 pub fn user(session: &CachedSession, sign_out_url: &str, now_unix: i64) -> String {
-    let s = &session.session;
+    let s = session;
+    let (email, groups) = (s.email(), s.identity.groups());
     let mut body = String::from("<span class=\"status ok\">Signed in</span>");
-    let who = if s.name.is_empty() { &s.email } else { &s.name };
+    let who = if s.name.is_empty() { email } else { &s.name };
     let _ = write!(
         body,
         "<h1>{}</h1><p>{}</p><table>",
         escape(who),
-        escape(&s.email)
+        escape(email)
     );
     let row = |body: &mut String, k: &str, v: &str| {
         let _ = write!(body, "<tr><th>{}</th><td>{}</td></tr>", escape(k), v);
     };
-    row(&mut body, "Email", &escape(&s.email));
+    row(&mut body, "Email", &escape(email));
     row(&mut body, "Name", &escape(&s.name));
     row(
         &mut body,
         "User (subject)",
-        &format!("<code>{}</code>", escape(&s.user_id)),
+        &format!("<code>{}</code>", escape(s.user_id())),
     );
-    let groups = if s.groups.is_empty() {
+    let groups = if groups.is_empty() {
         "<span style=\"color:#8a90a0\">none</span>".to_string()
     } else {
-        s.groups
+        groups
             .iter()
             .map(|g| format!("<span class=\"tag\">{}</span>", escape(g)))
             .collect()
@@ -146,9 +147,10 @@ pub fn user(session: &CachedSession, sign_out_url: &str, now_unix: i64) -> Strin
         &format!("<code>{}</code>", escape(&s.id)),
     );
     body.push_str("</table>");
-    if !s.claims.is_empty() {
+    let claims = s.identity.claims();
+    if !claims.is_empty() {
         body.push_str("<h1 style=\"font-size:16px;margin-top:26px\">Claims</h1><table>");
-        for (k, v) in &s.claims {
+        for (k, v) in claims {
             let v = match v {
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),

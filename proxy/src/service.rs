@@ -248,8 +248,8 @@ impl Proxy {
             target: "authorize",
             request_id = %ctx.request_id,
             route = %route.name,
-            user = ctx.session.as_ref().map(|s| s.session.user_id.as_str()).unwrap_or(""),
-            email = ctx.session.as_ref().map(|s| s.session.email.as_str()).unwrap_or(""),
+            user = ctx.session.as_ref().map(|s| s.user_id()).unwrap_or(""),
+            email = ctx.session.as_ref().map(|s| s.email()).unwrap_or(""),
             decision = refusal.outcome(),
             reason = %decision.explain(&route.policy),
             "request refused by policy"
@@ -257,9 +257,24 @@ impl Proxy {
         Err(refusal)
     }
 
+    /// The whole session (tokens included) behind a cached one, from the store.
+    async fn full_session(
+        &self,
+        cached: Option<&CachedSession>,
+    ) -> Option<portcullis_auth::Session> {
+        let cached = cached?;
+        match self.state.sessions.full(&cached.id, now_unix()).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot read the session's tokens from the store");
+                None
+            }
+        }
+    }
+
     /// The identity headers for this request's session and route host.
     fn identity_assertion(&self, ctx: &Ctx, session: &CachedSession) -> Option<Arc<str>> {
-        let s = &session.session;
+        let s = session;
         let audience = ctx.host.as_str();
         let result = self.state.assertions.get_or_sign(
             &self.state.assertion_signer,
@@ -269,12 +284,12 @@ impl Proxy {
             || IdentityClaims {
                 iss: audience.to_string(),
                 aud: audience.to_string(),
-                sub: s.user_id.clone(),
-                user: s.user_id.clone(),
-                email: s.email.clone(),
-                groups: s.groups.clone(),
-                name: s.name.clone(),
-                sid: s.id.clone(),
+                sub: s.user_id().to_owned(),
+                user: s.user_id().to_owned(),
+                email: s.email().to_owned(),
+                groups: s.identity.groups().iter().map(|g| g.to_string()).collect(),
+                name: s.name.to_string(),
+                sid: s.id.to_string(),
                 iat: 0,
                 exp: 0,
                 jti: String::new(),
@@ -464,23 +479,25 @@ impl ProxyHttp for Proxy {
                 }
             }
         }
+        // The cache holds no tokens: a template that needs one reads the session from the
+        // store (once per request).
+        let mut full: Option<Option<portcullis_auth::Session>> = None;
         for (name, template) in &route.set_request_headers {
             let mut value = String::new();
             for part in &template.0 {
                 match part {
                     TemplatePart::Literal(s) => value.push_str(s),
-                    TemplatePart::AccessToken => value.push_str(
-                        identity
-                            .as_deref()
-                            .and_then(|s| s.session.access_token.as_deref())
-                            .unwrap_or(""),
-                    ),
-                    TemplatePart::IdToken => value.push_str(
-                        identity
-                            .as_deref()
-                            .and_then(|s| s.session.id_token.as_deref())
-                            .unwrap_or(""),
-                    ),
+                    TemplatePart::AccessToken | TemplatePart::IdToken => {
+                        if full.is_none() {
+                            full = Some(self.full_session(identity.as_deref()).await);
+                        }
+                        let s = full.as_ref().and_then(Option::as_ref);
+                        let token = match part {
+                            TemplatePart::AccessToken => s.and_then(|s| s.access_token.as_deref()),
+                            _ => s.and_then(|s| s.id_token.as_deref()),
+                        };
+                        value.push_str(token.unwrap_or(""));
+                    }
                     TemplatePart::Jwt => {
                         if jwt.is_none() {
                             jwt = identity
@@ -601,11 +618,7 @@ impl ProxyHttp for Proxy {
             .with_label_values(&[route_name])
             .observe(elapsed.as_secs_f64());
         let req = session.req_header();
-        let user = ctx
-            .session
-            .as_ref()
-            .map(|s| s.session.email.as_str())
-            .unwrap_or("");
+        let user = ctx.session.as_ref().map(|s| s.email()).unwrap_or("");
         info!(
             target: "access",
             request_id = %ctx.request_id,
@@ -878,13 +891,12 @@ fn rewrite_path<'a>(route: &Route, base_path: Option<&str>, uri: &'a http::Uri) 
 
 /// A claim of the session as a header value (lists joined with `,`).
 fn claim_value(s: &CachedSession, claim: &str) -> Option<String> {
-    let session = &s.session;
     match claim {
-        "email" => Some(session.email.clone()),
-        "sub" | "user" => Some(session.user_id.clone()),
-        "name" => Some(session.name.clone()),
-        "groups" => Some(session.groups.join(",")),
-        other => match s.identity.claims().get(other)? {
+        "email" => Some(s.email().to_owned()),
+        "sub" | "user" => Some(s.user_id().to_owned()),
+        "name" => Some(s.name.to_string()),
+        "groups" => Some(s.identity.groups().join(",")),
+        other => match s.identity.claim(other)? {
             serde_json::Value::String(v) => Some(v.clone()),
             serde_json::Value::Array(items) => Some(
                 items

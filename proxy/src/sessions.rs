@@ -29,10 +29,18 @@ use crate::metrics::Metrics;
 /// The longest wait between two attempts to reach the store again.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-/// A session together with everything derived from it once, not per request.
+/// What a request needs of a session, derived from it once, not per request.
+///
+/// Deliberately small (the proxy caches one per live session): no tokens and no second copy of
+/// the claims. The claims, email and groups live in the policy [`Identity`] only. The rare
+/// paths that need the tokens (`${portcullis.access_token}` / `${portcullis.id_token}` header
+/// templates, sign-out's `id_token_hint`) read the whole session with [`SessionCache::full`].
 #[derive(Debug)]
 pub struct CachedSession {
-    pub session: Session,
+    pub id: Box<str>,
+    pub name: Box<str>,
+    pub issued_at: i64,
+    pub expires_at: i64,
     pub identity: Identity,
 }
 
@@ -56,33 +64,54 @@ pub struct SessionCache {
 
 impl CachedSession {
     pub fn new(session: Session) -> Self {
-        let mut claims = session.claims.clone();
-        claims
-            .entry("email".to_string())
-            .or_insert_with(|| serde_json::Value::String(session.email.clone()));
-        claims
-            .entry("name".to_string())
-            .or_insert_with(|| serde_json::Value::String(session.name.clone()));
-        claims.entry("groups".to_string()).or_insert_with(|| {
+        let Session {
+            id,
+            user_id,
+            email,
+            name,
+            groups,
+            mut claims,
+            issued_at,
+            expires_at,
+            ..
+        } = session;
+        let mut set = |key: &str, value: &dyn Fn() -> serde_json::Value| {
+            if !claims.contains_key(key) {
+                claims.insert(key.to_owned(), value());
+            }
+        };
+        set("email", &|| serde_json::Value::String(email.clone()));
+        set("name", &|| serde_json::Value::String(name.clone()));
+        set("groups", &|| {
             serde_json::Value::Array(
-                session
-                    .groups
+                groups
                     .iter()
                     .cloned()
                     .map(serde_json::Value::String)
                     .collect(),
             )
         });
-        claims
-            .entry("sub".to_string())
-            .or_insert_with(|| serde_json::Value::String(session.user_id.clone()));
-        let identity = Identity::new(
-            session.user_id.clone(),
-            session.email.clone(),
-            session.groups.clone(),
-            claims,
-        );
-        Self { session, identity }
+        set("sub", &|| serde_json::Value::String(user_id.clone()));
+        Self {
+            id: id.into_boxed_str(),
+            name: name.into_boxed_str(),
+            issued_at,
+            expires_at,
+            identity: Identity::new(user_id, email, groups, claims),
+        }
+    }
+
+    /// The IdP subject.
+    pub fn user_id(&self) -> &str {
+        self.identity.user()
+    }
+
+    pub fn email(&self) -> &str {
+        self.identity.email()
+    }
+
+    pub fn is_expired(&self, now_unix: i64) -> bool {
+        now_unix >= self.expires_at
     }
 }
 
@@ -154,11 +183,24 @@ impl SessionCache {
         if let Some(s) = self.cache.get(id) {
             if self.cache_is_trusted() {
                 self.metrics.session_cache_hits.inc();
-                return Ok((!s.session.is_expired(now_unix)).then_some(s));
+                return Ok((!s.is_expired(now_unix)).then_some(s));
             }
             // Too long without the change stream: the entry may have been signed out since.
         }
         self.metrics.session_cache_misses.inc();
+        let Some(session) = self.full(id, now_unix).await? else {
+            return Ok(None);
+        };
+        let cached = Arc::new(CachedSession::new(session));
+        if !self.deleted.contains_key(id) {
+            self.cache.insert(id.to_string(), cached.clone());
+        }
+        Ok(Some(cached))
+    }
+
+    /// The whole live session with this id (tokens included), read from the store: the cache
+    /// keeps only what every request needs.
+    pub async fn full(&self, id: &str, now_unix: i64) -> Result<Option<Session>, StoreError> {
         let Some(record) = self.store.get(SESSION_TYPE, id).await? else {
             return Ok(None);
         };
@@ -169,14 +211,7 @@ impl SessionCache {
                 return Ok(None);
             }
         };
-        if session.is_expired(now_unix) {
-            return Ok(None);
-        }
-        let cached = Arc::new(CachedSession::new(session));
-        if !self.deleted.contains_key(id) {
-            self.cache.insert(id.to_string(), cached.clone());
-        }
-        Ok(Some(cached))
+        Ok((!session.is_expired(now_unix)).then_some(session))
     }
 
     /// Stores a new or changed session.
