@@ -553,3 +553,175 @@ async fn upstream_connections_are_pooled_and_reused() {
         connections.len()
     );
 }
+
+/// A raw upstream: reads one request head, answers with `head`, then runs `then` on the socket.
+async fn raw_upstream<F, Fut>(
+    head: &'static str,
+    then: F,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let then = std::sync::Arc::new(then);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let then = then.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut byte = [0u8; 1];
+                while !buf.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    buf.push(byte[0]);
+                }
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                then(s).await;
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test]
+async fn websockets_pass_only_where_allowed_and_after_authorization() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // Answers the handshake, then echoes every byte: the tunnel is the proof.
+    let (port, accepted) = raw_upstream(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+        |mut s| async move {
+            let mut buf = [0u8; 1024];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if s.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        },
+    )
+    .await;
+    let to = format!("to = \"http://127.0.0.1:{port}\"");
+    let env = TestEnv::builder(BIN)
+        .route(&public("ws", &format!("{to}\nallow_websockets = true")))
+        .route(&public("nows", &to))
+        .route(&format!(
+            "from = \"http://private.localhost\"\n{to}\nallow_websockets = true\nallow_any_authenticated_user = true"
+        ))
+        .start()
+        .await;
+    let handshake = |host: &str| {
+        format!(
+            "GET /chat HTTP/1.1\r\nHost: {host}.localhost:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAccept: application/json\r\n\r\n",
+            env.port
+        )
+    };
+    // Refused without allow_websockets, and before authorization on a protected route.
+    for (host, want) in [("nows", "400"), ("private", "401")] {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", env.port))
+            .await
+            .unwrap();
+        s.write_all(handshake(host).as_bytes()).await.unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.unwrap();
+        let head = String::from_utf8_lossy(&head);
+        assert_eq!(&head[9..12], want, "{host}: {head}");
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", env.port))
+        .await
+        .unwrap();
+    s.write_all(handshake("ws").as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).await.unwrap(),
+            1,
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for msg in [&b"hello"[..], b"\x81\x05world", b"again"] {
+        s.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+            .await
+            .expect("echo in time")
+            .unwrap();
+        assert_eq!(got, msg);
+    }
+}
+
+#[tokio::test]
+async fn server_sent_events_stream_without_buffering() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (port, _) = raw_upstream(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+        |mut s| async move {
+            let _ = s.write_all(b"d\r\ndata: first\n\n\r\n").await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let _ = s.write_all(b"e\r\ndata: second\n\n\r\n0\r\n\r\n").await;
+        },
+    )
+    .await;
+    let env = TestEnv::builder(BIN)
+        .route(&public(
+            "events",
+            &format!("to = \"http://127.0.0.1:{port}\""),
+        ))
+        .start()
+        .await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", env.port))
+        .await
+        .unwrap();
+    s.write_all(
+        format!(
+            "GET /events HTTP/1.1\r\nHost: events.localhost:{}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n",
+            env.port
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("data: first") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("first event in time")
+            .unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "the first event arrived before the upstream finished: {:?}",
+        started.elapsed()
+    );
+    assert!(!String::from_utf8_lossy(&got).contains("data: second"));
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    assert!(String::from_utf8_lossy(&got).contains("data: second"));
+}
