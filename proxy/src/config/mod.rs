@@ -296,12 +296,20 @@ impl Config {
         })?;
         let mut errors = Errors::default();
         apply_env(&mut table, env, &mut errors);
-        let file: schema::File = match toml::Value::Table(table).try_into() {
+        // The routes are moved out rather than deserialized with the rest: a copy of every
+        // route's values would cost more than all the rest of loading a large file.
+        let raw_routes = table.remove("routes");
+        let mut file: schema::File = match toml::Value::Table(table).try_into() {
             Ok(f) => f,
             Err(e) => {
                 errors.push("config", e.to_string());
                 return Err(errors.into_result());
             }
+        };
+        file.routes = match raw_routes {
+            None => schema::Field::Missing,
+            Some(toml::Value::Array(items)) => schema::Field::Value(items),
+            Some(other) => schema::Field::from_value(other),
         };
         let config = build(file, base, &mut errors);
         if errors.0.is_empty() {
@@ -737,7 +745,7 @@ fn build(file: schema::File, base: &Path, errors: &mut Errors) -> Option<Config>
     for (index, raw) in raw_routes.into_iter().enumerate() {
         let path = format!("routes[{index}]");
         let route: schema::Route = match raw {
-            toml::Value::Table(_) => match raw.try_into() {
+            toml::Value::Table(table) => match schema::Route::from_table(table) {
                 Ok(r) => r,
                 Err(e) => {
                     errors.push(&path, e.to_string());

@@ -252,3 +252,42 @@ fn shipped_configs_are_valid() {
     }
     assert!(checked > 0, "no configs in {}", dir.display());
 }
+
+#[test]
+fn routes_are_moved_not_copied_but_still_checked() {
+    // `routes` of the wrong type, and a route that is not a table
+    let errs = errors(&format!("{}\nroutes = \"app\"\n", base()));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("routes") && e.contains("invalid type")),
+        "{errs:?}"
+    );
+    let errs = errors(&format!("{}\nroutes = [\"app\"]\n", base()));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("routes[0]: must be a table")),
+        "{errs:?}"
+    );
+    // policy, health_check and unknown keys of a route all still arrive
+    let text = format!(
+        r#"{}
+[[routes]]
+from = "https://app.example.com"
+to = "http://127.0.0.1:9000"
+policy = {{ allow = {{ or = [ {{ emial = "a@example.com" }} ] }} }}
+polcy = "x"
+"#,
+        base()
+    );
+    let errs = errors(&text);
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("routes[0].policy") && e.contains("emial")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("routes[0].polcy") && e.contains("did you mean \"policy\"")),
+        "{errs:?}"
+    );
+}
