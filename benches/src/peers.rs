@@ -353,16 +353,37 @@ PidFile {d}/httpd.pid
 ErrorLog {d}/error.log
 LogLevel warn
 {user}
-LoadModule mpm_event_module {m}/mod_mpm_event.so
-LoadModule unixd_module {m}/mod_unixd.so
-LoadModule authn_core_module {m}/mod_authn_core.so
-LoadModule authz_core_module {m}/mod_authz_core.so
-LoadModule authz_user_module {m}/mod_authz_user.so
-LoadModule log_config_module {m}/mod_log_config.so
-LoadModule headers_module {m}/mod_headers.so
-LoadModule proxy_module {m}/mod_proxy.so
-LoadModule proxy_http_module {m}/mod_proxy_http.so
-LoadModule auth_openidc_module {m}/mod_auth_openidc.so
+# Debian builds some of these in (unixd, log_config): load only what is not there yet.
+<IfModule !mpm_event_module>
+  LoadModule mpm_event_module {m}/mod_mpm_event.so
+</IfModule>
+<IfModule !unixd_module>
+  LoadModule unixd_module {m}/mod_unixd.so
+</IfModule>
+<IfModule !authn_core_module>
+  LoadModule authn_core_module {m}/mod_authn_core.so
+</IfModule>
+<IfModule !authz_core_module>
+  LoadModule authz_core_module {m}/mod_authz_core.so
+</IfModule>
+<IfModule !authz_user_module>
+  LoadModule authz_user_module {m}/mod_authz_user.so
+</IfModule>
+<IfModule !log_config_module>
+  LoadModule log_config_module {m}/mod_log_config.so
+</IfModule>
+<IfModule !headers_module>
+  LoadModule headers_module {m}/mod_headers.so
+</IfModule>
+<IfModule !proxy_module>
+  LoadModule proxy_module {m}/mod_proxy.so
+</IfModule>
+<IfModule !proxy_http_module>
+  LoadModule proxy_http_module {m}/mod_proxy_http.so
+</IfModule>
+<IfModule !auth_openidc_module>
+  LoadModule auth_openidc_module {m}/mod_auth_openidc.so
+</IfModule>
 
 # Same worker processes as Portcullis's threads and nginx's workers; Apache's threads block,
 # so each process has {threads}.
