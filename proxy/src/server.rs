@@ -135,24 +135,35 @@ impl BackgroundService for Background {
 }
 
 /// Sets up logging: JSON lines (or pretty) on stdout, at `log_level`.
-pub fn init_logging(config: &Config) {
+///
+/// Lines are handed to a background writer thread, so a request never waits for a write to
+/// stdout (the access log writes one line per request). Keep the returned guard alive for the
+/// life of the process: dropping it flushes what is still queued.
+#[must_use = "dropping the guard stops the log writer"]
+pub fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!(
             "{level},pingora_core=warn,pingora_proxy=warn,pingora=warn",
             level = config.log_level
         ))
     });
+    // Lossless: when the queue is full, the logging thread waits rather than dropping lines.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(64 * 1024)
+        .finish(std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+        .with_writer(writer);
     let _ = match config.log_format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
-        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Pretty => builder.with_ansi(false).try_init(),
     };
+    guard
 }
 
 /// Runs the configured services until SIGTERM/SIGINT.
@@ -160,7 +171,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), String> {
     if config.services == Services::Databroker {
         return crate::databroker::run(config);
     }
-    init_logging(&config);
+    let _log_writer = init_logging(&config);
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     let store: Arc<dyn Store> = crate::databroker::proxy_store(&config)?;
     let sessions = Arc::new(SessionCache::new(
