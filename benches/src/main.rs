@@ -17,7 +17,7 @@ mod procstat;
 mod report;
 mod upstream;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -476,42 +476,13 @@ fn portcullis_binary() -> Result<PathBuf, String> {
         return Ok(PathBuf::from(bin));
     }
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    let dir = exe
+    if exe
         .parent()
-        .ok_or("current_exe has no parent directory")?
-        .to_owned();
-    let binary = dir.join(format!("portcullis{}", std::env::consts::EXE_SUFFIX));
-    if binary.exists() && std::env::var_os("CARGO").is_none() {
-        return Ok(binary);
-    }
-    let debug = dir.file_name().is_some_and(|n| n == "debug");
-    if debug {
+        .and_then(|d| d.file_name())
+        .is_some_and(|n| n == "debug")
+    {
         eprintln!("note: a debug build measures nothing useful; use cargo run --release -p portcullis-bench");
     }
-    let mut args = vec!["build", "-p", "portcullis"];
-    if !debug {
-        args.push("--release");
-    }
-    eprintln!("cargo {} (for {}) ...", args.join(" "), binary.display());
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.args(&args)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
-    if dir
-        .file_name()
-        .is_some_and(|n| n == "release" || n == "debug")
-    {
-        if let Some(target) = dir.parent() {
-            cmd.env("CARGO_TARGET_DIR", target);
-        }
-    }
-    let status = cmd.status().map_err(|e| format!("run cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!("cargo {} failed: {status}", args.join(" ")));
-    }
-    if binary.exists() {
-        Ok(binary)
-    } else {
-        Err(format!("built, but {} is still missing", binary.display()))
-    }
+    // Under `cargo run`, rebuild so a stale binary is never measured.
+    portcullis_harness::sibling_portcullis(std::env::var_os("CARGO").is_some())
 }

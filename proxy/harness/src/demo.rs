@@ -133,47 +133,7 @@ fn portcullis_binary() -> Result<PathBuf, String> {
     if let Some(bin) = std::env::var_os("DEMO_PORTCULLIS_BIN") {
         return Ok(PathBuf::from(bin));
     }
-    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    let dir = exe
-        .parent()
-        .ok_or("current_exe has no parent directory")?
-        .to_owned();
-    let binary = dir.join(format!("portcullis{}", std::env::consts::EXE_SUFFIX));
-    if binary.exists() {
-        return Ok(binary);
-    }
-    // Build with this executable's profile into its target directory (…/target/<profile>/).
-    let debug = dir.file_name().is_some_and(|n| n == "debug");
-    let mut args = vec!["build", "-p", "portcullis"];
-    if !debug {
-        args.push("--release");
-    }
-    println!(
-        "{} not found: running cargo {} ...",
-        binary.display(),
-        args.join(" ")
-    );
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.args(&args)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
-    if dir
-        .file_name()
-        .is_some_and(|n| n == "release" || n == "debug")
-    {
-        if let Some(target) = dir.parent() {
-            cmd.env("CARGO_TARGET_DIR", target);
-        }
-    }
-    let status = cmd.status().map_err(|e| format!("run cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!("cargo {} failed: {status}", args.join(" ")));
-    }
-    if binary.exists() {
-        Ok(binary)
-    } else {
-        Err(format!("built, but {} is still missing", binary.display()))
-    }
+    crate::sibling_portcullis(false)
 }
 
 /// The demo upstream's answer: an HTML page showing the identity and the request.

@@ -98,6 +98,48 @@ pub fn is_loopback_host(host: &str) -> bool {
     host == "localhost" || host.ends_with(".localhost")
 }
 
+/// The `portcullis` binary beside the running executable (same target directory and profile).
+/// When it is missing, or `rebuild` is set, it is built first with `cargo build -p portcullis`
+/// in that profile, so a demo or a bench never runs a stale or absent binary.
+pub fn sibling_portcullis(rebuild: bool) -> Result<std::path::PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let dir = exe
+        .parent()
+        .ok_or("current_exe has no parent directory")?
+        .to_owned();
+    let binary = dir.join(format!("portcullis{}", std::env::consts::EXE_SUFFIX));
+    if binary.exists() && !rebuild {
+        return Ok(binary);
+    }
+    let debug = dir.file_name().is_some_and(|n| n == "debug");
+    let mut args = vec!["build", "-p", "portcullis"];
+    if !debug {
+        args.push("--release");
+    }
+    eprintln!("cargo {} (for {}) ...", args.join(" "), binary.display());
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(&args)
+        .current_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
+    if dir
+        .file_name()
+        .is_some_and(|n| n == "release" || n == "debug")
+    {
+        if let Some(target) = dir.parent() {
+            cmd.env("CARGO_TARGET_DIR", target);
+        }
+    }
+    let status = cmd.status().map_err(|e| format!("run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("cargo {} failed: {status}", args.join(" ")));
+    }
+    if binary.exists() {
+        Ok(binary)
+    } else {
+        Err(format!("built, but {} is still missing", binary.display()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
