@@ -7,68 +7,12 @@
 //! `psql`. The test makes its own database and drops it afterwards.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use portcullis_harness::{free_port, random_secret, Portcullis, TestEnv};
+use portcullis_harness::{free_port, random_secret, Portcullis, TestDb, TestEnv};
 
 const TRIALS: usize = 100;
 const COOKIE: &str = "_portcullis";
-
-/// A database of its own, dropped with its connections at the end (even on panic).
-struct TestDb {
-    name: String,
-}
-
-impl TestDb {
-    fn create() -> Self {
-        let name = format!("portcullis_e2e_{:016x}", rand_u64());
-        psql(&format!("CREATE DATABASE {name}"));
-        Self { name }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        psql(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ));
-    }
-}
-
-fn psql(sql: &str) {
-    let out = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-Atc",
-            sql,
-        ])
-        .output()
-        .expect("psql (PostgreSQL client; .ci/deps installs it)");
-    assert!(
-        out.status.success(),
-        "psql {sql:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn rand_u64() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    nanos ^ (u64::from(std::process::id()) << 32)
-}
 
 async fn start_databroker(binary: &str, db: &TestDb, shared_secret: &str) -> (Portcullis, String) {
     let grpc = free_port();
@@ -120,7 +64,7 @@ async fn status_with_cookie(client: &reqwest::Client, url: &str, cookie: &str) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_out_through_one_proxy_ends_the_session_on_the_other() {
     let binary = env!("CARGO_BIN_EXE_portcullis");
-    let db = TestDb::create();
+    let db = TestDb::create("portcullis_e2e");
     let shared_secret = random_secret();
     let (_broker1, broker1_url) = start_databroker(binary, &db, &shared_secret).await;
     let (_broker2, broker2_url) = start_databroker(binary, &db, &shared_secret).await;

@@ -9,66 +9,13 @@
 //! - (ignored, run by hand) the proxy's RSS growth per 100k cached sessions.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use portcullis_auth::{Cipher, Secret, Session, SessionCookie};
 use portcullis_databroker::{NewRecord, PgOptions, PgStore, Store, SESSION_TYPE};
-use portcullis_harness::{free_port, random_secret, IdpOptions, Portcullis, TestEnv};
+use portcullis_harness::{free_port, random_secret, IdpOptions, Portcullis, TestDb, TestEnv};
 
 const COOKIE: &str = "_portcullis";
-
-/// A database of its own, dropped with its connections at the end (even on panic).
-struct TestDb {
-    name: String,
-}
-
-impl TestDb {
-    fn create() -> Self {
-        let name = format!("portcullis_res_{:016x}", rand_u64());
-        psql(&format!("CREATE DATABASE {name}"));
-        Self { name }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        psql(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ));
-    }
-}
-
-fn psql(sql: &str) {
-    let out = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-Atc",
-            sql,
-        ])
-        .output()
-        .expect("psql (PostgreSQL client; .ci/deps installs it)");
-    assert!(
-        out.status.success(),
-        "psql {sql:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn rand_u64() -> u64 {
-    use rand::RngCore as _;
-    rand::thread_rng().next_u64()
-}
 
 fn now_unix() -> i64 {
     std::time::SystemTime::now()
@@ -217,7 +164,7 @@ async fn seed(db: &TestDb, sessions: Vec<Session>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_lease_holder_hands_refresh_to_the_other_proxy() {
     let binary = env!("CARGO_BIN_EXE_portcullis");
-    let db = TestDb::create();
+    let db = TestDb::create("portcullis_res");
     let mut env = TestEnv::builder(binary)
         .route(
             r#"from = "http://app.localhost"
@@ -332,7 +279,7 @@ allow_any_authenticated_user = true"#,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_databroker_serves_cached_sessions_refuses_unknown_ones_and_recovers() {
     let binary = env!("CARGO_BIN_EXE_portcullis");
-    let db = TestDb::create();
+    let db = TestDb::create("portcullis_res");
     let shared_secret = random_secret();
     let grpc = free_port();
     let broker_config = databroker_config(grpc, &db, &shared_secret);
@@ -440,7 +387,7 @@ async fn rss_per_100k_cached_sessions() {
     const N: usize = 100_000;
     const WARM: usize = 1_000;
     let binary = env!("CARGO_BIN_EXE_portcullis");
-    let db = TestDb::create();
+    let db = TestDb::create("portcullis_res");
     let env = TestEnv::builder(binary)
         .route(
             r#"from = "http://app.localhost"

@@ -42,6 +42,7 @@ pub mod demo;
 mod env;
 mod idp;
 mod portcullis;
+mod postgres;
 mod upstream;
 
 use std::collections::HashSet;
@@ -53,6 +54,7 @@ pub use crate::ca::{Issued, TestCa};
 pub use crate::env::{TestEnv, TestEnvBuilder};
 pub use crate::idp::{Idp, IdpOptions};
 pub use crate::portcullis::{Portcullis, PortcullisBuilder};
+pub use crate::postgres::{psql, TestDb};
 pub use crate::upstream::{RecordedRequest, Responder, Upstream, UpstreamBuilder};
 
 /// The loopback address everything listens on.
