@@ -16,21 +16,7 @@ const COOKIE: &str = "_portcullis";
 
 async fn start_databroker(binary: &str, db: &TestDb, shared_secret: &str) -> (Portcullis, String) {
     let grpc = free_port();
-    let config = format!(
-        r#"services = "databroker"
-grpc_address = "127.0.0.1:{grpc}"
-metrics_address = "127.0.0.1:{metrics}"
-databroker_storage_type = "postgres"
-databroker_storage_connection_string = "{url}"
-authenticate_service_url = "http://authenticate.localhost:1"
-shared_secret = "{shared_secret}"
-cookie_secret = "{cookie}"
-log_format = "json"
-"#,
-        metrics = free_port(),
-        url = db.url(),
-        cookie = random_secret(),
-    );
+    let config = db.databroker_config(grpc, shared_secret);
     let broker = Portcullis::builder(binary)
         .config(&config)
         .start()

@@ -24,24 +24,6 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-fn databroker_config(grpc: u16, db: &TestDb, shared_secret: &str) -> String {
-    format!(
-        r#"services = "databroker"
-grpc_address = "127.0.0.1:{grpc}"
-metrics_address = "127.0.0.1:{metrics}"
-databroker_storage_type = "postgres"
-databroker_storage_connection_string = "{url}"
-authenticate_service_url = "http://authenticate.localhost:1"
-shared_secret = "{shared_secret}"
-cookie_secret = "{cookie}"
-log_format = "json"
-"#,
-        metrics = free_port(),
-        url = db.url(),
-        cookie = random_secret(),
-    )
-}
-
 async fn start(binary: &str, config: &str) -> Portcullis {
     Portcullis::builder(binary)
         .config(config)
@@ -282,7 +264,7 @@ async fn a_stopped_databroker_serves_cached_sessions_refuses_unknown_ones_and_re
     let db = TestDb::create("portcullis_res");
     let shared_secret = random_secret();
     let grpc = free_port();
-    let broker_config = databroker_config(grpc, &db, &shared_secret);
+    let broker_config = db.databroker_config(grpc, &shared_secret);
     let broker = start(binary, &broker_config).await;
     let staleness = Duration::from_secs(6);
 

@@ -25,6 +25,26 @@ impl TestDb {
         &self.name
     }
 
+    /// A `services = "databroker"` configuration storing in this database, serving gRPC on
+    /// 127.0.0.1:`grpc` (metrics on a free port).
+    pub fn databroker_config(&self, grpc: u16, shared_secret: &str) -> String {
+        format!(
+            r#"services = "databroker"
+grpc_address = "127.0.0.1:{grpc}"
+metrics_address = "127.0.0.1:{metrics}"
+databroker_storage_type = "postgres"
+databroker_storage_connection_string = "{url}"
+authenticate_service_url = "http://authenticate.localhost:1"
+shared_secret = "{shared_secret}"
+cookie_secret = "{cookie}"
+log_format = "json"
+"#,
+            metrics = crate::free_port(),
+            url = self.url(),
+            cookie = crate::random_secret(),
+        )
+    }
+
     /// `postgres://postgres@127.0.0.1:5432/<name>`.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
