@@ -154,46 +154,46 @@ impl Proxy {
         ctx.port = port;
         ctx.authority = authority;
 
-        let normalized = path::normalize(req.uri.path())
-            .map_err(|e| Refusal::BadRequest(e.to_string()))?
-            .into_owned();
-        if normalized != req.uri.path() {
+        // Most paths are already normal (borrowed, no allocation); only a changed one is
+        // written back, so that from here on the request's own path is the normalized one.
+        if let Cow::Owned(normalized) =
+            path::normalize(req.uri.path()).map_err(|e| Refusal::BadRequest(e.to_string()))?
+        {
             let pq = match req.uri.query() {
                 Some(q) => format!("{normalized}?{q}"),
-                None => normalized.clone(),
+                None => normalized,
             };
             let uri = http::Uri::try_from(pq)
                 .map_err(|_| Refusal::BadRequest("the request target is invalid".into()))?;
             session.req_header_mut().set_uri(uri);
         }
 
-        if ctx.host == runtime.config.authenticate.host {
-            return authenticate::serve_authenticate_host(
-                state,
-                runtime,
-                session,
-                ctx,
-                &normalized,
-            )
-            .await;
-        }
-        let is_own_endpoint = normalized.starts_with("/.portcullis/")
-            || normalized == "/.portcullis"
-            || normalized == authenticate::JWKS_PATH;
-        if is_own_endpoint {
+        // Portcullis's own endpoints (rare): they need the session mutably, so they get a copy.
+        let path = session.req_header().uri.path();
+        let authenticate_host = ctx.host == runtime.config.authenticate.host;
+        let own_endpoint = path.starts_with("/.portcullis/")
+            || path == "/.portcullis"
+            || path == authenticate::JWKS_PATH;
+        if authenticate_host || own_endpoint {
+            let path = path.to_owned();
+            if authenticate_host {
+                return authenticate::serve_authenticate_host(state, runtime, session, ctx, &path)
+                    .await;
+            }
             if !runtime.routes.has_host(&ctx.host) {
                 return Err(Refusal::NotFound);
             }
-            return authenticate::serve_route_host(state, runtime, session, ctx, &normalized).await;
+            return authenticate::serve_route_host(state, runtime, session, ctx, &path).await;
         }
 
+        let req = session.req_header();
+        let normalized = req.uri.path();
         let route = runtime
             .routes
-            .find(&ctx.host, ctx.port, &normalized)
+            .find(&ctx.host, ctx.port, normalized)
             .ok_or(Refusal::NotFound)?;
         ctx.route = Some(route.index);
 
-        let req = session.req_header();
         if !route.allow_websockets && is_upgrade(req) {
             return Err(Refusal::BadRequest(
                 "protocol upgrades (websockets) are not allowed on this route".into(),
@@ -207,7 +207,7 @@ impl Proxy {
         let request = PolicyRequest {
             identity: ctx.session.as_ref().map(|s| &s.identity),
             method: req.method.as_str(),
-            path: &normalized,
+            path: normalized,
             source_ip: ctx.client_ip,
             now_unix: now,
             headers: &Headers(req),
