@@ -11,6 +11,8 @@
 //! - [`service`]: the Pingora `ProxyHttp` implementation;
 //! - [`authenticate`]: sign-in, callbacks, sign-out and the user page;
 //! - [`sessions`]: the session cache and its change-stream follower;
+//! - [`streams`]: the re-check of live websockets and streamed responses;
+//! - [`tripwire`]: how a request in progress is ended from outside;
 //! - [`server`]: start-up and shutdown;
 //! - [`seed`]: `portcullis sessions seed`, sessions and cookies for load tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -31,4 +33,6 @@ pub mod server;
 pub mod service;
 pub mod sessions;
 pub mod state;
+pub mod streams;
 pub mod tls;
+pub mod tripwire;

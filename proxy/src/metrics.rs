@@ -36,6 +36,9 @@ pub struct Metrics {
     pub reload_timestamp: IntGauge,
     /// Requests read and not yet finished (a shutdown waits for this to reach 0).
     pub in_flight: IntGauge,
+    /// Websockets and streamed responses closed because their authorization ended, by reason
+    /// (`signed_out`, `policy`).
+    pub streams_closed: IntCounterVec,
     /// Set once the session follower is in sync with the store.
     pub ready: AtomicBool,
 }
@@ -129,6 +132,18 @@ impl Metrics {
         registry.register(Box::new(identity_manager_leader.clone()))?;
         registry.register(Box::new(session_sync_connected.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        let streams_closed = IntCounterVec::new(
+            Opts::new(
+                "portcullis_streams_closed_total",
+                "Websockets and streamed responses closed by a re-check of their authorization, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(streams_closed.clone()))?;
+        // Both series exist from the start, so that a dashboard sees 0 rather than nothing.
+        for reason in ["signed_out", "policy"] {
+            streams_closed.with_label_values(&[reason]);
+        }
         Ok(Self {
             registry,
             requests,
@@ -144,6 +159,7 @@ impl Metrics {
             reload_success,
             reload_timestamp,
             in_flight,
+            streams_closed,
             ready: AtomicBool::new(false),
         })
     }

@@ -11,11 +11,13 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::os::unix::io::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -23,7 +25,7 @@ use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::ErrorType;
 use portcullis_auth::{find_cookie, strip_cookie, IdentityClaims, SessionCookie};
-use portcullis_policy::{HeaderLookup, Request as PolicyRequest};
+use portcullis_policy::{Decision, HeaderLookup, Request as PolicyRequest};
 use tracing::{info, warn};
 
 use crate::authenticate;
@@ -32,6 +34,7 @@ use crate::path;
 use crate::respond::{Refusal, Reply};
 use crate::sessions::CachedSession;
 use crate::state::{now_unix, Runtime, State};
+use crate::streams::{StreamWatch, Subject};
 
 /// Header names used on every request, built once.
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -75,6 +78,10 @@ pub struct Ctx {
     pub json: bool,
     /// Counts this request in `portcullis_requests_in_flight` until it is dropped.
     pub in_flight: InFlight,
+    /// The upstream connection's socket, when the connection is HTTP/1 (this request's alone).
+    pub upstream_fd: Option<RawFd>,
+    /// The re-check of a live websocket or streamed response ([`crate::streams`]).
+    pub stream: Option<StreamWatch>,
 }
 
 /// One request in `portcullis_requests_in_flight`, for as long as it lives.
@@ -91,6 +98,24 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
     }
+}
+
+/// Who asks, as far as [`authorize`] needs to know besides the request itself.
+pub(crate) struct Asker<'a> {
+    /// Lowercase host, no port.
+    pub host: &'a str,
+    pub port: u16,
+    pub client_ip: Option<IpAddr>,
+}
+
+/// What [`authorize`] found, kept even when it refuses.
+#[derive(Default)]
+pub(crate) struct Found {
+    /// Index of the matching route.
+    pub route: Option<usize>,
+    pub session: Option<Arc<CachedSession>>,
+    /// The credential came from an `Authorization` header.
+    pub bearer: bool,
 }
 
 /// What `decide` wants done with the request.
@@ -187,33 +212,18 @@ impl Proxy {
         }
 
         let req = session.req_header();
-        let normalized = req.uri.path();
-        let route = runtime
-            .routes
-            .find(&ctx.host, ctx.port, normalized)
-            .ok_or(Refusal::NotFound)?;
-        ctx.route = Some(route.index);
-
-        if !route.allow_websockets && is_upgrade(req) {
-            return Err(Refusal::BadRequest(
-                "protocol upgrades (websockets) are not allowed on this route".into(),
-            ));
-        }
-
         let now = now_unix();
-        if !route.policy.is_public() {
-            ctx.session = load_session(&self.state, runtime, req, ctx, now).await?;
-        }
-        let request = PolicyRequest {
-            identity: ctx.session.as_ref().map(|s| &s.identity),
-            method: req.method.as_str(),
-            path: normalized,
-            source_ip: ctx.client_ip,
-            now_unix: now,
-            headers: &Headers(req),
-            client_certificate: None,
+        let mut found = Found::default();
+        let asker = Asker {
+            host: &ctx.host,
+            port: ctx.port,
+            client_ip: ctx.client_ip,
         };
-        let decision = route.policy.evaluate(&request);
+        let authorized = authorize(state, runtime, req, &asker, now, &mut found).await;
+        ctx.route = found.route;
+        ctx.session = found.session;
+        ctx.bearer |= found.bearer;
+        let (route, decision) = authorized?;
         if decision.allowed {
             ctx.outcome = if route.policy.is_public() {
                 "public"
@@ -255,6 +265,30 @@ impl Proxy {
             "request refused by policy"
         );
         Err(refusal)
+    }
+
+    /// Starts re-checking a websocket or streamed response every `stream_recheck_interval`.
+    fn watch_stream(&self, session: &Session, ctx: &mut Ctx) {
+        // The client connection when it is HTTP/1 (it is this request's until `logging`),
+        // else the upstream one when it is HTTP/1; see `crate::streams`.
+        let fd = match session.as_http1() {
+            Some(h1) => Some(h1.stream().id()),
+            None => ctx.upstream_fd,
+        };
+        let subject = Subject {
+            request: session.req_header().clone(),
+            host: ctx.host.clone(),
+            port: ctx.port,
+            client_ip: ctx.client_ip,
+            request_id: ctx.request_id.clone(),
+            signed_in: ctx.session.is_some(),
+            email: ctx
+                .session
+                .as_ref()
+                .map(|s| s.email().to_owned())
+                .unwrap_or_default(),
+        };
+        ctx.stream = Some(StreamWatch::start(self.state.clone(), subject, fd));
     }
 
     /// The whole session (tokens included) behind a cached one, from the store.
@@ -327,6 +361,8 @@ impl ProxyHttp for Proxy {
             bearer: false,
             json: false,
             in_flight: InFlight::new(&self.state.metrics.in_flight),
+            upstream_fd: None,
+            stream: None,
         }
     }
 
@@ -516,16 +552,68 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    async fn response_filter(
+    async fn connected_to_upstream(
         &self,
         _session: &mut Session,
+        _reused: bool,
+        peer: &HttpPeer,
+        fd: RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // An HTTP/2 connection carries other requests too: never this request's to shut down.
+        ctx.upstream_fd = matches!(peer.options.alpn, ALPN::H1).then_some(fd);
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some((_, route)) = self.route(ctx) {
-            for (name, value) in &route.set_response_headers {
-                upstream_response.insert_header(name.clone(), value.clone())?;
+        let Some((_, route)) = self.route(ctx) else {
+            return Ok(());
+        };
+        for (name, value) in &route.set_response_headers {
+            upstream_response.insert_header(name.clone(), value.clone())?;
+        }
+        let protected = !route.policy.is_public();
+        let body = body_kind(session.req_header(), upstream_response);
+        if body == Some(BodyKind::Stream) && protected && ctx.stream.is_none() {
+            self.watch_stream(session, ctx);
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let Some(watch) = &ctx.stream {
+            if let Some(reason) = watch.must_end_here() {
+                return Error::e_explain(ErrorType::ConnectionClosed, reason.outcome());
             }
+            if end_of_stream {
+                // Before Pingora may return the upstream connection to its pool.
+                watch.stop();
+            }
+        }
+        Ok(None)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(reason) = ctx.stream.as_ref().and_then(StreamWatch::must_end_here) {
+            return Error::e_explain(ErrorType::ConnectionClosed, reason.outcome());
         }
         Ok(())
     }
@@ -601,6 +689,13 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        // First: Pingora closes or reuses the connections after this, nothing may shut them.
+        if let Some(watch) = ctx.stream.take() {
+            watch.stop();
+            if let Some(reason) = watch.closed() {
+                ctx.outcome = reason.outcome();
+            }
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
@@ -635,6 +730,49 @@ impl ProxyHttp for Proxy {
     }
 }
 
+/// Finds the route of a validated, normalized request, checks that it may switch protocols,
+/// loads its session and evaluates the route's policy: the whole of authorization that depends
+/// on configuration and sessions. `request_filter` runs it for every request, and the watch of a
+/// live websocket or stream runs it again every `stream_recheck_interval`
+/// ([`crate::streams`]), so a reload or a sign-out is judged the same way for both.
+///
+/// What it found on the way is left in `found` even when it refuses (for logs and answers).
+pub(crate) async fn authorize<'r>(
+    state: &State,
+    runtime: &'r Runtime,
+    req: &RequestHeader,
+    asker: &Asker<'_>,
+    now: i64,
+    found: &mut Found,
+) -> Result<(&'r Route, Decision), Refusal> {
+    let path = req.uri.path();
+    let route = runtime
+        .routes
+        .find(asker.host, asker.port, path)
+        .ok_or(Refusal::NotFound)?;
+    found.route = Some(route.index);
+
+    if !route.allow_websockets && is_upgrade(req) {
+        return Err(Refusal::BadRequest(
+            "protocol upgrades (websockets) are not allowed on this route".into(),
+        ));
+    }
+
+    if !route.policy.is_public() {
+        found.session = session_of(state, runtime, req, &mut found.bearer, now).await?;
+    }
+    let request = PolicyRequest {
+        identity: found.session.as_ref().map(|s| &s.identity),
+        method: req.method.as_str(),
+        path,
+        source_ip: asker.client_ip,
+        now_unix: now,
+        headers: &Headers(req),
+        client_certificate: None,
+    };
+    Ok((route, route.policy.evaluate(&request)))
+}
+
 /// The session the request's cookie or bearer token names, when it is valid and live.
 pub(crate) async fn load_session(
     state: &State,
@@ -643,9 +781,20 @@ pub(crate) async fn load_session(
     ctx: &mut Ctx,
     now: i64,
 ) -> Result<Option<Arc<CachedSession>>, Refusal> {
+    session_of(state, runtime, req, &mut ctx.bearer, now).await
+}
+
+/// [`load_session`]; `bearer` is set when the credential came from `Authorization`.
+async fn session_of(
+    state: &State,
+    runtime: &Runtime,
+    req: &RequestHeader,
+    bearer: &mut bool,
+    now: i64,
+) -> Result<Option<Arc<CachedSession>>, Refusal> {
     let credential = match bearer_token(req) {
         Some(t) => {
-            ctx.bearer = true;
+            *bearer = true;
             Credential::Bearer(t)
         }
         None => match find_cookie(
@@ -693,6 +842,33 @@ fn wants_json(req: &RequestHeader) -> bool {
 
 fn is_upgrade(req: &RequestHeader) -> bool {
     req.headers.contains_key(header::UPGRADE)
+}
+
+/// What an upstream response's header says of its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    /// None: the response is complete with its header.
+    Empty,
+    /// A `Content-Length` body.
+    Sized,
+    /// A protocol switch (websocket) or a body of unknown length (server-sent events, chunked
+    /// streams): it may outlive the request's authorization and its `timeout`.
+    Stream,
+}
+
+/// The body of `resp`, the answer to `req`; `None` for an interim (1xx) response.
+fn body_kind(req: &RequestHeader, resp: &ResponseHeader) -> Option<BodyKind> {
+    Some(match resp.status.as_u16() {
+        101 => BodyKind::Stream,
+        100..=199 => return None,
+        204 | 304 => BodyKind::Empty,
+        _ if req.method == http::Method::HEAD => BodyKind::Empty,
+        _ => match resp.headers.get(header::CONTENT_LENGTH) {
+            Some(v) if v.as_bytes() == b"0" => BodyKind::Empty,
+            Some(_) => BodyKind::Sized,
+            None => BodyKind::Stream,
+        },
+    })
 }
 
 /// The bearer token in `Authorization`, when it is one of ours

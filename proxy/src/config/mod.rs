@@ -84,6 +84,9 @@ pub struct Config {
     pub log_level: String,
     pub log_format: LogFormat,
     pub show_error_details: bool,
+    /// How often a live websocket or streamed response is authorized again
+    /// (`stream_recheck_interval`); see [`crate::streams`].
+    pub stream_recheck_interval: Duration,
     pub routes: Vec<Route>,
 }
 
@@ -739,6 +742,12 @@ fn build(file: schema::File, base: &Path, errors: &mut Errors) -> Option<Config>
         }
     };
     let show_error_details = errors.or("show_error_details", file.show_error_details, false);
+    let stream_recheck_interval = duration(
+        errors,
+        "stream_recheck_interval",
+        file.stream_recheck_interval,
+        "5s",
+    );
 
     let raw_routes = errors.or("routes", file.routes, Vec::new());
     let mut routes = Vec::with_capacity(raw_routes.len());
@@ -809,6 +818,7 @@ fn build(file: schema::File, base: &Path, errors: &mut Errors) -> Option<Config>
         log_level,
         log_format,
         show_error_details,
+        stream_recheck_interval,
         routes,
     })
 }

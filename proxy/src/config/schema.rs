@@ -71,6 +71,7 @@ pub struct File {
     pub log_level: Field<String>,
     pub log_format: Field<String>,
     pub show_error_details: Field<bool>,
+    pub stream_recheck_interval: Field<String>,
     pub routes: Field<Vec<toml::Value>>,
     #[serde(flatten)]
     pub unknown: BTreeMap<String, toml::Value>,
@@ -173,6 +174,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "log_level",
     "log_format",
     "show_error_details",
+    "stream_recheck_interval",
     "routes",
 ];
 
@@ -233,6 +235,7 @@ pub const STRING_KEYS: &[&str] = &[
     "databroker_cache_staleness",
     "log_level",
     "log_format",
+    "stream_recheck_interval",
 ];
 
 // === impl Field ===

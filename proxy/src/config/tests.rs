@@ -108,6 +108,29 @@ alow_websockets = true
 }
 
 #[test]
+fn stream_recheck_interval_defaults_parses_and_names_itself_in_errors() {
+    let c = load(&base()).unwrap();
+    assert_eq!(c.stream_recheck_interval, Duration::from_secs(5));
+    let c = load(&format!(
+        "{}\nstream_recheck_interval = \"500ms\"\n",
+        base()
+    ))
+    .unwrap();
+    assert_eq!(c.stream_recheck_interval, Duration::from_millis(500));
+    let c = load_env(&base(), &[("PORTCULLIS_STREAM_RECHECK_INTERVAL", "2s")]).unwrap();
+    assert_eq!(c.stream_recheck_interval, Duration::from_secs(2));
+    for bad in ["\"soon\"", "\"0s\"", "5"] {
+        let errs = errors(&format!("{}\nstream_recheck_interval = {bad}\n", base())).join("\n");
+        assert!(errs.contains("stream_recheck_interval: "), "{bad}: {errs}");
+    }
+    let errs = errors(&format!("{}\nstream_recheck_intervall = \"5s\"\n", base())).join("\n");
+    assert!(
+        errs.contains("did you mean \"stream_recheck_interval\""),
+        "{errs}"
+    );
+}
+
+#[test]
 fn required_keys_and_bad_secrets() {
     let errs = errors("insecure_server = true\nshared_secret = \"short\"\n").join("\n");
     assert!(
