@@ -12,7 +12,8 @@
 //! - [`authenticate`]: sign-in, callbacks, sign-out and the user page;
 //! - [`sessions`]: the session cache and its change-stream follower;
 //! - [`streams`]: the re-check of live websockets and streamed responses;
-//! - [`tripwire`]: how a request in progress is ended from outside;
+//! - [`deadline`], [`tripwire`]: the route's `timeout` for a whole response, and how a
+//!   request in progress is ended from outside;
 //! - [`server`]: start-up and shutdown;
 //! - [`seed`]: `portcullis sessions seed`, sessions and cookies for load tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -20,6 +21,7 @@
 pub mod authenticate;
 pub mod config;
 pub mod databroker;
+pub mod deadline;
 pub mod health;
 pub mod metrics;
 pub mod pages;

@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 use crate::authenticate;
 use crate::config::{PathMatcher, Route, TemplatePart, Upstream};
+use crate::deadline::Deadline;
 use crate::path;
 use crate::respond::{Refusal, Reply};
 use crate::sessions::CachedSession;
@@ -82,6 +83,8 @@ pub struct Ctx {
     pub upstream_fd: Option<RawFd>,
     /// The re-check of a live websocket or streamed response ([`crate::streams`]).
     pub stream: Option<StreamWatch>,
+    /// The route's `timeout` for the upstream's whole response ([`crate::deadline`]).
+    pub deadline: Option<Deadline>,
 }
 
 /// One request in `portcullis_requests_in_flight`, for as long as it lives.
@@ -363,6 +366,7 @@ impl ProxyHttp for Proxy {
             in_flight: InFlight::new(&self.state.metrics.in_flight),
             upstream_fd: None,
             stream: None,
+            deadline: None,
         }
     }
 
@@ -418,8 +422,16 @@ impl ProxyHttp for Proxy {
         let mut peer = upstream_http_peer(upstream);
         peer.options.connection_timeout = Some(route.timeout.min(Duration::from_secs(10)));
         peer.options.total_connection_timeout = Some(route.timeout.min(Duration::from_secs(15)));
-        peer.options.read_timeout = Some(route.timeout);
-        peer.options.write_timeout = Some(route.timeout);
+        // Over HTTP/1 a `Deadline` bounds the whole response by `timeout`, and each wait for a
+        // byte is bounded by `idle_timeout` (streams live by it). An HTTP/2 connection is shared,
+        // so there `timeout` bounds each wait.
+        let wait = if upstream.h2c {
+            route.timeout
+        } else {
+            route.idle_timeout
+        };
+        peer.options.read_timeout = Some(wait);
+        peer.options.write_timeout = Some(wait);
         peer.options.idle_timeout = Some(route.idle_timeout);
         Ok(Box::new(peer))
     }
@@ -563,6 +575,16 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         // An HTTP/2 connection carries other requests too: never this request's to shut down.
         ctx.upstream_fd = matches!(peer.options.alpn, ALPN::H1).then_some(fd);
+        // The route's `timeout` runs from the first attempt; a retry keeps it, for its connection.
+        let timeout = self.route(ctx).map(|(_, route)| route.timeout);
+        match (&ctx.deadline, ctx.upstream_fd, timeout) {
+            (Some(deadline), Some(fd), _) => deadline.retarget(fd),
+            (Some(_), None, _) => ctx.deadline = None,
+            (None, Some(fd), Some(timeout)) => {
+                ctx.deadline = Deadline::start(Instant::now() + timeout, fd);
+            }
+            (None, _, _) => {}
+        }
         Ok(())
     }
 
@@ -580,6 +602,10 @@ impl ProxyHttp for Proxy {
         }
         let protected = !route.policy.is_public();
         let body = body_kind(session.req_header(), upstream_response);
+        if body.is_some_and(|b| b != BodyKind::Sized) {
+            // Complete already, or a stream, which lives by `idle_timeout`.
+            ctx.deadline = None;
+        }
         if body == Some(BodyKind::Stream) && protected && ctx.stream.is_none() {
             self.watch_stream(session, ctx);
         }
@@ -602,6 +628,9 @@ impl ProxyHttp for Proxy {
                 watch.stop();
             }
         }
+        if end_of_stream {
+            ctx.deadline = None;
+        }
         Ok(None)
     }
 
@@ -616,6 +645,38 @@ impl ProxyHttp for Proxy {
             return Error::e_explain(ErrorType::ConnectionClosed, reason.outcome());
         }
         Ok(())
+    }
+
+    /// Pingora's default retry policy, except that a request whose deadline passed is a timeout
+    /// and never retried.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if ctx.deadline.as_ref().is_some_and(Deadline::passed) {
+            ctx.deadline = None;
+            let mut e = Error::because(
+                ErrorType::ReadTimedout,
+                format!(
+                    "the route's timeout passed before the response was complete (peer {peer})"
+                ),
+                e,
+            );
+            e.set_retry(false);
+            return e.into_up();
+        }
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
     }
 
     /// A connection to the upstream failed before any byte of the request was sent: the
@@ -690,6 +751,7 @@ impl ProxyHttp for Proxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         // First: Pingora closes or reuses the connections after this, nothing may shut them.
+        ctx.deadline = None;
         if let Some(watch) = ctx.stream.take() {
             watch.stop();
             if let Some(reason) = watch.closed() {

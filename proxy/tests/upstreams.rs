@@ -2,6 +2,8 @@
 //! a recording HTTP upstream (HTTP/1.1 and h2c), TLS upstreams signed by a test CA (rcgen),
 //! one that wants a client certificate, weighted backends and one that fails.
 
+mod support;
+
 use std::time::Duration;
 
 use portcullis_harness::{free_port, TestCa, TestEnv, Upstream};
@@ -498,6 +500,141 @@ async fn upstream_timeout_is_504_with_the_request_id() {
         "a timed-out request is not retried"
     );
     assert!(logs_mention(&env, &id).await, "the access log names {id}");
+}
+
+/// `timeout` bounds the whole response, not each wait: an upstream that trickles its header a
+/// byte every 100 ms gets a 504 at the timeout, and one that trickles its body is cut there.
+#[tokio::test]
+async fn a_trickling_upstream_is_cut_at_the_routes_timeout() {
+    use tokio::io::AsyncWriteExt as _;
+    let (slow_head, head_accepts) = raw_upstream("HTTP/1.1 200 OK\r\n", |mut s| async move {
+        let _ = s.write_all(b"X-Slow: ").await;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if s.write_all(b"a").await.is_err() {
+                return;
+            }
+        }
+        let _ = s.write_all(b"\r\nContent-Length: 2\r\n\r\nok").await;
+    })
+    .await;
+    let (slow_body, _) = raw_upstream(
+        "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
+        |mut s| async move {
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if s.write_all(b"b").await.is_err() {
+                    return;
+                }
+            }
+        },
+    )
+    .await;
+    let env = TestEnv::builder(BIN)
+        .route(&public(
+            "head",
+            &format!("to = \"http://127.0.0.1:{slow_head}\"\ntimeout = \"1s\""),
+        ))
+        .route(&public(
+            "body",
+            &format!("to = \"http://127.0.0.1:{slow_body}\"\ntimeout = \"1s\""),
+        ))
+        .start()
+        .await;
+
+    let started = std::time::Instant::now();
+    let resp = env.browser().get(&env.url("head", "/")).await;
+    let elapsed = started.elapsed();
+    assert_eq!(resp.status(), 504, "{}", env.logs());
+    assert!(
+        elapsed < Duration::from_millis(2500),
+        "504 after {elapsed:?}, not at the 1 s timeout"
+    );
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("Gateway timeout"), "{body}");
+    let id = page_request_id(&body);
+    assert!(logs_mention(&env, &id).await, "the access log names {id}");
+    assert_eq!(
+        head_accepts.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "a timed-out request is not retried"
+    );
+
+    let started = std::time::Instant::now();
+    let resp = env.browser().get(&env.url("body", "/")).await;
+    assert_eq!(resp.status(), 200);
+    let body = resp.bytes().await;
+    let elapsed = started.elapsed();
+    assert!(
+        body.as_ref().map_or(true, |b| b.len() < 100),
+        "the trickled body arrived whole: {body:?}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(2500),
+        "cut after {elapsed:?}, not at the 1 s timeout"
+    );
+}
+
+/// Websockets and event streams live by `idle_timeout`, not by `timeout`: quiet for longer
+/// than `timeout` they go on; quiet for longer than `idle_timeout` they end.
+#[tokio::test]
+async fn streams_live_by_idle_timeout_not_by_timeout() {
+    use tokio::io::AsyncWriteExt as _;
+    let ws = support::stream_upstream().await;
+    let (events, _) = raw_upstream(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+        |mut s| async move {
+            for i in 0..3 {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                let event = format!("data: {i}\n\n");
+                let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+                if s.write_all(chunk.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            let _ = s.write_all(b"0\r\n\r\n").await;
+        },
+    )
+    .await;
+    let env = TestEnv::builder(BIN)
+        .route(&public(
+            "ws",
+            &format!("to = \"http://127.0.0.1:{ws}\"\nallow_websockets = true\ntimeout = \"500ms\""),
+        ))
+        .route(&public(
+            "shortidle",
+            &format!("to = \"http://127.0.0.1:{ws}\"\nallow_websockets = true\ntimeout = \"500ms\"\nidle_timeout = \"1s\""),
+        ))
+        .route(&public(
+            "events",
+            &format!("to = \"http://127.0.0.1:{events}\"\ntimeout = \"500ms\""),
+        ))
+        .start()
+        .await;
+
+    let mut quiet = support::open_websocket(&env, "ws", "/chat", None).await;
+    let mut short = support::open_websocket(&env, "shortidle", "/chat", None).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        support::echoes(&mut quiet, b"after 1.5 s of quiet").await,
+        "{}",
+        env.logs()
+    );
+    assert!(
+        support::ends_within(&mut short, Duration::from_secs(3))
+            .await
+            .is_some(),
+        "a websocket quiet for longer than idle_timeout ends\n{}",
+        env.logs()
+    );
+
+    let resp = env.browser().get(&env.url("events", "/")).await;
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.unwrap();
+    assert_eq!(
+        body, "data: 0\n\ndata: 1\n\ndata: 2\n\n",
+        "events 800 ms apart pass a 500 ms timeout"
+    );
 }
 
 /// Whether the proxy's logs mention `text` within two seconds (the access log line is written

@@ -1,0 +1,130 @@
+//! The route's `timeout` as a deadline for the upstream's whole response.
+//!
+//! Pingora's upstream timeouts bound each wait for a byte, so an upstream that trickles its
+//! response a byte at a time never trips them. A [`Deadline`] starts when the request goes to
+//! the upstream (its first connection attempt: sending the request body counts) and ends when
+//! the response is complete, or as soon as it turns out to be a stream (websocket, server-sent
+//! events, a body of unknown length), which lives by `idle_timeout` instead. When it passes first, it shuts the upstream
+//! connection down ([`Tripwire`]): Pingora's wait ends with an error, which
+//! `error_while_proxy` turns into a timeout (a 504 page when no response header was sent yet, a
+//! cut response otherwise) and never into a retry.
+//!
+//! Only HTTP/1 upstream connections get one: an HTTP/2 connection carries other requests too,
+//! so there the route's `timeout` bounds each wait, as before.
+
+use std::os::unix::io::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::tripwire::Tripwire;
+
+/// A running deadline; stops when dropped (it lives in the request's `Ctx`).
+pub struct Deadline {
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Shared {
+    socket: Tripwire,
+    passed: AtomicBool,
+}
+
+// === impl Deadline ===
+
+impl Deadline {
+    /// Starts a deadline at `at` for the upstream connection `fd`, which must be open and this
+    /// request's now. `None` when the socket cannot be identified.
+    pub fn start(at: Instant, fd: RawFd) -> Option<Deadline> {
+        let shared = Arc::new(Shared::default());
+        if !shared.socket.arm(fd) {
+            return None;
+        }
+        let task = tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                tokio::time::sleep_until(at.into()).await;
+                shared.passed.store(true, Ordering::Release);
+                shared.socket.trip();
+            }
+        });
+        Some(Deadline { shared, task })
+    }
+
+    /// The request went to another upstream connection (a retry): the deadline goes on, for
+    /// that one.
+    pub fn retarget(&self, fd: RawFd) {
+        if !self.passed() {
+            self.shared.socket.arm(fd);
+        }
+    }
+
+    /// Whether the deadline passed before the response was complete.
+    pub fn passed(&self) -> bool {
+        self.shared.passed.load(Ordering::Acquire)
+    }
+
+    /// Stops the deadline: from when this returns, nothing is shut down.
+    pub fn stop(&self) {
+        self.task.abort();
+        self.shared.socket.disarm();
+    }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::io::AsRawFd as _;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt as _;
+
+    async fn pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn a_passed_deadline_ends_the_wait_for_the_upstream() {
+        let (mut proxy_side, _upstream) = pair().await;
+        let started = Instant::now();
+        let deadline =
+            Deadline::start(started + Duration::from_millis(200), proxy_side.as_raw_fd()).unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), proxy_side.read(&mut buf))
+            .await
+            .expect("the wait ends")
+            .unwrap();
+        assert_eq!(n, 0);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert!(deadline.passed());
+    }
+
+    #[tokio::test]
+    async fn a_stopped_deadline_does_nothing() {
+        let (mut proxy_side, mut upstream) = pair().await;
+        let deadline = Deadline::start(
+            Instant::now() + Duration::from_millis(100),
+            proxy_side.as_raw_fd(),
+        )
+        .unwrap();
+        deadline.stop();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!deadline.passed());
+        use tokio::io::AsyncWriteExt as _;
+        upstream.write_all(b"late").await.unwrap();
+        let mut buf = [0u8; 4];
+        proxy_side.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"late");
+    }
+}
