@@ -60,6 +60,9 @@ pub fn new_histogram() -> Histogram<u64> {
 
 /// Runs `connections` connections against `target` for `duration` (and at most `max_requests`
 /// requests in all, when set), then returns what was measured.
+///
+/// With `max_requests` set, cookies are taken in turn rather than at random, so a warm-up of
+/// `cookies.len()` requests presents every cookie exactly once.
 pub async fn run(
     target: &Target,
     mode: Mode,
@@ -190,13 +193,14 @@ async fn connection(
                 now
             }
         };
-        if budget
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
-            .is_err()
-        {
+        let Ok(left) =
+            budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
+        else {
             break;
-        }
-        let result = one_request(&target, &mut sender, &mut rng).await;
+        };
+        // A bounded run numbers its requests (`left - 1` counts down to 0): cookie by cookie.
+        let turn = (left != u64::MAX).then(|| left - 1);
+        let result = one_request(&target, &mut sender, &mut rng, turn).await;
         let latency = intended.elapsed();
         out.requests += 1;
         progress.done.fetch_add(1, Ordering::Relaxed);
@@ -225,6 +229,7 @@ async fn one_request(
     target: &Target,
     sender: &mut Option<Sender>,
     rng: &mut rand::rngs::StdRng,
+    turn: Option<u64>,
 ) -> Result<(), String> {
     let s = match sender {
         Some(s) if !s.is_closed() => s,
@@ -236,7 +241,12 @@ async fn one_request(
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     if !target.cookies.is_empty() {
-        let c = &target.cookies[rng.gen_range(0..target.cookies.len())];
+        let n = target.cookies.len();
+        let i = match turn {
+            Some(t) => (t % n as u64) as usize,
+            None => rng.gen_range(0..n),
+        };
+        let c = &target.cookies[i];
         req.headers_mut().insert(http::header::COOKIE, c.clone());
     }
     let resp = s

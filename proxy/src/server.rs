@@ -148,10 +148,15 @@ pub fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGu
         ))
     });
     // Lossless: when the queue is full, the logging thread waits rather than dropping lines.
+    // The writer thread writes what is queued in one go and flushes when the queue is empty;
+    // stdout on its own would be line-buffered (one write(2) per line).
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(64 * 1024)
-        .finish(std::io::stdout());
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

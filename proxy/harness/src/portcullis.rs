@@ -59,7 +59,11 @@ impl PortcullisBuilder {
             .prefix("portcullis-")
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
-        let config_path = dir.path().join("portcullis.toml");
+        // The config gets a directory of its own: the reload watcher follows the config's
+        // directory, and the logs written beside it would wake the watcher on every line.
+        let config_dir = dir.path().join("config");
+        std::fs::create_dir(&config_dir).map_err(|e| format!("config dir: {e}"))?;
+        let config_path = config_dir.join("portcullis.toml");
         std::fs::write(&config_path, &self.config).map_err(|e| format!("write config: {e}"))?;
         let stdout =
             std::fs::File::create(dir.path().join("stdout.log")).map_err(|e| e.to_string())?;
