@@ -6,7 +6,7 @@
 //! [`AssertionCache::signatures_total`] lets the proxy prove that in its metrics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -63,27 +63,10 @@ pub struct IdentityClaims {
 }
 
 /// Caches signed assertions per (session id, audience).
-///
-/// One cache entry per session holds that session's assertions, one per audience: a lookup
-/// borrows the session id (no key is built per request), and dropping a session's assertions
-/// is one `invalidate`, not a predicate the cache would have to test against every entry.
 pub struct AssertionCache {
-    cache: Cache<Box<str>, Arc<SessionAssertions>>,
+    cache: Cache<String, (Arc<str>, i64)>,
     signatures: AtomicU64,
 }
-
-/// The assertions of one session, by audience (few: one per route host the user visits).
-#[derive(Default)]
-struct SessionAssertions(Mutex<Vec<CachedAssertion>>);
-
-struct CachedAssertion {
-    audience: Box<str>,
-    jwt: Arc<str>,
-    exp: i64,
-}
-
-/// Audiences kept per session; beyond that the assertion closest to expiry makes room.
-const AUDIENCES_PER_SESSION: usize = 16;
 
 // === impl AssertionSigner ===
 
@@ -211,15 +194,24 @@ impl IdentityClaims {
 // === impl AssertionCache ===
 
 impl AssertionCache {
-    /// A cache of the assertions of at most `max_entries` sessions.
+    /// A cache of at most `max_entries` assertions.
     pub fn new(max_entries: u64) -> AssertionCache {
         AssertionCache {
             cache: Cache::builder()
                 .max_capacity(max_entries)
-                .time_to_idle(Duration::from_secs(ASSERTION_LIFETIME_SECS.unsigned_abs()))
+                .time_to_live(Duration::from_secs(ASSERTION_LIFETIME_SECS.unsigned_abs()))
+                .support_invalidation_closures()
                 .build(),
             signatures: AtomicU64::new(0),
         }
+    }
+
+    fn key(session_id: &str, audience: &str) -> String {
+        let mut k = String::with_capacity(session_id.len() + audience.len() + 1);
+        k.push_str(session_id);
+        k.push('\0');
+        k.push_str(audience);
+        k
     }
 
     /// The assertion for (`session_id`, `audience`): the cached one while it has more than
@@ -234,14 +226,11 @@ impl AssertionCache {
         now_unix: i64,
         make_claims: impl FnOnce() -> IdentityClaims,
     ) -> Result<Arc<str>, AuthError> {
-        let entry = match self.cache.get(session_id) {
-            Some(e) => e,
-            None => self
-                .cache
-                .get_with(session_id.into(), || Arc::new(SessionAssertions::default())),
-        };
-        if let Some(jwt) = entry.get(audience, now_unix) {
-            return Ok(jwt);
+        let key = AssertionCache::key(session_id, audience);
+        if let Some((jwt, exp)) = self.cache.get(&key) {
+            if exp.saturating_sub(now_unix) > ASSERTION_REUSE_MARGIN_SECS {
+                return Ok(jwt);
+            }
         }
         let mut claims = make_claims();
         claims.iat = now_unix;
@@ -251,13 +240,19 @@ impl AssertionCache {
         }
         let jwt: Arc<str> = signer.sign(&claims)?.into();
         self.signatures.fetch_add(1, Ordering::Relaxed);
-        entry.put(audience, jwt.clone(), claims.exp);
+        self.cache.insert(key, (jwt.clone(), claims.exp));
         Ok(jwt)
     }
 
     /// Drops every cached assertion of `session_id` (sign-out, session change).
     pub fn invalidate_session(&self, session_id: &str) {
-        self.cache.invalidate(session_id);
+        let mut prefix = String::with_capacity(session_id.len() + 1);
+        prefix.push_str(session_id);
+        prefix.push('\0');
+        // Only fails when the cache was built without invalidation closures, which it is not.
+        let _ = self
+            .cache
+            .invalidate_entries_if(move |k, _| k.starts_with(&prefix));
     }
 
     /// Drops everything (e.g. on signing-key change).
@@ -268,37 +263,6 @@ impl AssertionCache {
     /// How many assertions this cache has signed since it was created.
     pub fn signatures_total(&self) -> u64 {
         self.signatures.load(Ordering::Relaxed)
-    }
-}
-
-// === impl SessionAssertions ===
-
-impl SessionAssertions {
-    /// The assertion for `audience` while it has more than [`ASSERTION_REUSE_MARGIN_SECS`]
-    /// left at `now_unix`.
-    fn get(&self, audience: &str, now_unix: i64) -> Option<Arc<str>> {
-        let slots = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        slots
-            .iter()
-            .find(|a| &*a.audience == audience)
-            .filter(|a| a.exp.saturating_sub(now_unix) > ASSERTION_REUSE_MARGIN_SECS)
-            .map(|a| a.jwt.clone())
-    }
-
-    fn put(&self, audience: &str, jwt: Arc<str>, exp: i64) {
-        let mut slots = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = CachedAssertion {
-            audience: audience.into(),
-            jwt,
-            exp,
-        };
-        if let Some(i) = slots.iter().position(|a| &*a.audience == audience) {
-            slots[i] = slot;
-        } else if slots.len() < AUDIENCES_PER_SESSION {
-            slots.push(slot);
-        } else if let Some(oldest) = slots.iter_mut().min_by_key(|a| a.exp) {
-            *oldest = slot;
-        }
     }
 }
 
