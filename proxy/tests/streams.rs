@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use portcullis_harness::{TestEnv, TestEnvBuilder};
+use portcullis_harness::{write_self_signed, TestEnv, TestEnvBuilder};
 use support::{
     echoes, ends_within, metric, open_websocket, read_head, rewrite_config, session_cookie,
     signed_in, stream_upstream,
@@ -214,15 +214,11 @@ async fn a_reload_that_stops_allowing_a_user_closes_their_websocket_and_no_other
 #[tokio::test]
 async fn an_event_stream_over_http2_closes_soon_after_sign_out() {
     let dir = tempfile::tempdir().unwrap();
-    let names = vec![
-        "app.localhost".to_string(),
-        "authenticate.localhost".to_string(),
-    ];
-    let certified = rcgen::generate_simple_self_signed(names).unwrap();
-    let cert = dir.path().join("listener.pem");
-    let key = dir.path().join("listener.key");
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let (cert, key) = write_self_signed(
+        dir.path(),
+        "listener",
+        &["app.localhost", "authenticate.localhost"],
+    );
     let port = stream_upstream().await;
     let policy = "allow_any_authenticated_user = true";
     let env = TestEnv::builder(BIN)

@@ -1,21 +1,10 @@
 //! End to end over TLS: certificates chosen by SNI, HTTP/2 by ALPN, `Secure` session cookies.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use portcullis_harness::{Browser, TestEnv};
+use portcullis_harness::{write_self_signed as write_cert, Browser, TestEnv};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
-
-/// A self-signed certificate for `names`, written to `dir` as `<stem>.pem` / `<stem>.key`.
-fn write_cert(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let certified = rcgen::generate_simple_self_signed(names).unwrap();
-    let cert = dir.join(format!("{stem}.pem"));
-    let key = dir.join(format!("{stem}.key"));
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
-    (cert, key)
-}
 
 /// A client that trusts only `root` (besides the public roots) and reaches `*.localhost`.
 fn client_trusting(root: &Path, names: &[&str], port: u16) -> reqwest::Client {

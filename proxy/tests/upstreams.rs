@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use portcullis_harness::{free_port, TestCa, TestEnv, Upstream};
+use portcullis_harness::{free_port, write_self_signed, TestCa, TestEnv, Upstream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
@@ -259,15 +259,11 @@ async fn hop_by_hop_headers_and_connection_nominated_ones_never_reach_the_upstre
 #[tokio::test]
 async fn portcullis_pages_carry_security_headers_and_hsts_only_over_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let names = vec![
-        "public.localhost".to_string(),
-        "authenticate.localhost".to_string(),
-    ];
-    let certified = rcgen::generate_simple_self_signed(names).unwrap();
-    let cert = dir.path().join("listener.pem");
-    let key = dir.path().join("listener.key");
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let (cert, key) = write_self_signed(
+        dir.path(),
+        "listener",
+        &["public.localhost", "authenticate.localhost"],
+    );
     let route = "from = \"https://public.localhost\"\nallow_public_unauthenticated_access = true\nto = \"{upstream}\"\nprefix = \"/app\"";
     let tls_env = TestEnv::builder(BIN)
         .tls_certificate(&cert, &key)

@@ -20,6 +20,18 @@ pub struct Issued {
     pub key_pem: String,
 }
 
+/// A self-signed certificate for `names` (a listener's), written to `dir` as `<stem>.pem` and
+/// `<stem>.key`; returns both paths.
+pub fn write_self_signed(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let certified = rcgen::generate_simple_self_signed(names).expect("self-signed certificate");
+    let cert = dir.join(format!("{stem}.pem"));
+    let key = dir.join(format!("{stem}.key"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write certificate");
+    std::fs::write(&key, certified.key_pair.serialize_pem()).expect("write key");
+    (cert, key)
+}
+
 // === impl TestCa ===
 
 impl TestCa {

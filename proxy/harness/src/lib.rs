@@ -50,7 +50,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::Mutex;
 
 pub use crate::browser::{Browser, Form};
-pub use crate::ca::{Issued, TestCa};
+pub use crate::ca::{write_self_signed, Issued, TestCa};
 pub use crate::env::{TestEnv, TestEnvBuilder};
 pub use crate::idp::{Idp, IdpOptions};
 pub use crate::portcullis::{Portcullis, PortcullisBuilder};
