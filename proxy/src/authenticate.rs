@@ -199,7 +199,7 @@ async fn sign_in(
             } else {
                 // Already signed in on the authenticate host: hand the same session to the
                 // route host, so that one sign-out (which deletes it) ends it on every host.
-                if let Some(current) = load_session(state, runtime, req, ctx, now)
+                if let Some(current) = load_session(state, runtime, req, &mut ctx.bearer, now)
                     .await
                     .ok()
                     .flatten()
@@ -411,7 +411,7 @@ async fn sign_out(
     let now = now_unix();
     // The id token is only a hint for the IdP; a store outage must not keep anyone signed in,
     // so the deletion below is what decides the answer.
-    let current = load_session(state, runtime, req, ctx, now)
+    let current = load_session(state, runtime, req, &mut ctx.bearer, now)
         .await
         .ok()
         .flatten();
@@ -467,7 +467,7 @@ async fn user_page(
 ) -> Result<Flow, Refusal> {
     only_get(req)?;
     let now = now_unix();
-    let Some(current) = load_session(state, runtime, req, ctx, now).await? else {
+    let Some(current) = load_session(state, runtime, req, &mut ctx.bearer, now).await? else {
         if ctx.json || ctx.bearer {
             return Err(Refusal::Unauthorized);
         }

@@ -821,7 +821,7 @@ pub(crate) async fn authorize<'r>(
     }
 
     if !route.policy.is_public() {
-        found.session = session_of(state, runtime, req, &mut found.bearer, now).await?;
+        found.session = load_session(state, runtime, req, &mut found.bearer, now).await?;
     }
     let request = PolicyRequest {
         identity: found.session.as_ref().map(|s| &s.identity),
@@ -835,19 +835,9 @@ pub(crate) async fn authorize<'r>(
     Ok((route, route.policy.evaluate(&request)))
 }
 
-/// The session the request's cookie or bearer token names, when it is valid and live.
+/// The session the request's cookie or bearer token names, when it is valid and live; `bearer`
+/// is set when the credential came from `Authorization`.
 pub(crate) async fn load_session(
-    state: &State,
-    runtime: &Runtime,
-    req: &RequestHeader,
-    ctx: &mut Ctx,
-    now: i64,
-) -> Result<Option<Arc<CachedSession>>, Refusal> {
-    session_of(state, runtime, req, &mut ctx.bearer, now).await
-}
-
-/// [`load_session`]; `bearer` is set when the credential came from `Authorization`.
-async fn session_of(
     state: &State,
     runtime: &Runtime,
     req: &RequestHeader,
