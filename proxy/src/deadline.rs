@@ -4,7 +4,8 @@
 //! response a byte at a time never trips them. A [`Deadline`] starts when the request goes to
 //! the upstream (its first connection attempt: sending the request body counts) and ends when
 //! the response is complete, or as soon as it turns out to be a stream (websocket, server-sent
-//! events, a body of unknown length), which lives by `idle_timeout` instead. When it passes first, it shuts the upstream
+//! events, a body of unknown length), which lives by `idle_timeout` instead. When it passes
+//! first (found by one sweeper thread, at most [`SWEEP_EVERY`] late), it shuts the upstream
 //! connection down ([`Tripwire`]): Pingora's wait ends with an error, which
 //! `error_while_proxy` turns into a timeout (a 504 page when no response header was sent yet, a
 //! cut response otherwise) and never into a retry.
@@ -14,22 +15,31 @@
 
 use std::os::unix::io::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use crate::tripwire::Tripwire;
 
+/// How often the sweeper looks for passed deadlines: a deadline passes at most this late.
+const SWEEP_EVERY: Duration = Duration::from_millis(50);
+
 /// A running deadline; stops when dropped (it lives in the request's `Ctx`).
+///
+/// Starting one costs an allocation and a push under a lock: no task and no timer per request.
+/// One sweeper thread for the whole process trips the deadlines that passed.
 pub struct Deadline {
     shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
 }
 
-#[derive(Default)]
 struct Shared {
+    at: Instant,
     socket: Tripwire,
     passed: AtomicBool,
 }
+
+/// The deadlines started since the last sweep or still running; the dropped ones go at the next
+/// sweep.
+static PENDING: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
 
 // === impl Deadline ===
 
@@ -37,19 +47,17 @@ impl Deadline {
     /// Starts a deadline at `at` for the upstream connection `fd`, which must be open and this
     /// request's now. `None` when the socket cannot be identified.
     pub fn start(at: Instant, fd: RawFd) -> Option<Deadline> {
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            at,
+            socket: Tripwire::default(),
+            passed: AtomicBool::new(false),
+        });
         if !shared.socket.arm(fd) {
             return None;
         }
-        let task = tokio::spawn({
-            let shared = shared.clone();
-            async move {
-                tokio::time::sleep_until(at.into()).await;
-                shared.passed.store(true, Ordering::Release);
-                shared.socket.trip();
-            }
-        });
-        Some(Deadline { shared, task })
+        start_sweeper();
+        pending().push(Arc::downgrade(&shared));
+        Some(Deadline { shared })
     }
 
     /// The request went to another upstream connection (a retry): the deadline goes on, for
@@ -67,7 +75,6 @@ impl Deadline {
 
     /// Stops the deadline: from when this returns, nothing is shut down.
     pub fn stop(&self) {
-        self.task.abort();
         self.shared.socket.disarm();
     }
 }
@@ -76,6 +83,44 @@ impl Drop for Deadline {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn pending() -> std::sync::MutexGuard<'static, Vec<Weak<Shared>>> {
+    PENDING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Starts the sweeper thread once. A plain thread, not a task: it must outlive any runtime.
+fn start_sweeper() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let spawned = std::thread::Builder::new()
+            .name("portcullis-deadlines".into())
+            .spawn(|| loop {
+                std::thread::sleep(SWEEP_EVERY);
+                sweep(Instant::now());
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the deadline sweeper; route timeouts bound each wait only");
+        }
+    });
+}
+
+/// Trips every live deadline that passed by `now` and forgets those passed or dropped.
+fn sweep(now: Instant) {
+    pending().retain(|weak| {
+        let Some(shared) = weak.upgrade() else {
+            return false;
+        };
+        if shared.at > now {
+            return true;
+        }
+        // `passed` first: the request reads it as soon as its wait for the upstream fails.
+        if shared.socket.is_armed() {
+            shared.passed.store(true, Ordering::Release);
+            shared.socket.trip();
+        }
+        false
+    });
 }
 
 #[cfg(test)]

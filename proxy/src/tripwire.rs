@@ -52,6 +52,11 @@ impl Tripwire {
         armed
     }
 
+    /// Whether a socket is armed (until `disarm` or `trip`).
+    pub fn is_armed(&self) -> bool {
+        self.lock().is_some()
+    }
+
     /// From when this returns, nothing is shut down.
     pub fn disarm(&self) {
         self.lock().take();
