@@ -51,13 +51,20 @@ fn assertion(c: &mut Criterion) {
     let signer = AssertionSigner::derive(&Secret::random()).expect("derived key");
     let cache = AssertionCache::default();
     cache
-        .get_or_sign(&signer, "sess-1", "app.example.com", NOW, claims)
+        .get_or_sign(&signer, "sess-1", "app.example.com", 0, NOW, claims)
         .expect("sign");
 
     c.bench_function("assertion_cache_hit", |b| {
         b.iter(|| {
             cache
-                .get_or_sign(&signer, black_box("sess-1"), "app.example.com", NOW, claims)
+                .get_or_sign(
+                    &signer,
+                    black_box("sess-1"),
+                    "app.example.com",
+                    0,
+                    NOW,
+                    claims,
+                )
                 .expect("cached")
         })
     });

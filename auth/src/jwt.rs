@@ -64,7 +64,9 @@ pub struct IdentityClaims {
 
 /// Caches signed assertions per (session id, audience).
 pub struct AssertionCache {
-    cache: Cache<String, (Arc<str>, i64)>,
+    /// Key: session id and audience; value: the JWT, its `exp`, and the fingerprint of the
+    /// session content it was signed from.
+    cache: Cache<String, (Arc<str>, i64, u64)>,
     signatures: AtomicU64,
 }
 
@@ -215,20 +217,24 @@ impl AssertionCache {
     }
 
     /// The assertion for (`session_id`, `audience`): the cached one while it has more than
-    /// [`ASSERTION_REUSE_MARGIN_SECS`] left at `now_unix`, otherwise a new one signed from
-    /// `make_claims()`. The cache sets `iat = now_unix` and `exp = iat +`
+    /// [`ASSERTION_REUSE_MARGIN_SECS`] left at `now_unix` and was signed from the same session
+    /// `content` (a fingerprint of what `make_claims` reads), otherwise a new one signed from
+    /// `make_claims()`. A session whose claims changed thus gets a new assertion at its next
+    /// request, with no invalidation to race against. The cache sets `iat = now_unix` and `exp = iat +`
     /// [`ASSERTION_LIFETIME_SECS`], and a random `jti` when `make_claims` left it empty.
     pub fn get_or_sign(
         &self,
         signer: &AssertionSigner,
         session_id: &str,
         audience: &str,
+        content: u64,
         now_unix: i64,
         make_claims: impl FnOnce() -> IdentityClaims,
     ) -> Result<Arc<str>, AuthError> {
         let key = AssertionCache::key(session_id, audience);
-        if let Some((jwt, exp)) = self.cache.get(&key) {
-            if exp.saturating_sub(now_unix) > ASSERTION_REUSE_MARGIN_SECS {
+        if let Some((jwt, exp, signed_from)) = self.cache.get(&key) {
+            if signed_from == content && exp.saturating_sub(now_unix) > ASSERTION_REUSE_MARGIN_SECS
+            {
                 return Ok(jwt);
             }
         }
@@ -240,11 +246,12 @@ impl AssertionCache {
         }
         let jwt: Arc<str> = signer.sign(&claims)?.into();
         self.signatures.fetch_add(1, Ordering::Relaxed);
-        self.cache.insert(key, (jwt.clone(), claims.exp));
+        self.cache.insert(key, (jwt.clone(), claims.exp, content));
         Ok(jwt)
     }
 
-    /// Drops every cached assertion of `session_id` (sign-out, session change).
+    /// Drops every cached assertion of `session_id` (sign-out). Not needed when a session
+    /// changes: its new content fingerprint no longer matches.
     pub fn invalidate_session(&self, session_id: &str) {
         let mut prefix = String::with_capacity(session_id.len() + 1);
         prefix.push_str(session_id);

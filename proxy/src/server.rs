@@ -124,13 +124,9 @@ impl BackgroundService for Background {
             crate::sessions::identity_manager::run(state, manager_shutdown).await
         });
 
-        let assertions_state = self.state.clone();
-        self.state
-            .sessions
-            .follow(shutdown, move |id| {
-                assertions_state.assertions.invalidate_session(id)
-            })
-            .await;
+        // A changed session gets a new identity assertion by its content fingerprint
+        // (`CachedSession::assertion_content`): the follower only evicts sessions.
+        self.state.sessions.follow(shutdown).await;
     }
 }
 

@@ -317,6 +317,7 @@ impl Proxy {
             &self.state.assertion_signer,
             &s.id,
             audience,
+            s.assertion_content,
             now_unix(),
             || IdentityClaims {
                 iss: audience.to_string(),

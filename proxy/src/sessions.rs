@@ -42,6 +42,9 @@ pub struct CachedSession {
     pub issued_at: i64,
     pub expires_at: i64,
     pub identity: Identity,
+    /// A fingerprint of what the identity assertion carries (user, email, name, groups): a
+    /// cached assertion is reused only while it matches, so a changed session gets a new one.
+    pub assertion_content: u64,
 }
 
 /// Sessions by id.
@@ -92,12 +95,19 @@ impl CachedSession {
             )
         });
         set("sub", &|| serde_json::Value::String(user_id.clone()));
+        let assertion_content = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut h = std::hash::DefaultHasher::new();
+            (&user_id, &email, &name, &groups).hash(&mut h);
+            h.finish()
+        };
         Self {
             id: id.into_boxed_str(),
             name: name.into_boxed_str(),
             issued_at,
             expires_at,
             identity: Identity::new(user_id, email, groups, claims),
+            assertion_content,
         }
     }
 
@@ -244,11 +254,7 @@ impl SessionCache {
     /// Follows the store's change stream until `shutdown` turns true, evicting every session
     /// that changes. Reconnects with backoff and carries on where it stopped; a compacted
     /// history or a recreated store (a new `server_version`) clears the whole cache first.
-    pub async fn follow(
-        &self,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-        on_evict: impl Fn(&str) + Send + Sync,
-    ) {
+    pub async fn follow(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(100);
         let mut after = None;
         let mut server_version = None;
@@ -302,7 +308,6 @@ impl SessionCache {
                         if record.kind == SESSION_TYPE {
                             debug!(version = record.version, "session changed; evicting");
                             self.evict(&record.id, record.is_deleted());
-                            on_evict(&record.id);
                         }
                     }
                     Some(Err(e)) => {

@@ -147,7 +147,7 @@ fn cache_signs_once_for_repeated_calls() {
     let t = now();
     let mut made = 0;
     let first = cache
-        .get_or_sign(&s, "sess-1", "app.example.com", t, || {
+        .get_or_sign(&s, "sess-1", "app.example.com", 0, t, || {
             made += 1;
             IdentityClaims {
                 jti: String::new(),
@@ -162,7 +162,14 @@ fn cache_signs_once_for_repeated_calls() {
         ASSERTION_LIFETIME_SECS - ASSERTION_REUSE_MARGIN_SECS - 1,
     ] {
         let again = cache
-            .get_or_sign(&s, "sess-1", "app.example.com", t + dt, || unreachable!())
+            .get_or_sign(
+                &s,
+                "sess-1",
+                "app.example.com",
+                0,
+                t + dt,
+                || unreachable!(),
+            )
             .unwrap();
         assert!(Arc::ptr_eq(&first, &again));
     }
@@ -180,7 +187,7 @@ fn cache_resigns_near_expiry_and_per_audience() {
     let cache = AssertionCache::default();
     let t = now();
     let a = cache
-        .get_or_sign(&s, "sess-1", "app.example.com", t, || claims(0))
+        .get_or_sign(&s, "sess-1", "app.example.com", 0, t, || claims(0))
         .unwrap();
     // Only 60 s left: re-sign.
     let b = cache
@@ -188,6 +195,7 @@ fn cache_resigns_near_expiry_and_per_audience() {
             &s,
             "sess-1",
             "app.example.com",
+            0,
             t + ASSERTION_LIFETIME_SECS - ASSERTION_REUSE_MARGIN_SECS,
             || claims(0),
         )
@@ -200,12 +208,33 @@ fn cache_resigns_near_expiry_and_per_audience() {
         ..claims(0)
     };
     cache
-        .get_or_sign(&s, "sess-1", "other.example.com", t, || other)
+        .get_or_sign(&s, "sess-1", "other.example.com", 0, t, || other)
         .unwrap();
     cache
-        .get_or_sign(&s, "sess-2", "app.example.com", t, || claims(0))
+        .get_or_sign(&s, "sess-2", "app.example.com", 0, t, || claims(0))
         .unwrap();
     assert_eq!(cache.signatures_total(), 4);
+}
+
+#[test]
+fn changed_session_content_gets_a_new_assertion_and_unchanged_keeps_it() {
+    let s = AssertionSigner::from_pem(SEC1).unwrap();
+    let cache = AssertionCache::default();
+    let t = now();
+    let a = cache
+        .get_or_sign(&s, "sess-1", "app.example.com", 7, t, || claims(0))
+        .unwrap();
+    // The same content (the session read again, say after a change event): the same JWT.
+    let again = cache
+        .get_or_sign(&s, "sess-1", "app.example.com", 7, t + 1, || unreachable!())
+        .unwrap();
+    assert!(Arc::ptr_eq(&a, &again));
+    // Other content (new groups after a refresh): signed again from the new claims.
+    let b = cache
+        .get_or_sign(&s, "sess-1", "app.example.com", 8, t + 2, || claims(0))
+        .unwrap();
+    assert_ne!(a, b);
+    assert_eq!(cache.signatures_total(), 2);
 }
 
 #[test]
@@ -214,18 +243,18 @@ fn invalidate_session_drops_its_assertions_only() {
     let cache = AssertionCache::default();
     let t = now();
     for (sid, aud) in [("s1", "a"), ("s1", "b"), ("s10", "a"), ("s2", "a")] {
-        cache.get_or_sign(&s, sid, aud, t, || claims(0)).unwrap();
+        cache.get_or_sign(&s, sid, aud, 0, t, || claims(0)).unwrap();
     }
     assert_eq!(cache.signatures_total(), 4);
     cache.invalidate_session("s1");
     for (sid, aud) in [("s10", "a"), ("s2", "a")] {
         cache
-            .get_or_sign(&s, sid, aud, t, || unreachable!("{sid} was dropped"))
+            .get_or_sign(&s, sid, aud, 0, t, || unreachable!("{sid} was dropped"))
             .unwrap();
     }
     assert_eq!(cache.signatures_total(), 4);
     for (sid, aud) in [("s1", "a"), ("s1", "b")] {
-        cache.get_or_sign(&s, sid, aud, t, || claims(0)).unwrap();
+        cache.get_or_sign(&s, sid, aud, 0, t, || claims(0)).unwrap();
     }
     assert_eq!(cache.signatures_total(), 6);
 }
@@ -239,7 +268,7 @@ fn failed_signing_is_not_counted_or_cached() {
     };
     let cache = AssertionCache::default();
     assert!(matches!(
-        cache.get_or_sign(&s, "s", "a", now(), || claims(0)),
+        cache.get_or_sign(&s, "s", "a", 0, now(), || claims(0)),
         Err(AuthError::Signing(_))
     ));
     assert_eq!(cache.signatures_total(), 0);
