@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 use crate::matcher::{ClaimMatcher, ListMatcher, StringMatcher};
 use crate::net::Cidr;
 use crate::time::{DateRange, DayOfWeek, TimeOfDay};
-use crate::{ClientCertificate, Identity, Request};
+use crate::{Claim, ClientCertificate, Identity, Request};
 
 /// Names of all criteria (`claim/<name>` aside), for errors and suggestions.
 pub(crate) const NAMES: &[&str] = &[
@@ -133,14 +133,14 @@ fn same_fingerprint(normalized: &str, given: &str) -> bool {
 }
 
 /// Finds claim `name` among the identity's claims; see [`lookup_claim`].
-fn lookup_top_claim<'c>(id: &'c Identity, name: &str) -> Option<&'c Value> {
+fn lookup_top_claim<'c>(id: &'c Identity, name: &str) -> Option<Claim<'c>> {
     if let Some(v) = id.claim(name) {
         return Some(v);
     }
     name.rmatch_indices('/').find_map(|(i, _)| {
         let (head, tail) = (name.get(..i)?, name.get(i + 1..)?);
         match id.claim(head)? {
-            Value::Object(inner) => lookup_claim(inner, tail),
+            Claim::Json(Value::Object(inner)) => lookup_claim(inner, tail).map(Claim::Json),
             _ => None,
         }
     })

@@ -3,7 +3,9 @@
 //!
 //! Group names and claim names are interned: every identity naming group `users` shares one
 //! `Arc<str>`. Strings that never change are `Box<str>`, claims a sorted boxed slice rather than
-//! a map, and the lower-cased email is only kept when it differs from the email.
+//! a map, and the lower-cased email is only kept when it differs from the email. Claims that
+//! repeat an identity field (`sub`, `email`, `name`, `groups`, as ID tokens usually carry them)
+//! are not stored twice: [`Identity::claim`] answers them from the field.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -22,9 +24,27 @@ pub struct Identity {
     /// else 0 (a domain never starts at 0: the local part is not empty).
     domain_start: u32,
     groups: Box<[Arc<str>]>,
-    /// Top-level claims sorted by name, names interned.
+    /// The display name; empty when unknown.
+    name: Box<str>,
+    /// Top-level claims sorted by name, names interned, without those that only repeat a field
+    /// (see [`Identity::claim`]).
     claims: Box<[(Arc<str>, Value)]>,
 }
+
+/// A claim's value as [`Identity::claim`] finds it: stored as the IdP sent it, or one of the
+/// identity's own fields.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Claim<'a> {
+    /// As the IdP sent it.
+    Json(&'a Value),
+    /// A text field (`sub`, `email`, `name`).
+    Str(&'a str),
+    /// The groups.
+    List(&'a [Arc<str>]),
+}
+
+/// The claims answered from identity fields when the IdP did not send a different value.
+const FIELD_CLAIMS: [&str; 4] = ["email", "groups", "name", "sub"];
 
 impl Identity {
     /// `user` is the IdP subject; `claims` all ID-token and userinfo claims.
@@ -44,19 +64,64 @@ impl Identity {
             _ => 0,
         };
         let email_lower = (lower != email).then(|| lower.into_boxed_str());
-        let mut claims: Vec<(Arc<str>, Value)> = claims
-            .into_iter()
-            .map(|(k, v)| (intern(&k), shrink(v)))
-            .collect();
-        claims.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        Identity {
+        let mut identity = Identity {
             user: user.into_boxed_str(),
             email: email.into_boxed_str(),
             email_lower,
             domain_start,
             groups: groups.iter().map(|g| intern(g)).collect(),
-            claims: claims.into_boxed_slice(),
+            name: Box::default(),
+            claims: Box::default(),
+        };
+        let mut kept: Vec<(Arc<str>, Value)> = claims
+            .into_iter()
+            // `name` is compared once the name is known (`with_name`).
+            .filter(|(k, v)| k != "name" && !identity.field_is(k, v))
+            .map(|(k, v)| (intern(&k), shrink(v)))
+            .collect();
+        kept.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        identity.claims = kept.into_boxed_slice();
+        identity
+    }
+
+    /// The same identity with display name `name`; a stored `name` claim equal to it is
+    /// dropped (answered from the field).
+    pub fn with_name(mut self, name: String) -> Identity {
+        self.name = name.into_boxed_str();
+        if let Some(i) = self.stored_claim_index("name") {
+            if self
+                .claims
+                .get(i)
+                .is_some_and(|(_, v)| self.field_is("name", v))
+            {
+                let mut claims = std::mem::take(&mut self.claims).into_vec();
+                claims.remove(i);
+                self.claims = claims.into_boxed_slice();
+            }
         }
+        self
+    }
+
+    /// Whether claim `key` holding `value` says exactly what the identity field of that name
+    /// says.
+    fn field_is(&self, key: &str, value: &Value) -> bool {
+        match (key, value) {
+            ("sub", Value::String(v)) => *v == *self.user,
+            ("email", Value::String(v)) => *v == *self.email,
+            ("name", Value::String(v)) => *v == *self.name,
+            ("groups", Value::Array(items)) => {
+                items.len() == self.groups.len()
+                    && items
+                        .iter()
+                        .zip(self.groups.iter())
+                        .all(|(i, g)| i.as_str() == Some(&**g))
+            }
+            _ => false,
+        }
+    }
+
+    fn stored_claim_index(&self, name: &str) -> Option<usize> {
+        self.claims.binary_search_by(|(k, _)| (**k).cmp(name)).ok()
     }
 
     /// The IdP subject.
@@ -74,18 +139,59 @@ impl Identity {
         &self.groups
     }
 
-    /// All top-level claims, sorted by name.
-    pub fn claims(&self) -> &[(Arc<str>, Value)] {
-        &self.claims
+    /// The display name; empty when unknown.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
-    /// The top-level claim called `name`.
-    pub fn claim(&self, name: &str) -> Option<&Value> {
-        self.claims
-            .binary_search_by(|(k, _)| (**k).cmp(name))
-            .ok()
+    /// The top-level claim called `name`: as the IdP sent it, or else, for `sub`, `email`,
+    /// `name` and `groups`, the identity field.
+    pub fn claim(&self, name: &str) -> Option<Claim<'_>> {
+        if let Some((_, v)) = self
+            .stored_claim_index(name)
             .and_then(|i| self.claims.get(i))
-            .map(|(_, v)| v)
+        {
+            return Some(Claim::Json(v));
+        }
+        match name {
+            "sub" => Some(Claim::Str(&self.user)),
+            "email" => Some(Claim::Str(&self.email)),
+            "name" => Some(Claim::Str(&self.name)),
+            "groups" => Some(Claim::List(&self.groups)),
+            _ => None,
+        }
+    }
+
+    /// Roughly how many heap bytes this identity holds beyond its own struct (for cache
+    /// weighing; interned names count as shared).
+    pub fn heap_bytes(&self) -> usize {
+        self.user.len()
+            + self.email.len()
+            + self.email_lower.as_ref().map_or(0, |e| e.len())
+            + self.name.len()
+            + self.groups.len() * std::mem::size_of::<Arc<str>>()
+            + self
+                .claims
+                .iter()
+                .map(|(_, v)| std::mem::size_of::<(Arc<str>, Value)>() + value_heap_bytes(v))
+                .sum::<usize>()
+    }
+
+    /// Every top-level claim as JSON, sorted by name (for pages and APIs, not the hot path).
+    pub fn claims_json(&self) -> Map<String, Value> {
+        let mut all: Map<String, Value> = self
+            .claims
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        for key in FIELD_CLAIMS {
+            if !all.contains_key(key) {
+                if let Some(claim) = self.claim(key) {
+                    all.insert(key.to_owned(), claim.to_json());
+                }
+            }
+        }
+        all
     }
 
     /// The email lower-cased.
@@ -97,6 +203,35 @@ impl Identity {
     pub(crate) fn domain_lower(&self) -> Option<&str> {
         let i = usize::try_from(self.domain_start).ok()?;
         (i > 0).then(|| self.email_lower().get(i..)).flatten()
+    }
+}
+
+// === impl Claim ===
+
+impl Claim<'_> {
+    /// The value as JSON (allocates).
+    pub fn to_json(&self) -> Value {
+        match self {
+            Claim::Json(v) => (*v).clone(),
+            Claim::Str(s) => Value::String((*s).to_owned()),
+            Claim::List(items) => {
+                Value::Array(items.iter().map(|g| Value::String(g.to_string())).collect())
+            }
+        }
+    }
+}
+
+fn value_heap_bytes(value: &Value) -> usize {
+    const SLOT: usize = std::mem::size_of::<Value>();
+    match value {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(|v| SLOT + value_heap_bytes(v)).sum(),
+        // A map node per entry: key, value and the tree's own links.
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| k.len() + 2 * SLOT + value_heap_bytes(v))
+            .sum(),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
     }
 }
 

@@ -78,7 +78,7 @@ mod render;
 mod time;
 
 pub use error::PolicyError;
-pub use identity::Identity;
+pub use identity::{Claim, Identity};
 
 use criterion::Criterion;
 

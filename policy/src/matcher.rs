@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::Claim;
+
 /// How a string matcher compares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Case {
@@ -73,8 +75,8 @@ pub(crate) trait StrList {
     }
 }
 
-/// A JSON claim seen as a list: an array's scalar elements, or a scalar as one element.
-pub(crate) struct ClaimList<'a>(pub(crate) &'a Value);
+/// A claim seen as a list: an array's scalar elements, or a scalar as one element.
+pub(crate) struct ClaimList<'a>(pub(crate) Claim<'a>);
 
 // === impl StringOp ===
 
@@ -164,8 +166,8 @@ impl ListMatcher {
 // === impl ClaimMatcher ===
 
 impl ClaimMatcher {
-    pub(crate) fn matches(&self, claim: &Value) -> bool {
-        if matches!(claim, Value::Null | Value::Object(_)) {
+    pub(crate) fn matches(&self, claim: Claim<'_>) -> bool {
+        if matches!(claim, Claim::Json(Value::Null | Value::Object(_))) {
             return false;
         }
         let list = ClaimList(claim);
@@ -190,10 +192,12 @@ impl StrList for &[Arc<str>] {
 impl StrList for ClaimList<'_> {
     fn any_str(&self, f: &mut dyn FnMut(&str) -> bool) -> bool {
         match self.0 {
-            Value::Array(items) => items
+            Claim::Json(Value::Array(items)) => items
                 .iter()
                 .any(|v| with_scalar_str(v, &mut *f).unwrap_or(false)),
-            scalar => with_scalar_str(scalar, f).unwrap_or(false),
+            Claim::Json(scalar) => with_scalar_str(scalar, f).unwrap_or(false),
+            Claim::Str(s) => f(s),
+            Claim::List(items) => items.iter().any(|s| f(s)),
         }
     }
 }

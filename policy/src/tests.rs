@@ -542,6 +542,66 @@ fn claims_string_and_list() {
 }
 
 #[test]
+fn claims_repeating_identity_fields_are_answered_from_the_fields_and_not_stored_twice() {
+    let claims = json!({
+        "sub": "sub-carol",
+        "email": "carol@example.com",
+        "name": "Carol",
+        "groups": ["ops", "dev"],
+        "team": "blue",
+    });
+    let make = |claims: &serde_json::Value| {
+        Identity::new(
+            "sub-carol".into(),
+            "carol@example.com".into(),
+            vec!["ops".into(), "dev".into()],
+            claims.as_object().cloned().expect("object"),
+        )
+        .with_name("Carol".into())
+    };
+    let carol = make(&claims);
+    let bare = make(&json!({ "team": "blue" }));
+    assert_eq!(
+        carol.heap_bytes(),
+        bare.heap_bytes(),
+        "the four repeated claims cost nothing"
+    );
+    assert_eq!(
+        carol.claims_json(),
+        claims.as_object().cloned().expect("object")
+    );
+    assert_eq!(bare.claims_json(), carol.claims_json());
+    let yes = |c: &str| allows(&criterion(c), &as_user(&bare));
+    assert!(yes(r#""claim/email" = "carol@example.com""#));
+    assert!(yes(r#""claim/sub" = { starts_with = "sub-" }"#));
+    assert!(yes(r#""claim/name" = "Carol""#));
+    assert!(yes(r#""claim/groups" = { has = "ops" }"#));
+    assert!(yes(r#""claim/groups" = { is = ["dev", "ops"] }"#));
+    assert!(!yes(r#""claim/groups" = { has = "admins" }"#));
+    assert!(!yes(r#""claim/name" = "Mallory""#));
+
+    // A claim that says something else than the field is kept and wins.
+    let other = Identity::new(
+        "sub-carol".into(),
+        "carol@example.com".into(),
+        vec!["ops".into()],
+        json!({ "email": "c@alias.example", "groups": "ops" })
+            .as_object()
+            .cloned()
+            .expect("object"),
+    )
+    .with_name("Carol".into());
+    assert!(other.heap_bytes() > bare.heap_bytes());
+    assert_eq!(
+        other.claim("email"),
+        Some(Claim::Json(&json!("c@alias.example")))
+    );
+    assert_eq!(other.claim("groups"), Some(Claim::Json(&json!("ops"))));
+    assert_eq!(other.claim("name"), Some(Claim::Str("Carol")));
+    assert_eq!(other.claim("team"), None);
+}
+
+#[test]
 fn claims_numbers_bools_nested_and_missing() {
     let a = alice();
     let yes = |c: &str| allows(&criterion(c), &as_user(&a));

@@ -41,7 +41,7 @@ fn cache_with_sessions(rt: &tokio::runtime::Runtime) -> (SessionCache, Vec<Strin
         .collect();
     rt.block_on(store.put(records)).expect("put");
     let metrics = Arc::new(Metrics::new().expect("metrics"));
-    let cache = SessionCache::new(store, metrics, 1_000_000, Duration::from_secs(60));
+    let cache = SessionCache::new(store, metrics, 512 << 20, Duration::from_secs(60));
     let ids: Vec<String> = sessions.into_iter().map(|s| s.id).collect();
     // Fill the cache: every later lookup is a hit.
     for id in &ids {

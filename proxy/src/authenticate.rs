@@ -485,19 +485,14 @@ async fn user_page(
     ctx.outcome = "allow";
     let s = &*current;
     if ctx.json {
-        let claims: serde_json::Map<String, serde_json::Value> = s
-            .identity
-            .claims()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect();
+        let claims = s.identity.claims_json();
         let body = serde_json::json!({
             "user": s.user_id(),
             "email": s.email(),
-            "name": s.name,
+            "name": s.name(),
             "groups": s.identity.groups().iter().map(|g| &**g).collect::<Vec<&str>>(),
             "claims": claims,
-            "session_id": s.id,
+            "session_id": &*s.id,
             "issued_at": s.issued_at,
             "expires_at": s.expires_at,
         });

@@ -104,7 +104,7 @@ pub fn user(session: &CachedSession, sign_out_url: &str, now_unix: i64) -> Strin
     let s = session;
     let (email, groups) = (s.email(), s.identity.groups());
     let mut body = String::from("<span class=\"status ok\">Signed in</span>");
-    let who = if s.name.is_empty() { email } else { &s.name };
+    let who = if s.name().is_empty() { email } else { s.name() };
     let _ = write!(
         body,
         "<h1>{}</h1><p>{}</p><table>",
@@ -115,7 +115,7 @@ pub fn user(session: &CachedSession, sign_out_url: &str, now_unix: i64) -> Strin
         let _ = write!(body, "<tr><th>{}</th><td>{}</td></tr>", escape(k), v);
     };
     row(&mut body, "Email", &escape(email));
-    row(&mut body, "Name", &escape(&s.name));
+    row(&mut body, "Name", &escape(s.name()));
     row(
         &mut body,
         "User (subject)",
@@ -147,7 +147,7 @@ pub fn user(session: &CachedSession, sign_out_url: &str, now_unix: i64) -> Strin
         &format!("<code>{}</code>", escape(&s.id)),
     );
     body.push_str("</table>");
-    let claims = s.identity.claims();
+    let claims = s.identity.claims_json();
     if !claims.is_empty() {
         body.push_str("<h1 style=\"font-size:16px;margin-top:26px\">Claims</h1><table>");
         for (k, v) in claims {
@@ -155,7 +155,7 @@ pub fn user(session: &CachedSession, sign_out_url: &str, now_unix: i64) -> Strin
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            row(&mut body, k, &escape(&v));
+            row(&mut body, &k, &escape(&v));
         }
         body.push_str("</table>");
     }

@@ -23,9 +23,6 @@ use crate::sessions::SessionCache;
 use crate::state::State;
 use crate::tls::SniResolver;
 
-/// How many sessions the proxy keeps in memory at most.
-const MAX_CACHED_SESSIONS: u64 = 1_000_000;
-
 /// How long a shutdown waits for in-flight requests at most.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -178,7 +175,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), String> {
     let sessions = Arc::new(SessionCache::new(
         store,
         metrics.clone(),
-        MAX_CACHED_SESSIONS,
+        config.databroker.session_cache_bytes,
         config.databroker.cache_staleness,
     ));
 

@@ -25,7 +25,7 @@ use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::ErrorType;
 use portcullis_auth::{find_cookie, strip_cookie, IdentityClaims, SessionCookie};
-use portcullis_policy::{Decision, HeaderLookup, Request as PolicyRequest};
+use portcullis_policy::{Claim, Decision, HeaderLookup, Request as PolicyRequest};
 use tracing::{info, warn};
 
 use crate::authenticate;
@@ -326,7 +326,7 @@ impl Proxy {
                 user: s.user_id().to_owned(),
                 email: s.email().to_owned(),
                 groups: s.identity.groups().iter().map(|g| g.to_string()).collect(),
-                name: s.name.to_string(),
+                name: s.name().to_owned(),
                 sid: s.id.to_string(),
                 iat: 0,
                 exp: 0,
@@ -1123,11 +1123,13 @@ fn claim_value(s: &CachedSession, claim: &str) -> Option<String> {
     match claim {
         "email" => Some(s.email().to_owned()),
         "sub" | "user" => Some(s.user_id().to_owned()),
-        "name" => Some(s.name.to_string()),
+        "name" => Some(s.name().to_owned()),
         "groups" => Some(s.identity.groups().join(",")),
         other => match s.identity.claim(other)? {
-            serde_json::Value::String(v) => Some(v.clone()),
-            serde_json::Value::Array(items) => Some(
+            Claim::Str(v) => Some(v.to_owned()),
+            Claim::List(items) => Some(items.join(",")),
+            Claim::Json(serde_json::Value::String(v)) => Some(v.clone()),
+            Claim::Json(serde_json::Value::Array(items)) => Some(
                 items
                     .iter()
                     .map(|i| match i {
@@ -1137,8 +1139,8 @@ fn claim_value(s: &CachedSession, claim: &str) -> Option<String> {
                     .collect::<Vec<_>>()
                     .join(","),
             ),
-            serde_json::Value::Null => None,
-            v => Some(v.to_string()),
+            Claim::Json(serde_json::Value::Null) => None,
+            Claim::Json(v) => Some(v.to_string()),
         },
     }
 }

@@ -126,6 +126,8 @@ pub struct DatabrokerSettings {
     /// How long cached sessions keep working after the databroker was last reached
     /// (`databroker_cache_staleness`).
     pub cache_staleness: Duration,
+    /// The proxy's session cache bound in bytes (`session_cache_max_mib`).
+    pub session_cache_bytes: u64,
 }
 
 /// One route, compiled.
@@ -719,6 +721,13 @@ fn build(file: schema::File, base: &Path, errors: &mut Errors) -> Option<Config>
         file.databroker_cache_staleness,
         "5m",
     );
+    let cache_mib = errors.or("session_cache_max_mib", file.session_cache_max_mib, 512);
+    if cache_mib == 0 || cache_mib > 1 << 20 {
+        errors.push(
+            "session_cache_max_mib",
+            format!("{cache_mib} is out of range (1 to 1048576 MiB)"),
+        );
+    }
 
     let log_level = errors.or("log_level", file.log_level, "info".into());
     if !["trace", "debug", "info", "warn", "error", "off"].contains(&log_level.as_str()) {
@@ -814,6 +823,7 @@ fn build(file: schema::File, base: &Path, errors: &mut Errors) -> Option<Config>
             service_url,
             grpc_address: grpc_address?,
             cache_staleness,
+            session_cache_bytes: cache_mib.saturating_mul(1 << 20),
         },
         log_level,
         log_format,

@@ -314,3 +314,25 @@ polcy = "x"
         "{errs:?}"
     );
 }
+
+#[test]
+fn session_cache_bound_is_in_mib_and_checked() {
+    let route = "[[routes]]\nfrom = \"https://app.example.com\"\nto = \"http://127.0.0.1:9\"\nallow_any_authenticated_user = true\n";
+    let c = load(&format!("{}\n{route}", base())).unwrap();
+    assert_eq!(c.databroker.session_cache_bytes, 512 << 20);
+    let c = load(&format!("session_cache_max_mib = 64\n{}\n{route}", base())).unwrap();
+    assert_eq!(c.databroker.session_cache_bytes, 64 << 20);
+    let e = errors(&format!("session_cache_max_mib = 0\n{}\n{route}", base()));
+    assert!(
+        e.iter().any(|e| e.starts_with("session_cache_max_mib")),
+        "{e:?}"
+    );
+    let e = errors(&format!(
+        "session_cache_max_mib = \"lots\"\n{}\n{route}",
+        base()
+    ));
+    assert!(
+        e.iter().any(|e| e.starts_with("session_cache_max_mib")),
+        "{e:?}"
+    );
+}
