@@ -152,6 +152,41 @@ async fn seed_at(url: &str, sessions: Vec<Session>) {
     }
 }
 
+/// Waits (10 s at most) until the proxies at `apps` have followed the change stream past every
+/// write so far. A sign-in's own write can reach a proxy's follower after the proxy cached the
+/// session from a later request, evicting it then; a test that cuts the store off must not
+/// race that. Streams deliver in version order, so once a probe session written and deleted
+/// now is refused everywhere, every earlier change has been seen.
+async fn caught_up(store_url: &str, cookie_secret: &str, client: &reqwest::Client, apps: &[&str]) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let id = format!("probe-{nanos}");
+    seed_at(store_url, vec![session(&id, "probe", false)]).await;
+    let cookie = cookie_for(cookie_secret, &id);
+    for app in apps {
+        assert_eq!(status(client, app, &cookie).await, 200, "probe on {app}");
+    }
+    let store = PgStore::connect(store_url, PgOptions::default())
+        .await
+        .expect("connect to the test database");
+    store
+        .delete(SESSION_TYPE, &id)
+        .await
+        .expect("delete the probe");
+    let t0 = Instant::now();
+    for app in apps {
+        while status(client, app, &cookie).await != 401 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{app} does not follow changes"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_lease_holder_hands_refresh_to_the_other_proxy() {
     let binary = env!("CARGO_BIN_EXE_portcullis");
@@ -299,6 +334,8 @@ allow_any_authenticated_user = true"#,
     // Bob's session exists in the store but this proxy has never looked it up.
     seed(&db, vec![session("bob-session", "bob", true)]).await;
     let bob = cookie_for(env.cookie_secret(), "bob-session");
+    caught_up(&db.url(), env.cookie_secret(), &client, &[&app]).await;
+    assert_eq!(status(&client, &app, &alice).await, 200);
 
     // The databroker goes away.
     let stopped = Instant::now();
@@ -432,11 +469,12 @@ allow_any_authenticated_user = true"#,
     let browser = env.browser();
     assert_eq!(browser.sign_in(&on_a, "alice").await.status(), 200);
     let alice = browser.cookie(&on_a, COOKIE).expect("session cookie");
-    assert_eq!(status(&client, &on_a, &alice).await, 200);
-    assert_eq!(status(&client, &on_b, &alice).await, 200);
     // Bob's session is in the database, but neither proxy has looked it up.
     seed_at(&pg.url(), vec![session("bob-session", "bob", true)]).await;
     let bob = cookie_for(env.cookie_secret(), "bob-session");
+    caught_up(&pg.url(), env.cookie_secret(), &client, &[&on_a, &on_b]).await;
+    assert_eq!(status(&client, &on_a, &alice).await, 200);
+    assert_eq!(status(&client, &on_b, &alice).await, 200);
     let sessions_stored = || async {
         let store = PgStore::connect(&pg.url(), PgOptions::default())
             .await
