@@ -71,6 +71,11 @@ pub struct NewRecord {
     pub kind: String,
     pub id: String,
     pub data: serde_json::Value,
+    /// Write only if the stored record is live (not deleted) and at this version; otherwise
+    /// the whole batch fails with [`Error::Conflict`] and nothing is written. `None` writes
+    /// unconditionally. Set it with [`NewRecord::if_version`] for a read-modify-write that
+    /// must not overwrite a concurrent change (or bring back a deleted record).
+    pub expected_version: Option<u64>,
 }
 
 /// Which records [`Store::query`] returns.
@@ -126,6 +131,10 @@ pub enum Error {
     /// The request itself is wrong (empty id, unknown type, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A conditional write ([`NewRecord::expected_version`]) found the record changed or
+    /// deleted; nothing of the batch was written. Read again and decide anew.
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
 
 // Leases: a named lease has at most one holder until its TTL runs out. A holder keeps it by
@@ -137,7 +146,9 @@ pub enum Error {
 pub trait Store: Send + Sync + 'static {
     /// The live record, or `None` when absent or deleted.
     async fn get(&self, kind: &str, id: &str) -> Result<Option<Record>, Error>;
-    /// Writes a batch atomically; returns the records as stored, with their versions.
+    /// Writes a batch atomically; returns the records as stored, with their versions. Records
+    /// with an [`NewRecord::expected_version`] are checked first, all under the same lock or
+    /// transaction as the write: one mismatch fails the batch with [`Error::Conflict`].
     async fn put(&self, records: Vec<NewRecord>) -> Result<Vec<Record>, Error>;
     /// Deletes a record, leaving a tombstone; returns it, or `None` when there was nothing.
     async fn delete(&self, kind: &str, id: &str) -> Result<Option<Record>, Error>;
@@ -167,7 +178,14 @@ impl NewRecord {
             kind: kind.into(),
             id: id.into(),
             data,
+            expected_version: None,
         }
+    }
+
+    /// Makes the write conditional: only if the stored record is live and at `version`.
+    pub fn if_version(mut self, version: u64) -> Self {
+        self.expected_version = Some(version);
+        self
     }
 }
 
@@ -204,6 +222,19 @@ pub(crate) fn validate(records: &[NewRecord]) -> Result<(), Error> {
         ))),
         None => Ok(()),
     }
+}
+
+/// The [`Error::Conflict`] for `record`, whose stored version is `found` (`None`: absent or
+/// deleted).
+pub(crate) fn conflict(record: &NewRecord, expected: u64, found: Option<u64>) -> Error {
+    let found = match found {
+        Some(v) => format!("is at version {v}"),
+        None => "is absent or deleted".to_owned(),
+    };
+    Error::Conflict(format!(
+        "record {}/{} was expected at version {expected} but {found}",
+        record.kind, record.id
+    ))
 }
 
 pub(crate) fn now_millis() -> i64 {

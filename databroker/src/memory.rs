@@ -14,8 +14,8 @@ use tokio::sync::watch;
 use std::time::{Duration, Instant};
 
 use crate::{
-    now_millis, validate, ChangeStream, Error, NewRecord, Query, QueryPage, Record, Snapshot,
-    Store, Versions,
+    conflict, now_millis, validate, ChangeStream, Error, NewRecord, Query, QueryPage, Record,
+    Snapshot, Store, Versions,
 };
 
 type Key = (String, String);
@@ -129,6 +129,19 @@ impl Store for MemoryStore {
         let now = now_millis();
         let stored = {
             let mut state = self.shared.lock();
+            // Every condition is checked before anything is written: all or nothing.
+            for new in &records {
+                if let Some(expected) = new.expected_version {
+                    let found = state
+                        .records
+                        .get(&(new.kind.clone(), new.id.clone()))
+                        .filter(|r| !r.is_deleted())
+                        .map(|r| r.version);
+                    if found != Some(expected) {
+                        return Err(conflict(new, expected, found));
+                    }
+                }
+            }
             records
                 .into_iter()
                 .map(|new| {

@@ -26,8 +26,8 @@ use tokio_postgres::{AsyncMessage, NoTls, Row};
 use tracing::{debug, warn};
 
 use crate::{
-    now_millis, validate, ChangeStream, Error, NewRecord, Query, QueryPage, Record, Snapshot,
-    Store, Versions,
+    conflict, now_millis, validate, ChangeStream, Error, NewRecord, Query, QueryPage, Record,
+    Snapshot, Store, Versions,
 };
 
 /// The channel every write notifies.
@@ -279,6 +279,28 @@ impl Store for PgStore {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
             .await
             .map_err(db)?;
+        // Conditions first, in this transaction: the write lock already keeps every other
+        // writer (a delete included) out until we commit, and FOR UPDATE holds the rows even
+        // against a writer that skipped it. A mismatch drops the transaction: nothing written.
+        for new in records.iter() {
+            let Some(expected) = new.expected_version else {
+                continue;
+            };
+            let found = tx
+                .query_opt(
+                    "SELECT version FROM portcullis_records \
+                     WHERE type = $1 AND id = $2 AND deleted_at IS NULL FOR UPDATE",
+                    &[&new.kind, &new.id],
+                )
+                .await
+                .map_err(db)?
+                .map(|row| row.try_get::<_, i64>(0).map(|v| v as u64))
+                .transpose()
+                .map_err(db)?;
+            if found != Some(expected) {
+                return Err(conflict(new, expected, found));
+            }
+        }
         let statement = tx
             .prepare(
                 "WITH v AS (SELECT nextval('portcullis_record_version') AS version), \

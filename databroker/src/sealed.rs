@@ -248,6 +248,28 @@ mod tests {
     use serde_json::json;
 
     #[tokio::test]
+    async fn conditional_writes_pass_through() {
+        let store = SealedStore::new(MemoryStore::new(), [7; 32]);
+        let data = json!({"refresh_token": "rt"});
+        let v = store
+            .put(vec![NewRecord::new("session", "s1", data.clone())])
+            .await
+            .unwrap()[0]
+            .version;
+        let stale = NewRecord::new("session", "s1", data.clone()).if_version(v + 100);
+        let err = store.put(vec![stale]).await.unwrap_err();
+        assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+        let current =
+            NewRecord::new("session", "s1", json!({"refresh_token": "rt2"})).if_version(v);
+        store.put(vec![current]).await.unwrap();
+        store.delete("session", "s1").await.unwrap();
+        let deleted = NewRecord::new("session", "s1", data).if_version(v);
+        let err = store.put(vec![deleted]).await.unwrap_err();
+        assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+        assert!(store.get("session", "s1").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
     async fn tokens_are_ciphertext_in_the_backend_and_plain_to_the_caller() {
         let backend = MemoryStore::new();
         let store = SealedStore::new(backend.clone(), [7; 32]);

@@ -73,6 +73,40 @@ async fn put_get_delete() {
 }
 
 #[tokio::test]
+async fn conditional_put() {
+    let db = TestDb::create().await;
+    common::conditional_put(&db.store().await).await;
+}
+
+/// Many conditional writers race one deleter on the same record: exactly the writes that
+/// commit before the delete succeed, and the record ends up deleted.
+#[tokio::test]
+async fn conditional_puts_never_resurrect_a_concurrently_deleted_record() {
+    let db = TestDb::create().await;
+    let (a, b) = (db.store().await, db.store().await);
+    for round in 0..20 {
+        let id = format!("r{round}");
+        let v = a.put(vec![rec("session", &id, 0)]).await.unwrap()[0].version;
+        let writer = {
+            let a = a.clone();
+            let id = id.clone();
+            tokio::spawn(async move { a.put(vec![rec("session", &id, 1).if_version(v)]).await })
+        };
+        let deleted = b.delete("session", &id).await.unwrap();
+        let written = writer.await.unwrap();
+        assert!(deleted.is_some(), "the delete always finds a live record");
+        match written {
+            Ok(_) | Err(Error::Conflict(_)) => {}
+            Err(e) => panic!("round {round}: {e:?}"),
+        }
+        assert!(
+            a.get("session", &id).await.unwrap().is_none(),
+            "round {round}: deleted stays deleted"
+        );
+    }
+}
+
+#[tokio::test]
 async fn query_pages() {
     let db = TestDb::create().await;
     common::query_pages(&db.store().await).await;

@@ -225,11 +225,22 @@ impl SessionCache {
 
     /// Stores a new or changed session.
     pub async fn put(&self, session: &Session) -> Result<(), StoreError> {
+        self.write(session, None).await
+    }
+
+    /// Stores a changed session only if its record is still live and at `version` (the one
+    /// it was read at); otherwise [`StoreError::Conflict`] and nothing is written, so a
+    /// session signed out meanwhile stays signed out.
+    pub async fn put_if_version(&self, session: &Session, version: u64) -> Result<(), StoreError> {
+        self.write(session, Some(version)).await
+    }
+
+    async fn write(&self, session: &Session, expected: Option<u64>) -> Result<(), StoreError> {
         let data = serde_json::to_value(session)
             .map_err(|e| StoreError::InvalidArgument(format!("session does not serialize: {e}")))?;
-        self.store
-            .put(vec![NewRecord::new(SESSION_TYPE, session.id.clone(), data)])
-            .await?;
+        let mut record = NewRecord::new(SESSION_TYPE, session.id.clone(), data);
+        record.expected_version = expected;
+        self.store.put(vec![record]).await?;
         self.cache.invalidate(session.id.as_str());
         Ok(())
     }

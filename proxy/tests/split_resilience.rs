@@ -6,14 +6,19 @@
 //! - a databroker process stops: sessions the proxy has cached keep working (for
 //!   `databroker_cache_staleness`), unknown ones get 503, sign-in shows a 503 page, and
 //!   everything recovers by itself within 5 s of the databroker coming back;
+//! - PostgreSQL itself restarts (a server of the test's own, [`PrivatePostgres`], not the
+//!   shared one): no session is lost, both proxies serve cached sessions meanwhile and refuse
+//!   unknown ones, and sign-in, sign-out and uncached sessions work again within 5 s;
 //! - (ignored, run by hand) the proxy's RSS growth per 100k cached sessions.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use portcullis_auth::{Cipher, Secret, Session, SessionCookie};
-use portcullis_databroker::{NewRecord, PgOptions, PgStore, Store, SESSION_TYPE};
-use portcullis_harness::{free_port, random_secret, IdpOptions, Portcullis, TestDb, TestEnv};
+use portcullis_databroker::{NewRecord, PgOptions, PgStore, Query, Store, SESSION_TYPE};
+use portcullis_harness::{
+    free_port, random_secret, IdpOptions, Portcullis, PrivatePostgres, TestDb, TestEnv,
+};
 
 const COOKIE: &str = "_portcullis";
 
@@ -125,7 +130,11 @@ fn cookie_for(cookie_secret: &str, id: &str) -> String {
 }
 
 async fn seed(db: &TestDb, sessions: Vec<Session>) {
-    let store = PgStore::connect(&db.url(), PgOptions::default())
+    seed_at(&db.url(), sessions).await;
+}
+
+async fn seed_at(url: &str, sessions: Vec<Session>) {
+    let store = PgStore::connect(url, PgOptions::default())
         .await
         .expect("connect to the test database");
     for chunk in sessions.chunks(1000) {
@@ -140,6 +149,41 @@ async fn seed(db: &TestDb, sessions: Vec<Session>) {
             })
             .collect();
         store.put(records).await.expect("seed sessions");
+    }
+}
+
+/// Waits (10 s at most) until the proxies at `apps` have followed the change stream past every
+/// write so far. A sign-in's own write can reach a proxy's follower after the proxy cached the
+/// session from a later request, evicting it then; a test that cuts the store off must not
+/// race that. Streams deliver in version order, so once a probe session written and deleted
+/// now is refused everywhere, every earlier change has been seen.
+async fn caught_up(store_url: &str, cookie_secret: &str, client: &reqwest::Client, apps: &[&str]) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let id = format!("probe-{nanos}");
+    seed_at(store_url, vec![session(&id, "probe", false)]).await;
+    let cookie = cookie_for(cookie_secret, &id);
+    for app in apps {
+        assert_eq!(status(client, app, &cookie).await, 200, "probe on {app}");
+    }
+    let store = PgStore::connect(store_url, PgOptions::default())
+        .await
+        .expect("connect to the test database");
+    store
+        .delete(SESSION_TYPE, &id)
+        .await
+        .expect("delete the probe");
+    let t0 = Instant::now();
+    for app in apps {
+        while status(client, app, &cookie).await != 401 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{app} does not follow changes"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -290,6 +334,8 @@ allow_any_authenticated_user = true"#,
     // Bob's session exists in the store but this proxy has never looked it up.
     seed(&db, vec![session("bob-session", "bob", true)]).await;
     let bob = cookie_for(env.cookie_secret(), "bob-session");
+    caught_up(&db.url(), env.cookie_secret(), &client, &[&app]).await;
+    assert_eq!(status(&client, &app, &alice).await, 200);
 
     // The databroker goes away.
     let stopped = Instant::now();
@@ -347,6 +393,186 @@ allow_any_authenticated_user = true"#,
     );
     let carol = env.browser();
     assert_eq!(carol.sign_in(&app, "carol").await.status(), 200);
+}
+
+/// Polls `check` every 50 ms until it returns `None` (done) or `deadline` passes; then panics
+/// with the last complaint.
+async fn within<F, Fut>(deadline: Instant, what: &str, logs: impl Fn() -> String, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<String>>,
+{
+    loop {
+        let Some(complaint) = check().await else {
+            return;
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not by the deadline ({complaint})\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_postgresql_loses_no_session_and_everything_recovers_within_5s() {
+    let binary = env!("CARGO_BIN_EXE_portcullis");
+    let pg = PrivatePostgres::start();
+    let shared_secret = random_secret();
+    let (grpc1, grpc2) = (free_port(), free_port());
+    let broker1_url = format!("http://127.0.0.1:{grpc1}");
+    let broker2_url = format!("http://127.0.0.1:{grpc2}");
+    let broker1 = start(binary, &pg.databroker_config(grpc1, &shared_secret)).await;
+    let broker2 = start(binary, &pg.databroker_config(grpc2, &shared_secret)).await;
+
+    // Proxy A on databroker 1, proxy B on databroker 2.
+    let mut env = TestEnv::builder(binary)
+        .route(
+            r#"from = "http://app.localhost"
+to = "{upstream}"
+allow_any_authenticated_user = true"#,
+        )
+        .config(&format!(
+            "services = \"proxy\"\ndatabroker_service_url = \"{broker1_url}\""
+        ))
+        .env("PORTCULLIS_SHARED_SECRET", &shared_secret)
+        .start()
+        .await;
+    let (port_b, metrics_b) = (free_port(), free_port());
+    let proxy_b = Portcullis::builder(binary)
+        .config(&second_proxy_config(&env, port_b, metrics_b).replace(&broker1_url, &broker2_url))
+        .env("PORTCULLIS_SHARED_SECRET", &shared_secret)
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("proxy B: {e}"));
+    let logs = || {
+        format!(
+            "{}\n--- databroker 1 ---\n{}\n--- databroker 2 ---\n{}\n--- proxy B ---\n{}\n--- postgres ---\n{}",
+            env.logs(),
+            broker1.logs(),
+            broker2.logs(),
+            proxy_b.logs(),
+            pg.log()
+        )
+    };
+    let client = plain_client();
+    let on_a = env.url("app", "/");
+    let on_b = format!("http://app.localhost:{port_b}/");
+    let sign_out_b = format!("http://app.localhost:{port_b}/.portcullis/sign_out");
+    let synced = |metrics_port: u16| {
+        let client = client.clone();
+        async move { metric(&client, metrics_port, "portcullis_session_sync_connected").await }
+    };
+
+    // Alice signs in through A; both proxies have her session cached.
+    let browser = env.browser();
+    assert_eq!(browser.sign_in(&on_a, "alice").await.status(), 200);
+    let alice = browser.cookie(&on_a, COOKIE).expect("session cookie");
+    // Bob's session is in the database, but neither proxy has looked it up.
+    seed_at(&pg.url(), vec![session("bob-session", "bob", true)]).await;
+    let bob = cookie_for(env.cookie_secret(), "bob-session");
+    caught_up(&pg.url(), env.cookie_secret(), &client, &[&on_a, &on_b]).await;
+    assert_eq!(status(&client, &on_a, &alice).await, 200);
+    assert_eq!(status(&client, &on_b, &alice).await, 200);
+    let sessions_stored = || async {
+        let store = PgStore::connect(&pg.url(), PgOptions::default())
+            .await
+            .expect("connect to the private PostgreSQL");
+        store
+            .query(Query::of_type(SESSION_TYPE))
+            .await
+            .expect("query sessions")
+            .total
+    };
+    assert_eq!(sessions_stored().await, 2);
+
+    // PostgreSQL goes down (fast shutdown: every connection is cut at once).
+    tokio::task::block_in_place(|| pg.stop());
+    let stopped = Instant::now();
+    // Both followers notice (the databrokers' change streams fail)...
+    within(
+        stopped + Duration::from_secs(5),
+        "sync lost",
+        &logs,
+        || async {
+            let (a, b) = (synced(env.metrics_port).await, synced(metrics_b).await);
+            (a != Some(0.0) || b != Some(0.0)).then(|| format!("sync A {a:?}, B {b:?}"))
+        },
+    )
+    .await;
+    // ...and meanwhile cached sessions work and uncached ones are refused, never allowed.
+    for _ in 0..5 {
+        assert_eq!(status(&client, &on_a, &alice).await, 200, "cached on A");
+        assert_eq!(status(&client, &on_b, &alice).await, 200, "cached on B");
+        assert_eq!(status(&client, &on_a, &bob).await, 503, "unknown on A");
+        assert_eq!(status(&client, &on_b, &bob).await, 503, "unknown on B");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let carol = env.browser();
+    let page = carol.sign_in(&on_a, "carol").await;
+    assert_eq!(page.status(), 503, "sign-in cannot store a session");
+    println!("PostgreSQL was down for {:?}", stopped.elapsed());
+
+    // PostgreSQL comes back on the same port with the same data.
+    let restarting = Instant::now();
+    tokio::task::block_in_place(|| pg.restart());
+    let back = Instant::now();
+    let startup = back - restarting;
+    let deadline = back + Duration::from_secs(5);
+    within(deadline, "sessions served again", &logs, || async {
+        let statuses = [
+            status(&client, &on_a, &alice).await,
+            status(&client, &on_b, &alice).await,
+            status(&client, &on_a, &bob).await,
+            status(&client, &on_b, &bob).await,
+        ];
+        let (a, b) = (synced(env.metrics_port).await, synced(metrics_b).await);
+        (statuses != [200; 4] || a != Some(1.0) || b != Some(1.0))
+            .then(|| format!("alice A/B, bob A/B {statuses:?}; sync A {a:?}, B {b:?}"))
+    })
+    .await;
+    let served = back.elapsed();
+    // No session was lost: both are still in the database.
+    assert_eq!(
+        sessions_stored().await,
+        2,
+        "sessions kept across the restart"
+    );
+
+    // A new sign-in stores a session both proxies see.
+    let carol = env.browser();
+    let page = carol.sign_in(&on_a, "carol").await;
+    assert_eq!(page.status(), 200, "sign-in after the restart\n{}", logs());
+    let carol = carol.cookie(&on_a, COOKIE).expect("carol's cookie");
+    assert_eq!(status(&client, &on_b, &carol).await, 200);
+
+    // A sign-out through B ends alice's session on A too.
+    let signed_out = client
+        .get(&sign_out_b)
+        .header("cookie", format!("{COOKIE}={alice}"))
+        .send()
+        .await
+        .expect("sign-out through B");
+    assert!(
+        signed_out.status().is_redirection() || signed_out.status().is_success(),
+        "sign-out: {}",
+        signed_out.status()
+    );
+    within(deadline, "sign-out seen by A", &logs, || async {
+        let (a, b) = (
+            status(&client, &on_a, &alice).await,
+            status(&client, &on_b, &alice).await,
+        );
+        ((a, b) != (401, 401)).then(|| format!("alice after sign-out: A {a}, B {b}"))
+    })
+    .await;
+    let recovered = back.elapsed();
+    println!(
+        "PostgreSQL took {startup:?} to start; once ready: sessions served and both followers \
+         in sync after {served:?}; a new sign-in and a sign-out propagated by {recovered:?}"
+    );
+    env.idp.stop().await;
 }
 
 fn rss_kib(pid: u32) -> u64 {

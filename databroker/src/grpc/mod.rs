@@ -5,7 +5,8 @@
 //! secret: every call carries a fresh token in `authorization: Bearer ...` and the server
 //! answers `UNAUTHENTICATED` without one. Store errors travel as status codes:
 //! [`Error::Unavailable`] as `UNAVAILABLE`, [`Error::InvalidArgument`] as `INVALID_ARGUMENT`,
-//! [`Error::Compacted`] as `OUT_OF_RANGE` with the versions in metadata. On the client,
+//! [`Error::Compacted`] as `OUT_OF_RANGE` with the versions in metadata, [`Error::Conflict`]
+//! (a conditional write that found the record changed) as `ABORTED`. On the client,
 //! every transport failure (refused, reset, timed out) is [`Error::Unavailable`], so callers
 //! fail closed; the channel reconnects by itself on the next call.
 
@@ -165,7 +166,9 @@ impl Databroker for DatabrokerService {
                 let data = serde_json::from_slice(&r.data).map_err(|e| {
                     Status::invalid_argument(format!("record {:?}: data is not JSON: {e}", r.id))
                 })?;
-                Ok(NewRecord::new(r.r#type, r.id, data))
+                let mut record = NewRecord::new(r.r#type, r.id, data);
+                record.expected_version = r.expected_version;
+                Ok(record)
             })
             .collect::<Result<Vec<_>, Status>>()?;
         let stored = self.store.put(records).await.map_err(status)?;
@@ -371,6 +374,7 @@ impl Store for RemoteStore {
                         .map_err(|e| Error::InvalidArgument(format!("record data: {e}")))?,
                     r#type: r.kind,
                     id: r.id,
+                    expected_version: r.expected_version,
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
@@ -533,6 +537,7 @@ fn versions_from_pb(v: pb::Versions) -> Versions {
 fn status(e: Error) -> Status {
     match e {
         Error::InvalidArgument(m) => Status::invalid_argument(m),
+        Error::Conflict(m) => Status::aborted(m),
         Error::Compacted { requested, oldest } => {
             let mut s = Status::out_of_range(Error::Compacted { requested, oldest }.to_string());
             s.metadata_mut().insert(REQUESTED, requested.into());
@@ -553,6 +558,7 @@ fn error(s: Status) -> Error {
     };
     match s.code() {
         tonic::Code::InvalidArgument => Error::InvalidArgument(s.message().to_owned()),
+        tonic::Code::Aborted => Error::Conflict(s.message().to_owned()),
         tonic::Code::OutOfRange => match (number(REQUESTED), number(OLDEST)) {
             (Some(requested), Some(oldest)) => Error::Compacted { requested, oldest },
             _ => Error::Unavailable(format!("databroker: {}", s.message())),

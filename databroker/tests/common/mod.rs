@@ -58,6 +58,66 @@ pub async fn put_get_delete(store: &dyn Store) {
     assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
 }
 
+/// Conditional writes: a stale or deleted record fails the whole batch and changes nothing.
+pub async fn conditional_put(store: &dyn Store) {
+    let first = store.put(vec![rec("cond", "a", 1)]).await.unwrap();
+    let v1 = first[0].version;
+    let second = store
+        .put(vec![rec("cond", "a", 2).if_version(v1)])
+        .await
+        .unwrap();
+    let v2 = second[0].version;
+    assert!(v2 > v1);
+    assert_eq!(
+        store.get("cond", "a").await.unwrap().unwrap().data,
+        json!({"v": 2})
+    );
+
+    // Stale: fails, and nothing of the batch is written (not even the unconditional record).
+    let before = store.versions().await.unwrap();
+    let err = store
+        .put(vec![
+            rec("cond", "b", 9),
+            rec("cond", "a", 3).if_version(v1),
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+    let a = store.get("cond", "a").await.unwrap().unwrap();
+    assert_eq!((a.version, a.data), (v2, json!({"v": 2})));
+    assert!(
+        store.get("cond", "b").await.unwrap().is_none(),
+        "all or nothing"
+    );
+    assert_eq!(store.versions().await.unwrap(), before, "no version used");
+
+    // Absent: fails.
+    let err = store
+        .put(vec![rec("cond", "never", 1).if_version(v2)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+    assert!(store.get("cond", "never").await.unwrap().is_none());
+
+    // Deleted (a sign-out racing a refresh): fails, the record stays deleted, even when the
+    // expected version is the one the record had before the delete.
+    let tomb = store.delete("cond", "a").await.unwrap().unwrap();
+    for expected in [v2, tomb.version] {
+        let err = store
+            .put(vec![rec("cond", "a", 4).if_version(expected)])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+        assert!(
+            store.get("cond", "a").await.unwrap().is_none(),
+            "stays deleted"
+        );
+    }
+    // An unconditional write still brings it back.
+    store.put(vec![rec("cond", "a", 5)]).await.unwrap();
+    assert!(store.get("cond", "a").await.unwrap().is_some());
+}
+
 pub async fn query_pages(store: &dyn Store) {
     store
         .put((0..7).map(|i| rec("q", &format!("s{i}"), i)).collect())
@@ -155,6 +215,7 @@ pub async fn leases(store: &dyn Store) {
 
 pub async fn full_contract(store: &dyn Store) {
     put_get_delete(store).await;
+    conditional_put(store).await;
     query_pages(store).await;
     sync_follows_changes(store).await;
     leases(store).await;

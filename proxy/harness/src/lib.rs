@@ -54,7 +54,7 @@ pub use crate::ca::{write_self_signed, Issued, TestCa};
 pub use crate::env::{TestEnv, TestEnvBuilder};
 pub use crate::idp::{Idp, IdpOptions};
 pub use crate::portcullis::{Portcullis, PortcullisBuilder};
-pub use crate::postgres::{psql, TestDb};
+pub use crate::postgres::{psql, PrivatePostgres, TestDb};
 pub use crate::upstream::{RecordedRequest, Responder, Upstream, UpstreamBuilder};
 
 /// The loopback address everything listens on.

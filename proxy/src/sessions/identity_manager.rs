@@ -14,8 +14,11 @@
 //!   for another subject) deletes the session: every proxy signs it out. Anything else (timeouts,
 //!   5xx, an unreachable store) keeps the session until its hard expiry and retries with
 //!   exponential backoff from [`RETRY_MIN`] to [`RETRY_MAX`].
-//! - A refresh never resurrects a session signed out meanwhile: the write-back happens only when
-//!   the record is still the version the refresh started from.
+//! - A refresh never resurrects a session signed out meanwhile: the write-back is a conditional
+//!   put ([`SessionCache::put_if_version`]) that the store applies only while the record is
+//!   live and still the version the refresh started from, checked atomically with the write.
+//!
+//! [`SessionCache::put_if_version`]: crate::sessions::SessionCache::put_if_version
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -27,6 +30,7 @@ use portcullis_databroker::{Error as StoreError, Query, Record, Store, SESSION_T
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
+use crate::sessions::SessionCache;
 use crate::state::State;
 
 /// The lease whose holder refreshes sessions.
@@ -439,19 +443,34 @@ async fn refresh(state: &State, id: &str) -> Outcome {
         }
     }
     session.apply_refresh(tokens, crate::state::now_unix());
-    // Do not bring back a session that was signed out (or rewritten) during the IdP call.
-    if !unchanged(store, &record).await {
-        metric("superseded");
-        return Outcome::Gone;
+    let outcome = write_back(&state.sessions, &session, record.version).await;
+    match outcome {
+        Outcome::Due(_) => metric("success"),
+        Outcome::Gone => metric("superseded"),
+        Outcome::Retry => metric("store_error"),
     }
+    outcome
+}
+
+/// Stores a refreshed `session` read at `version`, unless the record changed meanwhile: a
+/// sign-out (delete) or another write during the IdP call wins, and the refresh is dropped
+/// ([`Outcome::Gone`]; a rewrite comes back through the change stream). The check is the
+/// store's, atomic with the write, so a sign-out cannot slip in between.
+async fn write_back(sessions: &SessionCache, session: &Session, version: u64) -> Outcome {
+    let id = &session.id;
     // The IdP may have rotated the refresh token: keep trying to store the new one.
     let mut delay = Duration::from_millis(200);
     for attempt in 1..=6 {
-        match state.sessions.put(&session).await {
+        match sessions.put_if_version(session, version).await {
             Ok(()) => {
-                metric("success");
                 debug!(session = %id, "identity manager: session refreshed");
-                return Outcome::Due(due_at(&session, now_ms()));
+                return Outcome::Due(due_at(session, now_ms()));
+            }
+            Err(StoreError::Conflict(e)) => {
+                // Also what an earlier attempt that did commit (its answer lost) looks like;
+                // then the change stream reschedules the session from the stored copy.
+                info!(session = %id, attempt, reason = %e, "identity manager: session changed or signed out during the refresh; dropping the refreshed tokens");
+                return Outcome::Gone;
             }
             Err(e) => {
                 warn!(session = %id, attempt, error = %e, "identity manager: cannot store the refreshed session");
@@ -460,7 +479,6 @@ async fn refresh(state: &State, id: &str) -> Outcome {
             }
         }
     }
-    metric("store_error");
     Outcome::Retry
 }
 
@@ -546,6 +564,40 @@ mod tests {
         assert_eq!(s.pop_due(4000).as_deref(), Some("a"));
         s.remove("c");
         assert_eq!(s.pop_due(i64::MAX), None);
+    }
+
+    fn cache(store: Arc<dyn Store>) -> SessionCache {
+        let metrics = Arc::new(crate::metrics::Metrics::new().expect("metrics"));
+        SessionCache::new(store, metrics, 100, Duration::from_secs(60))
+    }
+
+    #[tokio::test]
+    async fn a_refresh_does_not_bring_back_a_session_signed_out_during_it() {
+        let store: Arc<dyn Store> = Arc::new(portcullis_databroker::MemoryStore::new());
+        let sessions = cache(store.clone());
+        let mut s = session(Some(1003), true);
+        sessions.put(&s).await.unwrap();
+        let read = store.get(SESSION_TYPE, "s").await.unwrap().unwrap();
+
+        // Signed out while the IdP call ran: the refreshed copy is dropped.
+        sessions.delete("s").await.unwrap();
+        s.access_token = Some("refreshed".into());
+        assert_eq!(write_back(&sessions, &s, read.version).await, Outcome::Gone);
+        assert!(store.get(SESSION_TYPE, "s").await.unwrap().is_none());
+
+        // Rewritten meanwhile (signed in again): the newer copy stays.
+        sessions.put(&session(Some(1003), true)).await.unwrap();
+        let newer = store.get(SESSION_TYPE, "s").await.unwrap().unwrap();
+        assert_eq!(write_back(&sessions, &s, read.version).await, Outcome::Gone);
+        assert_eq!(store.get(SESSION_TYPE, "s").await.unwrap().unwrap(), newer);
+
+        // Unchanged: stored.
+        assert!(matches!(
+            write_back(&sessions, &s, newer.version).await,
+            Outcome::Due(_)
+        ));
+        let stored = store.get(SESSION_TYPE, "s").await.unwrap().unwrap();
+        assert_eq!(stored.data["access_token"], "refreshed");
     }
 
     #[test]
