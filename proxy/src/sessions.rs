@@ -45,6 +45,10 @@ pub struct CachedSession {
     /// A fingerprint of what the identity assertion carries (user, email, name, groups): a
     /// cached assertion is reused only while it matches, so a changed session gets a new one.
     pub assertion_content: u64,
+    /// The store version of the record this was read from: a change event for this version
+    /// or an older one (a session's own creation, arriving after its first request) leaves
+    /// the entry cached.
+    pub version: u64,
 }
 
 /// Sessions by id.
@@ -66,7 +70,7 @@ pub struct SessionCache {
 // === impl CachedSession ===
 
 impl CachedSession {
-    pub fn new(session: Session) -> Self {
+    pub fn new(session: Session, version: u64) -> Self {
         let Session {
             id,
             user_id,
@@ -90,6 +94,7 @@ impl CachedSession {
             expires_at,
             identity: Identity::new(user_id, email, groups, claims).with_name(name),
             assertion_content,
+            version,
         }
     }
 
@@ -197,10 +202,10 @@ impl SessionCache {
             // Too long without the change stream: the entry may have been signed out since.
         }
         self.metrics.session_cache_misses.inc();
-        let Some(session) = self.full(id, now_unix).await? else {
+        let Some((session, version)) = self.read(id, now_unix).await? else {
             return Ok(None);
         };
-        let cached = Arc::new(CachedSession::new(session));
+        let cached = Arc::new(CachedSession::new(session, version));
         if !self.deleted.contains_key(id) {
             self.cache.insert(Arc::clone(&cached.id), cached.clone());
         }
@@ -210,6 +215,11 @@ impl SessionCache {
     /// The whole live session with this id (tokens included), read from the store: the cache
     /// keeps only what every request needs.
     pub async fn full(&self, id: &str, now_unix: i64) -> Result<Option<Session>, StoreError> {
+        Ok(self.read(id, now_unix).await?.map(|(s, _)| s))
+    }
+
+    /// The live session with this id and its record version.
+    async fn read(&self, id: &str, now_unix: i64) -> Result<Option<(Session, u64)>, StoreError> {
         let Some(record) = self.store.get(SESSION_TYPE, id).await? else {
             return Ok(None);
         };
@@ -220,7 +230,7 @@ impl SessionCache {
                 return Ok(None);
             }
         };
-        Ok((!session.is_expired(now_unix)).then_some(session))
+        Ok((!session.is_expired(now_unix)).then_some((session, record.version)))
     }
 
     /// Stores a new or changed session.
@@ -254,9 +264,13 @@ impl SessionCache {
         Ok(())
     }
 
-    fn evict(&self, id: &str, deleted: bool) {
+    /// Applies a change event: drops the cached entry unless it was read at this version or
+    /// a later one.
+    fn evict(&self, id: &str, version: u64, deleted: bool) {
         if deleted {
             self.deleted.insert(id.to_string(), ());
+        } else if self.cache.get(id).is_some_and(|s| s.version >= version) {
+            return;
         }
         self.cache.invalidate(id);
     }
@@ -317,7 +331,7 @@ impl SessionCache {
                         after = Some(record.version);
                         if record.kind == SESSION_TYPE {
                             debug!(version = record.version, "session changed; evicting");
-                            self.evict(&record.id, record.is_deleted());
+                            self.evict(&record.id, record.version, record.is_deleted());
                         }
                     }
                     Some(Err(e)) => {
@@ -399,5 +413,33 @@ mod tests {
             "{} entries of about {mean} bytes in {bound} bytes",
             cache.cache.entry_count()
         );
+    }
+
+    #[tokio::test]
+    async fn a_change_event_evicts_only_entries_older_than_it() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let mut rng = rand::thread_rng();
+        let s = crate::seed::random_session(&mut rng, 0, NOW - 60, NOW + 3600);
+        let data = serde_json::to_value(&s).expect("session json");
+        let written = store
+            .put(vec![NewRecord::new(SESSION_TYPE, s.id.clone(), data)])
+            .await
+            .expect("put");
+        let version = written.first().expect("one record").version;
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let cache = SessionCache::new(store, metrics, 1 << 20, Duration::from_secs(60));
+        let cached = cache.get(&s.id, NOW).await.expect("get").expect("live");
+        assert_eq!(cached.version, version);
+        // The session's own write, arriving after its first request: nothing to evict.
+        cache.evict(&s.id, version, false);
+        assert!(cache.cache.contains_key(s.id.as_str()));
+        // A later change evicts.
+        cache.evict(&s.id, version + 1, false);
+        assert!(!cache.cache.contains_key(s.id.as_str()));
+        // A deletion always does, and keeps the id from coming back from a racing miss.
+        cache.get(&s.id, NOW).await.expect("get").expect("live");
+        cache.evict(&s.id, version, true);
+        assert!(!cache.cache.contains_key(s.id.as_str()));
+        assert!(cache.deleted.contains_key(s.id.as_str()));
     }
 }
