@@ -93,7 +93,9 @@ impl ReplayGuard {
     /// True the first time `nonce` is seen, false ever after (until it is forgotten, long after
     /// any token carrying it has expired). Atomic under concurrency.
     pub fn first_use(&self, nonce: &str) -> bool {
-        self.used.entry_by_ref(nonce).or_insert(()).is_fresh()
+        // `or_insert_with` coalesces concurrent callers (one runs the closure and sees a fresh
+        // entry); plain `or_insert` is a get and then an insert, which two callers can both win.
+        self.used.entry_by_ref(nonce).or_insert_with(|| ()).is_fresh()
     }
 }
 
