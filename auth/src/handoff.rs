@@ -95,7 +95,10 @@ impl ReplayGuard {
     pub fn first_use(&self, nonce: &str) -> bool {
         // `or_insert_with` coalesces concurrent callers (one runs the closure and sees a fresh
         // entry); plain `or_insert` is a get and then an insert, which two callers can both win.
-        self.used.entry_by_ref(nonce).or_insert_with(|| ()).is_fresh()
+        self.used
+            .entry_by_ref(nonce)
+            .or_insert_with(|| ())
+            .is_fresh()
     }
 }
 
