@@ -6,10 +6,9 @@
 //! Needs PostgreSQL on 127.0.0.1:5432 (user `postgres`, trust auth; `.ci/deps` starts it) and
 //! `psql`. The test makes its own database and drops it afterwards.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use portcullis_harness::{free_port, random_secret, Portcullis, TestDb, TestEnv};
+use portcullis_harness::{free_port, random_secret, ApiClient, Portcullis, TestDb, TestEnv};
 
 const TRIALS: usize = 100;
 const COOKIE: &str = "_portcullis";
@@ -23,28 +22,6 @@ async fn start_databroker(binary: &str, db: &TestDb, shared_secret: &str) -> (Po
         .await
         .unwrap_or_else(|e| panic!("databroker: {e}"));
     (broker, format!("http://127.0.0.1:{grpc}"))
-}
-
-/// A client without cookies or redirects that reaches `app.localhost` on any port.
-fn plain_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .resolve("app.localhost", SocketAddr::from(([127, 0, 0, 1], 0)))
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("client")
-}
-
-async fn status_with_cookie(client: &reqwest::Client, url: &str, cookie: &str) -> u16 {
-    client
-        .get(url)
-        .header("cookie", format!("{COOKIE}={cookie}"))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +69,7 @@ allow_any_authenticated_user = true"#,
     let on_a = env.url("app", "/");
     let on_b = format!("http://app.localhost:{port_b}/");
     let sign_out_b = format!("http://app.localhost:{port_b}/.portcullis/sign_out");
-    let client = plain_client();
+    let client = ApiClient::new(&["app.localhost"], COOKIE);
     let mut delays = Vec::with_capacity(TRIALS);
     for trial in 0..TRIALS {
         let browser = env.browser();
@@ -102,23 +79,13 @@ allow_any_authenticated_user = true"#,
             .cookie(&on_a, COOKIE)
             .expect("a session cookie after sign-in");
         // Both proxies know the session (A has it cached now; B reads it from its databroker).
-        assert_eq!(status_with_cookie(&client, &on_a, &cookie).await, 200);
-        assert_eq!(status_with_cookie(&client, &on_b, &cookie).await, 200);
+        assert_eq!(client.status(&on_a, &cookie).await, 200);
+        assert_eq!(client.status(&on_b, &cookie).await, 200);
 
-        let signed_out = client
-            .get(&sign_out_b)
-            .header("cookie", format!("{COOKIE}={cookie}"))
-            .send()
-            .await
-            .expect("sign-out through B");
-        assert!(
-            signed_out.status().is_redirection() || signed_out.status().is_success(),
-            "sign-out: {}",
-            signed_out.status()
-        );
+        client.sign_out(&sign_out_b, &cookie).await;
         let t0 = Instant::now();
         loop {
-            let status = status_with_cookie(&client, &on_a, &cookie).await;
+            let status = client.status(&on_a, &cookie).await;
             if status == 401 {
                 delays.push(t0.elapsed());
                 break;

@@ -11,15 +11,18 @@
 //!   unknown ones, and sign-in, sign-out and uncached sessions work again within 5 s;
 //! - (ignored, run by hand) the proxy's RSS growth per 100k cached sessions.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use portcullis_auth::{Cipher, Secret, Session, SessionCookie};
 use portcullis_databroker::{NewRecord, PgOptions, PgStore, Query, Store, SESSION_TYPE};
 use portcullis_harness::{
-    free_port, random_secret, IdpOptions, Portcullis, PrivatePostgres, TestDb, TestEnv,
+    free_port, random_secret, ApiClient, IdpOptions, Portcullis, PrivatePostgres, TestDb, TestEnv,
 };
 
+/// The one route every test here uses: any signed-in user.
+const APP_ROUTE: &str = r#"from = "http://app.localhost"
+to = "{upstream}"
+allow_any_authenticated_user = true"#;
 const COOKIE: &str = "_portcullis";
 
 fn now_unix() -> i64 {
@@ -50,34 +53,13 @@ fn second_proxy_config(env: &TestEnv, port: u16, metrics: u16) -> String {
         )
 }
 
-fn plain_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .resolve("app.localhost", SocketAddr::from(([127, 0, 0, 1], 0)))
-        .resolve(
-            "authenticate.localhost",
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-        )
-        .timeout(Duration::from_secs(5))
-        .pool_max_idle_per_host(64)
-        .build()
-        .expect("client")
+fn plain_client() -> ApiClient {
+    ApiClient::new(&["app.localhost", "authenticate.localhost"], COOKIE)
 }
 
-async fn status(client: &reqwest::Client, url: &str, cookie: &str) -> u16 {
-    client
-        .get(url)
-        .header("cookie", format!("{COOKIE}={cookie}"))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-}
-
-async fn metric(client: &reqwest::Client, metrics_port: u16, name: &str) -> Option<f64> {
+async fn metric(client: &ApiClient, metrics_port: u16, name: &str) -> Option<f64> {
     let text = client
+        .inner()
         .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
         .send()
         .await
@@ -157,7 +139,7 @@ async fn seed_at(url: &str, sessions: Vec<Session>) {
 /// session from a later request, evicting it then; a test that cuts the store off must not
 /// race that. Streams deliver in version order, so once a probe session written and deleted
 /// now is refused everywhere, every earlier change has been seen.
-async fn caught_up(store_url: &str, cookie_secret: &str, client: &reqwest::Client, apps: &[&str]) {
+async fn caught_up(store_url: &str, cookie_secret: &str, client: &ApiClient, apps: &[&str]) {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -166,7 +148,7 @@ async fn caught_up(store_url: &str, cookie_secret: &str, client: &reqwest::Clien
     seed_at(store_url, vec![session(&id, "probe", false)]).await;
     let cookie = cookie_for(cookie_secret, &id);
     for app in apps {
-        assert_eq!(status(client, app, &cookie).await, 200, "probe on {app}");
+        assert_eq!(client.status(app, &cookie).await, 200, "probe on {app}");
     }
     let store = PgStore::connect(store_url, PgOptions::default())
         .await
@@ -177,7 +159,7 @@ async fn caught_up(store_url: &str, cookie_secret: &str, client: &reqwest::Clien
         .expect("delete the probe");
     let t0 = Instant::now();
     for app in apps {
-        while status(client, app, &cookie).await != 401 {
+        while client.status(app, &cookie).await != 401 {
             assert!(
                 t0.elapsed() < Duration::from_secs(10),
                 "{app} does not follow changes"
@@ -192,11 +174,7 @@ async fn killing_the_lease_holder_hands_refresh_to_the_other_proxy() {
     let binary = env!("CARGO_BIN_EXE_portcullis");
     let db = TestDb::create("portcullis_res");
     let mut env = TestEnv::builder(binary)
-        .route(
-            r#"from = "http://app.localhost"
-to = "{upstream}"
-allow_any_authenticated_user = true"#,
-        )
+        .route(APP_ROUTE)
         .config(&format!(
             "databroker_storage_type = \"postgres\"\ndatabroker_storage_connection_string = \"{}\"",
             db.url()
@@ -292,7 +270,7 @@ allow_any_authenticated_user = true"#,
     // The lease TTL (10 s) plus one acquisition interval (2 s).
     assert!(took_over <= Duration::from_secs(13), "{took_over:?}");
     let on_survivor = format!("http://app.localhost:{survivor_port}/");
-    assert_eq!(status(&client, &on_survivor, &cookie).await, 200);
+    assert_eq!(client.status(&on_survivor, &cookie).await, 200);
     if leader == 'a' {
         let _ = env.proxy.try_wait();
     } else {
@@ -314,9 +292,7 @@ async fn a_stopped_databroker_serves_cached_sessions_refuses_unknown_ones_and_re
 
     let env = TestEnv::builder(binary)
         .route(
-            r#"from = "http://app.localhost"
-to = "{upstream}"
-allow_any_authenticated_user = true"#,
+            APP_ROUTE,
         )
         .config(&format!(
             "services = \"proxy\"\ndatabroker_service_url = \"http://127.0.0.1:{grpc}\"\ndatabroker_cache_staleness = \"{}s\"",
@@ -335,13 +311,13 @@ allow_any_authenticated_user = true"#,
     seed(&db, vec![session("bob-session", "bob", true)]).await;
     let bob = cookie_for(env.cookie_secret(), "bob-session");
     caught_up(&db.url(), env.cookie_secret(), &client, &[&app]).await;
-    assert_eq!(status(&client, &app, &alice).await, 200);
+    assert_eq!(client.status(&app, &alice).await, 200);
 
     // The databroker goes away.
     let stopped = Instant::now();
     broker.stop().await;
-    assert_eq!(status(&client, &app, &alice).await, 200, "cached session");
-    assert_eq!(status(&client, &app, &bob).await, 503, "unknown session");
+    assert_eq!(client.status(&app, &alice).await, 200, "cached session");
+    assert_eq!(client.status(&app, &bob).await, 503, "unknown session");
     // Sign-in cannot store a session: a clear 503 page, not a raw failure.
     let carol = env.browser();
     let page = carol.sign_in(&app, "carol").await;
@@ -351,7 +327,7 @@ allow_any_authenticated_user = true"#,
 
     // Past the staleness bound, cached sessions are refused too (fail closed).
     loop {
-        let s = status(&client, &app, &alice).await;
+        let s = client.status(&app, &alice).await;
         if s == 503 {
             println!(
                 "cached session refused {:?} after the databroker stopped (bound {staleness:?})",
@@ -369,8 +345,8 @@ allow_any_authenticated_user = true"#,
     let _broker = start(binary, &broker_config).await;
     let back = Instant::now();
     loop {
-        let a = status(&client, &app, &alice).await;
-        let b = status(&client, &app, &bob).await;
+        let a = client.status(&app, &alice).await;
+        let b = client.status(&app, &bob).await;
         let synced = metric(
             &client,
             env.metrics_port,
@@ -428,11 +404,7 @@ async fn restarting_postgresql_loses_no_session_and_everything_recovers_within_5
 
     // Proxy A on databroker 1, proxy B on databroker 2.
     let mut env = TestEnv::builder(binary)
-        .route(
-            r#"from = "http://app.localhost"
-to = "{upstream}"
-allow_any_authenticated_user = true"#,
-        )
+        .route(APP_ROUTE)
         .config(&format!(
             "services = \"proxy\"\ndatabroker_service_url = \"{broker1_url}\""
         ))
@@ -473,8 +445,8 @@ allow_any_authenticated_user = true"#,
     seed_at(&pg.url(), vec![session("bob-session", "bob", true)]).await;
     let bob = cookie_for(env.cookie_secret(), "bob-session");
     caught_up(&pg.url(), env.cookie_secret(), &client, &[&on_a, &on_b]).await;
-    assert_eq!(status(&client, &on_a, &alice).await, 200);
-    assert_eq!(status(&client, &on_b, &alice).await, 200);
+    assert_eq!(client.status(&on_a, &alice).await, 200);
+    assert_eq!(client.status(&on_b, &alice).await, 200);
     let sessions_stored = || async {
         let store = PgStore::connect(&pg.url(), PgOptions::default())
             .await
@@ -503,10 +475,10 @@ allow_any_authenticated_user = true"#,
     .await;
     // ...and meanwhile cached sessions work and uncached ones are refused, never allowed.
     for _ in 0..5 {
-        assert_eq!(status(&client, &on_a, &alice).await, 200, "cached on A");
-        assert_eq!(status(&client, &on_b, &alice).await, 200, "cached on B");
-        assert_eq!(status(&client, &on_a, &bob).await, 503, "unknown on A");
-        assert_eq!(status(&client, &on_b, &bob).await, 503, "unknown on B");
+        assert_eq!(client.status(&on_a, &alice).await, 200, "cached on A");
+        assert_eq!(client.status(&on_b, &alice).await, 200, "cached on B");
+        assert_eq!(client.status(&on_a, &bob).await, 503, "unknown on A");
+        assert_eq!(client.status(&on_b, &bob).await, 503, "unknown on B");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let carol = env.browser();
@@ -522,10 +494,10 @@ allow_any_authenticated_user = true"#,
     let deadline = back + Duration::from_secs(5);
     within(deadline, "sessions served again", &logs, || async {
         let statuses = [
-            status(&client, &on_a, &alice).await,
-            status(&client, &on_b, &alice).await,
-            status(&client, &on_a, &bob).await,
-            status(&client, &on_b, &bob).await,
+            client.status(&on_a, &alice).await,
+            client.status(&on_b, &alice).await,
+            client.status(&on_a, &bob).await,
+            client.status(&on_b, &bob).await,
         ];
         let (a, b) = (synced(env.metrics_port).await, synced(metrics_b).await);
         (statuses != [200; 4] || a != Some(1.0) || b != Some(1.0))
@@ -545,24 +517,14 @@ allow_any_authenticated_user = true"#,
     let page = carol.sign_in(&on_a, "carol").await;
     assert_eq!(page.status(), 200, "sign-in after the restart\n{}", logs());
     let carol = carol.cookie(&on_a, COOKIE).expect("carol's cookie");
-    assert_eq!(status(&client, &on_b, &carol).await, 200);
+    assert_eq!(client.status(&on_b, &carol).await, 200);
 
     // A sign-out through B ends alice's session on A too.
-    let signed_out = client
-        .get(&sign_out_b)
-        .header("cookie", format!("{COOKIE}={alice}"))
-        .send()
-        .await
-        .expect("sign-out through B");
-    assert!(
-        signed_out.status().is_redirection() || signed_out.status().is_success(),
-        "sign-out: {}",
-        signed_out.status()
-    );
+    client.sign_out(&sign_out_b, &alice).await;
     within(deadline, "sign-out seen by A", &logs, || async {
         let (a, b) = (
-            status(&client, &on_a, &alice).await,
-            status(&client, &on_b, &alice).await,
+            client.status(&on_a, &alice).await,
+            client.status(&on_b, &alice).await,
         );
         ((a, b) != (401, 401)).then(|| format!("alice after sign-out: A {a}, B {b}"))
     })
@@ -598,9 +560,7 @@ async fn rss_per_100k_cached_sessions() {
     let db = TestDb::create("portcullis_res");
     let env = TestEnv::builder(binary)
         .route(
-            r#"from = "http://app.localhost"
-to = "{upstream}"
-allow_any_authenticated_user = true"#,
+            APP_ROUTE,
         )
         .config(&format!(
             "databroker_storage_type = \"postgres\"\ndatabroker_storage_connection_string = \"{}\"\nlog_level = \"warn\"",
@@ -635,7 +595,7 @@ allow_any_authenticated_user = true"#,
                 .map(|c| {
                     let client = client.clone();
                     let page = page.clone();
-                    async move { status(&client, &page, &c).await }
+                    async move { client.status(&page, &c).await }
                 })
                 .buffer_unordered(32)
                 .filter(|s| futures::future::ready(*s == 200))

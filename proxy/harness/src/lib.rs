@@ -36,6 +36,7 @@
 
 #![forbid(unsafe_code)]
 
+mod api_client;
 mod browser;
 mod ca;
 pub mod demo;
@@ -49,6 +50,7 @@ use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::Mutex;
 
+pub use crate::api_client::ApiClient;
 pub use crate::browser::{Browser, Form};
 pub use crate::ca::{write_self_signed, Issued, TestCa};
 pub use crate::env::{TestEnv, TestEnvBuilder};
