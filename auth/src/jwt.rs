@@ -2,14 +2,17 @@
 //! verifies it, and the cache that keeps ECDSA off the request path.
 //!
 //! Signing is ~100x slower than a cache lookup, so [`AssertionCache`] signs once per
-//! (session, audience) and reuses the JWT while it has more than a minute left;
-//! [`AssertionCache::signatures_total`] lets the proxy prove that in its metrics.
+//! (session, audience), reuses the JWT while it has more than a minute left, and signs it again
+//! in the background before that while the session keeps sending requests;
+//! [`AssertionCache::signatures_on_request_path`] lets the proxy prove in its metrics that a
+//! steady-state request never waits for a signature.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use base64::Engine as _;
+use http::HeaderValue;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use moka::sync::Cache;
 use p256::elliptic_curve::sec1::ToEncodedPoint as _;
@@ -24,6 +27,11 @@ use crate::{b64url, AuthError, Secret};
 pub const ASSERTION_LIFETIME_SECS: i64 = 300;
 /// A cached assertion is reused while it has more than this left.
 pub const ASSERTION_REUSE_MARGIN_SECS: i64 = 60;
+/// [`AssertionCache::renew_due`] signs again what has this much left or less: twice the reuse
+/// margin, so that a renewal every [`ASSERTION_RENEW_INTERVAL`] is always in time.
+pub const ASSERTION_RENEW_AHEAD_SECS: i64 = 2 * ASSERTION_REUSE_MARGIN_SECS;
+/// How often the proxy runs [`AssertionCache::renew_due`].
+pub const ASSERTION_RENEW_INTERVAL: Duration = Duration::from_secs(10);
 /// HKDF info for the signing key derived from `shared_secret`.
 const SIGNING_KEY_INFO: &str = "portcullis-signing-key";
 
@@ -62,12 +70,32 @@ pub struct IdentityClaims {
     pub jti: String,
 }
 
-/// Caches signed assertions per (session id, audience).
+/// Caches signed assertions per (session id, audience), and signs them again before they
+/// expire ([`AssertionCache::renew_due`]) while their session keeps sending requests.
 pub struct AssertionCache {
-    /// Key: session id and audience; value: the JWT, its `exp`, and the fingerprint of the
-    /// session content it was signed from.
-    cache: Cache<String, (Arc<str>, i64, u64)>,
-    signatures: AtomicU64,
+    cache: Cache<u64, Arc<Entry>>,
+    keys: std::hash::RandomState,
+    on_request: AtomicU64,
+    in_background: AtomicU64,
+}
+
+/// One (session, audience) and its current assertion.
+struct Entry {
+    session_id: Box<str>,
+    audience: Box<str>,
+    /// Fingerprint of the session fields the claims were made from.
+    content: u64,
+    /// The claims last signed (`iat`, `exp` and `jti` change at each signature).
+    claims: Mutex<IdentityClaims>,
+    signed: RwLock<Signed>,
+    /// When a request last asked for it, unix seconds.
+    last_used: AtomicI64,
+}
+
+/// A signed JWT, ready to send.
+struct Signed {
+    value: HeaderValue,
+    exp: i64,
 }
 
 // === impl AssertionSigner ===
@@ -199,29 +227,35 @@ impl AssertionCache {
     /// A cache of at most `max_entries` assertions.
     pub fn new(max_entries: u64) -> AssertionCache {
         AssertionCache {
+            // An entry outlives its JWTs (it is signed again in place), and goes when no
+            // request asked for it for one assertion lifetime.
             cache: Cache::builder()
                 .max_capacity(max_entries)
-                .time_to_live(Duration::from_secs(ASSERTION_LIFETIME_SECS.unsigned_abs()))
+                .time_to_idle(Duration::from_secs(ASSERTION_LIFETIME_SECS.unsigned_abs()))
                 .support_invalidation_closures()
                 .build(),
-            signatures: AtomicU64::new(0),
+            keys: std::hash::RandomState::new(),
+            on_request: AtomicU64::new(0),
+            in_background: AtomicU64::new(0),
         }
     }
 
-    fn key(session_id: &str, audience: &str) -> String {
-        let mut k = String::with_capacity(session_id.len() + audience.len() + 1);
-        k.push_str(session_id);
-        k.push('\0');
-        k.push_str(audience);
-        k
+    /// The map key of (session id, audience): a keyed hash. The entry holds both, and a
+    /// lookup checks them, so a collision costs a signature, never a wrong identity.
+    fn key(&self, session_id: &str, audience: &str) -> u64 {
+        use std::hash::BuildHasher as _;
+        self.keys.hash_one((session_id, audience))
     }
 
-    /// The assertion for (`session_id`, `audience`): the cached one while it has more than
-    /// [`ASSERTION_REUSE_MARGIN_SECS`] left at `now_unix` and was signed from the same session
-    /// `content` (a fingerprint of what `make_claims` reads), otherwise a new one signed from
-    /// `make_claims()`. A session whose claims changed thus gets a new assertion at its next
-    /// request, with no invalidation to race against. The cache sets `iat = now_unix` and `exp = iat +`
-    /// [`ASSERTION_LIFETIME_SECS`], and a random `jti` when `make_claims` left it empty.
+    /// The assertion for (`session_id`, `audience`), as a header value: the cached one while
+    /// it has more than [`ASSERTION_REUSE_MARGIN_SECS`] left at `now_unix` and was signed from
+    /// the same session `content` (a fingerprint of what `make_claims` reads), otherwise a new
+    /// one signed from `make_claims()`. A session whose claims changed thus gets a new assertion
+    /// at its next request, with no invalidation to race against. The cache sets
+    /// `iat = now_unix` and `exp = iat +` [`ASSERTION_LIFETIME_SECS`], and a fresh random `jti`.
+    ///
+    /// In steady state nothing is signed here: [`AssertionCache::renew_due`], run in the
+    /// background, signs again before the margin is reached.
     pub fn get_or_sign(
         &self,
         signer: &AssertionSigner,
@@ -230,36 +264,67 @@ impl AssertionCache {
         content: u64,
         now_unix: i64,
         make_claims: impl FnOnce() -> IdentityClaims,
-    ) -> Result<Arc<str>, AuthError> {
-        let key = AssertionCache::key(session_id, audience);
-        if let Some((jwt, exp, signed_from)) = self.cache.get(&key) {
-            if signed_from == content && exp.saturating_sub(now_unix) > ASSERTION_REUSE_MARGIN_SECS
+    ) -> Result<HeaderValue, AuthError> {
+        let key = self.key(session_id, audience);
+        if let Some(entry) = self.cache.get(&key) {
+            if entry.content == content
+                && *entry.session_id == *session_id
+                && *entry.audience == *audience
             {
-                return Ok(jwt);
+                entry.last_used.store(now_unix, Ordering::Relaxed);
+                if let Some(valid) = entry.valid_at(now_unix) {
+                    return Ok(valid);
+                }
+                let value = entry.sign_again(signer, now_unix)?;
+                self.on_request.fetch_add(1, Ordering::Relaxed);
+                return Ok(value);
             }
         }
-        let mut claims = make_claims();
-        claims.iat = now_unix;
-        claims.exp = now_unix.saturating_add(ASSERTION_LIFETIME_SECS);
-        if claims.jti.is_empty() {
-            claims.jti = IdentityClaims::new_jti();
+        let entry = Entry::sign(
+            signer,
+            session_id,
+            audience,
+            content,
+            make_claims(),
+            now_unix,
+        )?;
+        self.on_request.fetch_add(1, Ordering::Relaxed);
+        let value = entry.valid_at(now_unix).unwrap_or_else(|| entry.current());
+        self.cache.insert(key, Arc::new(entry));
+        Ok(value)
+    }
+
+    /// Signs again, off the request path, every assertion that a request asked for within the
+    /// last [`ASSERTION_LIFETIME_SECS`] and that has [`ASSERTION_RENEW_AHEAD_SECS`] or less
+    /// left at `now_unix`; returns how many it signed. Run every
+    /// [`ASSERTION_RENEW_INTERVAL`], it keeps signatures off the request path for as long as a
+    /// session keeps sending requests.
+    pub fn renew_due(&self, signer: &AssertionSigner, now_unix: i64) -> usize {
+        let mut renewed = 0;
+        for (_, entry) in self.cache.iter() {
+            let used = entry.last_used.load(Ordering::Relaxed);
+            let left = entry.expires_at().saturating_sub(now_unix);
+            if left > ASSERTION_RENEW_AHEAD_SECS
+                || now_unix.saturating_sub(used) > ASSERTION_LIFETIME_SECS
+            {
+                continue;
+            }
+            if entry.sign_again(signer, now_unix).is_ok() {
+                self.in_background.fetch_add(1, Ordering::Relaxed);
+                renewed += 1;
+            }
         }
-        let jwt: Arc<str> = signer.sign(&claims)?.into();
-        self.signatures.fetch_add(1, Ordering::Relaxed);
-        self.cache.insert(key, (jwt.clone(), claims.exp, content));
-        Ok(jwt)
+        renewed
     }
 
     /// Drops every cached assertion of `session_id` (sign-out). Not needed when a session
     /// changes: its new content fingerprint no longer matches.
     pub fn invalidate_session(&self, session_id: &str) {
-        let mut prefix = String::with_capacity(session_id.len() + 1);
-        prefix.push_str(session_id);
-        prefix.push('\0');
+        let session_id: Box<str> = session_id.into();
         // Only fails when the cache was built without invalidation closures, which it is not.
         let _ = self
             .cache
-            .invalidate_entries_if(move |k, _| k.starts_with(&prefix));
+            .invalidate_entries_if(move |_, e| e.session_id == session_id);
     }
 
     /// Drops everything (e.g. on signing-key change).
@@ -267,9 +332,98 @@ impl AssertionCache {
         self.cache.invalidate_all();
     }
 
-    /// How many assertions this cache has signed since it was created.
+    /// How many assertions this cache has signed since it was created, on the request path
+    /// and in the background.
     pub fn signatures_total(&self) -> u64 {
-        self.signatures.load(Ordering::Relaxed)
+        self.signatures_on_request_path() + self.in_background.load(Ordering::Relaxed)
+    }
+
+    /// How many of them a request waited for (a session's first request on a host, a changed
+    /// session, or one idle long enough that its assertion was not renewed).
+    pub fn signatures_on_request_path(&self) -> u64 {
+        self.on_request.load(Ordering::Relaxed)
+    }
+}
+
+// === impl Entry ===
+
+impl Entry {
+    fn sign(
+        signer: &AssertionSigner,
+        session_id: &str,
+        audience: &str,
+        content: u64,
+        mut claims: IdentityClaims,
+        now_unix: i64,
+    ) -> Result<Entry, AuthError> {
+        let signed = Signed::new(signer, &mut claims, now_unix)?;
+        Ok(Entry {
+            session_id: session_id.into(),
+            audience: audience.into(),
+            content,
+            claims: Mutex::new(claims),
+            signed: RwLock::new(signed),
+            last_used: AtomicI64::new(now_unix),
+        })
+    }
+
+    /// The current JWT while it has more than the reuse margin left.
+    fn valid_at(&self, now_unix: i64) -> Option<HeaderValue> {
+        let signed = self.signed.read().ok()?;
+        (signed.exp.saturating_sub(now_unix) > ASSERTION_REUSE_MARGIN_SECS)
+            .then(|| signed.value.clone())
+    }
+
+    fn current(&self) -> HeaderValue {
+        match self.signed.read() {
+            Ok(s) => s.value.clone(),
+            Err(poisoned) => poisoned.into_inner().value.clone(),
+        }
+    }
+
+    fn expires_at(&self) -> i64 {
+        self.signed.read().map(|s| s.exp).unwrap_or(i64::MIN)
+    }
+
+    /// The same claims with a new `iat`, `exp` and `jti`, signed and put in place.
+    fn sign_again(
+        &self,
+        signer: &AssertionSigner,
+        now_unix: i64,
+    ) -> Result<HeaderValue, AuthError> {
+        let signed = {
+            let mut claims = self
+                .claims
+                .lock()
+                .map_err(|_| AuthError::Signing("assertion claims lock poisoned".into()))?;
+            Signed::new(signer, &mut claims, now_unix)?
+        };
+        let value = signed.value.clone();
+        if let Ok(mut current) = self.signed.write() {
+            if signed.exp >= current.exp {
+                *current = signed;
+            }
+        }
+        Ok(value)
+    }
+}
+
+impl Signed {
+    fn new(
+        signer: &AssertionSigner,
+        claims: &mut IdentityClaims,
+        now_unix: i64,
+    ) -> Result<Signed, AuthError> {
+        claims.iat = now_unix;
+        claims.exp = now_unix.saturating_add(ASSERTION_LIFETIME_SECS);
+        claims.jti = IdentityClaims::new_jti();
+        let jwt = signer.sign(claims)?;
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(jwt))
+            .map_err(|_| AuthError::Signing("the JWT is not a header value".into()))?;
+        Ok(Signed {
+            value,
+            exp: claims.exp,
+        })
     }
 }
 
@@ -284,6 +438,10 @@ impl std::fmt::Debug for AssertionCache {
         f.debug_struct("AssertionCache")
             .field("entries", &self.cache.entry_count())
             .field("signatures_total", &self.signatures_total())
+            .field(
+                "signatures_on_request_path",
+                &self.signatures_on_request_path(),
+            )
             .finish()
     }
 }

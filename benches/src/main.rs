@@ -247,7 +247,7 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let signatures_after = portcullis.signatures().await;
     let signatures = match (signatures_before, signatures_after) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        (Some(a), Some(b)) => Some(a.until(b)),
         _ => None,
     };
 

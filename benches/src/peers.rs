@@ -153,13 +153,39 @@ allow_public_unauthenticated_access = true
         })
     }
 
-    /// `portcullis_identity_jwt_signatures_total` now.
-    pub async fn signatures(&self) -> Option<u64> {
+    /// ES256 signatures so far: (all of them, those a request waited for), from
+    /// `portcullis_identity_jwt_signatures_total` and
+    /// `portcullis_identity_jwt_request_path_signatures_total`.
+    pub async fn signatures(&self) -> Option<Signatures> {
         let text = self.proxy.metrics().await;
-        text.lines()
-            .find(|l| l.starts_with("portcullis_identity_jwt_signatures_total "))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            .map(|v| v as u64)
+        let read = |name: &str| {
+            text.lines()
+                .find(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(' ')))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+                .map(|v| v as u64)
+        };
+        Some(Signatures {
+            total: read("portcullis_identity_jwt_signatures_total")?,
+            on_request_path: read("portcullis_identity_jwt_request_path_signatures_total")?,
+        })
+    }
+}
+
+/// ES256 signature counts of the proxy.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Signatures {
+    pub total: u64,
+    /// Signed while a request waited (the rest were renewed in the background).
+    pub on_request_path: u64,
+}
+
+impl Signatures {
+    /// What was signed between `self` and `later`.
+    pub fn until(self, later: Signatures) -> Signatures {
+        Signatures {
+            total: later.total.saturating_sub(self.total),
+            on_request_path: later.on_request_path.saturating_sub(self.on_request_path),
+        }
     }
 }
 

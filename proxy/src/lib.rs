@@ -14,6 +14,7 @@
 //! - [`streams`]: the re-check of live websockets and streamed responses;
 //! - [`deadline`], [`tripwire`]: the route's `timeout` for a whole response, and how a
 //!   request in progress is ended from outside;
+//! - [`request_log`]: the access and refusal lines written for every request;
 //! - [`server`]: start-up and shutdown;
 //! - [`seed`]: `portcullis sessions seed`, sessions and cookies for load tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -28,6 +29,7 @@ pub mod pages;
 pub mod path;
 pub mod policy_test;
 pub mod reload;
+pub mod request_log;
 pub mod respond;
 pub mod routes;
 pub mod seed;

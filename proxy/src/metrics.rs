@@ -25,6 +25,8 @@ pub struct Metrics {
     pub session_cache_hits: IntCounter,
     pub session_cache_misses: IntCounter,
     pub identity_signatures: IntGauge,
+    /// The part of `identity_signatures` a request waited for (the rest: background renewals).
+    pub identity_signatures_on_request_path: IntGauge,
     pub sign_ins: IntCounterVec,
     /// Session refreshes by result (`success`, `invalid_grant`, `transient`, ...).
     pub session_refreshes: IntCounterVec,
@@ -88,6 +90,10 @@ impl Metrics {
             "portcullis_identity_jwt_signatures_total",
             "ES256 identity assertions signed since start (cached assertions are not counted)",
         )?;
+        let identity_signatures_on_request_path = IntGauge::new(
+            "portcullis_identity_jwt_request_path_signatures_total",
+            "Of those, the ones a request waited for (the others were renewals signed in the background)",
+        )?;
         let sign_ins = IntCounterVec::new(
             Opts::new("portcullis_sign_ins_total", "Completed and failed sign-ins"),
             &["result"],
@@ -108,6 +114,7 @@ impl Metrics {
         registry.register(Box::new(session_cache_hits.clone()))?;
         registry.register(Box::new(session_cache_misses.clone()))?;
         registry.register(Box::new(identity_signatures.clone()))?;
+        registry.register(Box::new(identity_signatures_on_request_path.clone()))?;
         let in_flight = IntGauge::new(
             "portcullis_requests_in_flight",
             "Requests being handled right now",
@@ -152,6 +159,7 @@ impl Metrics {
             session_cache_hits,
             session_cache_misses,
             identity_signatures,
+            identity_signatures_on_request_path,
             sign_ins,
             session_refreshes,
             identity_manager_leader,

@@ -13,6 +13,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
+use portcullis_auth::jwt::ASSERTION_RENEW_INTERVAL;
 use portcullis_databroker::Store;
 use tracing::info;
 
@@ -121,6 +122,28 @@ impl BackgroundService for Background {
             crate::sessions::identity_manager::run(state, manager_shutdown).await
         });
 
+        // Identity assertions in use are signed again before they expire, off the request path.
+        let state = self.state.clone();
+        let mut renew_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ASSERTION_RENEW_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = renew_shutdown.changed() => return,
+                }
+                let state = state.clone();
+                // ECDSA signing is CPU work: keep it off the async workers.
+                let _ = tokio::task::spawn_blocking(move || {
+                    state
+                        .assertions
+                        .renew_due(&state.assertion_signer, crate::state::now_unix())
+                })
+                .await;
+            }
+        });
+
         // A changed session gets a new identity assertion by its content fingerprint
         // (`CachedSession::assertion_content`): the follower only evicts sessions.
         self.state.sessions.follow(shutdown).await;
@@ -152,15 +175,22 @@ pub fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGu
         ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
-    let _ = match config.log_format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-        LogFormat::Pretty => builder.with_ansi(false).try_init(),
-    };
+        .with_writer(writer.clone());
+    match config.log_format {
+        LogFormat::Json => {
+            let installed = builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .try_init();
+            if installed.is_ok() {
+                crate::request_log::install(writer);
+            }
+        }
+        LogFormat::Pretty => {
+            let _ = builder.with_ansi(false).try_init();
+        }
+    }
     guard
 }
 
@@ -231,8 +261,11 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), String> {
         let app = MetricsApp::new(
             metrics.clone(),
             Box::new(move |m: &Metrics| {
+                let assertions = &refresh_state.assertions;
                 m.identity_signatures
-                    .set(refresh_state.assertions.signatures_total() as i64)
+                    .set(assertions.signatures_total() as i64);
+                m.identity_signatures_on_request_path
+                    .set(assertions.signatures_on_request_path() as i64);
             }),
         );
         let mut service = Service::new("portcullis metrics".to_string(), app);

@@ -24,14 +24,15 @@ use pingora::prelude::*;
 use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::ErrorType;
-use portcullis_auth::{find_cookie, strip_cookie, IdentityClaims, SessionCookie};
+use portcullis_auth::{find_cookie, strip_cookie, IdentityClaims};
 use portcullis_policy::{Claim, Decision, HeaderLookup, Request as PolicyRequest};
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::authenticate;
 use crate::config::{PathMatcher, Route, TemplatePart, Upstream};
 use crate::deadline::Deadline;
 use crate::path;
+use crate::request_log;
 use crate::respond::{Refusal, Reply};
 use crate::sessions::CachedSession;
 use crate::state::{now_unix, Runtime, State};
@@ -39,9 +40,6 @@ use crate::streams::{StreamWatch, Subject};
 
 /// Header names used on every request, built once.
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const IDENTITY_PREFIX: &str = "x-portcullis-";
@@ -257,16 +255,14 @@ impl Proxy {
                 location: authenticate::sign_in_url(state, runtime, &original, now),
             }
         };
-        info!(
-            target: "authorize",
-            request_id = %ctx.request_id,
-            route = %route.name,
-            user = ctx.session.as_ref().map(|s| s.user_id()).unwrap_or(""),
-            email = ctx.session.as_ref().map(|s| s.email()).unwrap_or(""),
-            decision = refusal.outcome(),
-            reason = %decision.explain(&route.policy),
-            "request refused by policy"
-        );
+        request_log::refused(&request_log::Refused {
+            request_id: &ctx.request_id,
+            route: &route.name,
+            user: ctx.session.as_ref().map(|s| s.user_id()).unwrap_or(""),
+            email: ctx.session.as_ref().map(|s| s.email()).unwrap_or(""),
+            decision: refusal.outcome(),
+            reason: &decision.explain(&route.policy),
+        });
         Err(refusal)
     }
 
@@ -310,7 +306,7 @@ impl Proxy {
     }
 
     /// The identity headers for this request's session and route host.
-    fn identity_assertion(&self, ctx: &Ctx, session: &CachedSession) -> Option<Arc<str>> {
+    fn identity_assertion(&self, ctx: &Ctx, session: &CachedSession) -> Option<HeaderValue> {
         let s = session;
         let audience = ctx.host.as_str();
         let result = self.state.assertions.get_or_sign(
@@ -449,44 +445,45 @@ impl ProxyHttp for Proxy {
         let config = &runtime.config;
 
         // 1. Nothing a client sends may pose as Portcullis or as the forwarding chain.
-        let spoofable: Vec<HeaderName> = upstream_request
-            .headers
-            .keys()
-            .filter(|name| {
-                name.as_str().starts_with(IDENTITY_PREFIX)
-                    || *name == config.jwt_assertion_header
-                    || config.jwt_claims_headers.iter().any(|(h, _)| h == *name)
-                    || route.remove_request_headers.iter().any(|h| h == *name)
-            })
-            .cloned()
-            .collect();
-        for name in spoofable {
-            upstream_request.remove_header(&name);
+        let spoofed = |name: &HeaderName| {
+            name.as_str().starts_with(IDENTITY_PREFIX)
+                || *name == config.jwt_assertion_header
+                || config.jwt_claims_headers.iter().any(|(h, _)| h == name)
+                || route.remove_request_headers.iter().any(|h| h == name)
+        };
+        if upstream_request.headers.keys().any(spoofed) {
+            let names: Vec<HeaderName> = upstream_request
+                .headers
+                .keys()
+                .filter(|n| spoofed(n))
+                .cloned()
+                .collect();
+            for name in names {
+                upstream_request.remove_header(&name);
+            }
         }
-        for name in [
-            &FORWARDED,
-            &X_FORWARDED_FOR,
-            &X_FORWARDED_HOST,
-            &X_FORWARDED_PROTO,
-            &X_REAL_IP,
-        ] {
-            upstream_request.remove_header(name);
-        }
+        // X-Forwarded-Host and -Proto (and -For, when the address is known) are replaced below.
+        upstream_request.remove_header(&FORWARDED);
+        upstream_request.remove_header(&X_REAL_IP);
         if ctx.bearer {
             upstream_request.remove_header(&header::AUTHORIZATION);
         }
         strip_session_cookie(upstream_request, &config.cookie.name)?;
 
-        // 2. Forwarding headers from the connection.
-        if let Some(ip) = ctx.client_ip {
-            upstream_request.insert_header(X_FORWARDED_FOR.clone(), ip.to_string())?;
+        // 2. Forwarding headers from the connection. Names as `&'static str` in the case they
+        // are sent in: Pingora keeps a header's case, and would otherwise build it per request.
+        match ctx.client_ip {
+            Some(ip) => upstream_request.insert_header("X-Forwarded-For", ip_header_value(ip))?,
+            None => {
+                upstream_request.remove_header(&X_FORWARDED_FOR);
+            }
         }
         upstream_request.insert_header(
-            X_FORWARDED_PROTO.clone(),
+            "X-Forwarded-Proto",
             if self.state.tls { "https" } else { "http" },
         )?;
-        upstream_request.insert_header(X_FORWARDED_HOST.clone(), ctx.authority.as_str())?;
-        upstream_request.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
+        upstream_request.insert_header("X-Forwarded-Host", ctx.authority.as_str())?;
+        upstream_request.insert_header("X-Request-Id", ctx.request_id.as_str())?;
 
         // 3. Path and host.
         let upstream = ctx.upstream.and_then(|i| route.upstreams.get(i));
@@ -495,9 +492,14 @@ impl ProxyHttp for Proxy {
             upstream.map(|u| u.base_path.as_str()),
             &upstream_request.uri,
         );
-        let uri = http::Uri::try_from(path_and_query.as_ref())
-            .explain_err(ErrorType::InternalError, |_| "rewritten path is invalid")?;
-        upstream_request.set_uri(uri);
+        // An origin-form target that no rewrite changed is sent as it is (no re-parse).
+        let origin_form =
+            upstream_request.uri.scheme().is_none() && upstream_request.uri.authority().is_none();
+        if matches!(path_and_query, Cow::Owned(_)) || !origin_form {
+            let uri = http::Uri::try_from(path_and_query.as_ref())
+                .explain_err(ErrorType::InternalError, |_| "rewritten path is invalid")?;
+            upstream_request.set_uri(uri);
+        }
         let host = if route.preserve_host_header {
             ctx.authority.as_str()
         } else if let Some(h) = &route.host_rewrite {
@@ -507,19 +509,19 @@ impl ProxyHttp for Proxy {
                 .map(|u| u.authority.as_str())
                 .unwrap_or(ctx.authority.as_str())
         };
-        upstream_request.insert_header(header::HOST, host)?;
+        upstream_request.insert_header("Host", host)?;
 
         // 4. Identity.
         let identity = ctx.session.clone();
-        let mut jwt: Option<Arc<str>> = None;
+        let mut jwt: Option<HeaderValue> = None;
         if let Some(s) = identity.as_deref() {
             if route.pass_identity_headers {
                 jwt = self.identity_assertion(ctx, s);
+                let names = &runtime.identity_header_names;
                 if let Some(j) = &jwt {
-                    upstream_request
-                        .insert_header(config.jwt_assertion_header.clone(), j.as_ref())?;
+                    upstream_request.insert_header(names.assertion.clone(), j.clone())?;
                 }
-                for (name, claim) in &config.jwt_claims_headers {
+                for ((_, claim), name) in config.jwt_claims_headers.iter().zip(&names.claims) {
                     if let Some(v) = claim_value(s, claim) {
                         if let Ok(v) = HeaderValue::from_str(&v) {
                             upstream_request.insert_header(name.clone(), v)?;
@@ -553,7 +555,7 @@ impl ProxyHttp for Proxy {
                                 .as_deref()
                                 .and_then(|s| self.identity_assertion(ctx, s));
                         }
-                        value.push_str(jwt.as_deref().unwrap_or(""));
+                        value.push_str(jwt.as_ref().and_then(|j| j.to_str().ok()).unwrap_or(""));
                     }
                 }
             }
@@ -777,19 +779,18 @@ impl ProxyHttp for Proxy {
             .observe(elapsed.as_secs_f64());
         let req = session.req_header();
         let user = ctx.session.as_ref().map(|s| s.email()).unwrap_or("");
-        info!(
-            target: "access",
-            request_id = %ctx.request_id,
-            method = %req.method,
-            host = %ctx.authority,
-            path = %ctx.path,
+        request_log::access(&request_log::Access {
+            request_id: &ctx.request_id,
+            method: req.method.as_str(),
+            host: &ctx.authority,
+            path: &ctx.path,
             status,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            route = route_name,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            route: route_name,
             user,
-            decision = ctx.outcome,
-            error = e.map(|e| e.etype().as_str()).unwrap_or(""),
-        );
+            decision: ctx.outcome,
+            error: e.map(|e| e.etype().as_str()).unwrap_or(""),
+        });
     }
 }
 
@@ -865,7 +866,7 @@ pub(crate) async fn load_session(
         Credential::None => return Ok(None),
         Credential::Cookie(c) | Credential::Bearer(c) => c,
     };
-    let Some(cookie) = SessionCookie::open(&state.cipher, sealed, now) else {
+    let Some(cookie) = state.opened_cookies.open(&state.cipher, sealed, now) else {
         return Ok(None);
     };
     state
@@ -1035,7 +1036,26 @@ fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
 }
 
 /// Removes the session cookie from every `Cookie` header, keeping the others.
+/// An address as a header value, formatted on the stack.
+fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    use std::io::Write as _;
+    // The longest address (an IPv4-mapped IPv6 one) has 45 characters.
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{ip}");
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
 fn strip_session_cookie(req: &mut RequestHeader, name: &str) -> Result<()> {
+    let carries_session_cookie = req
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .any(|v| v.to_str().map_or(true, |v| v.contains(name)));
+    if !carries_session_cookie {
+        return Ok(());
+    }
     let values: Vec<String> = req
         .headers
         .get_all(header::COOKIE)
@@ -1153,6 +1173,31 @@ pub fn mark_ready(state: &State) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_for_values_are_the_address_as_text() {
+        for ip in [
+            "127.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.168.100.200",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let addr: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_header_value(addr), addr.to_string().as_str());
+        }
+    }
+
+    #[test]
+    fn identity_header_names_are_title_cased_once() {
+        assert_eq!(
+            &crate::state::title_case("x-pomerium-jwt-assertion")[..],
+            b"X-Pomerium-Jwt-Assertion"
+        );
+        assert_eq!(&crate::state::title_case("x-email")[..], b"X-Email");
+        assert_eq!(&crate::state::title_case("a--b")[..], b"A--B");
+    }
 
     #[test]
     fn host_port_parsing() {

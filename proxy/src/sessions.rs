@@ -13,6 +13,7 @@
 //! [`identity_manager`] refreshes sessions with the IdP's refresh token.
 
 pub mod identity_manager;
+pub mod opened;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

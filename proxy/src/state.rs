@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
 use portcullis_auth::{
     AssertionCache, AssertionSigner, Cipher, CookieOptions, OidcConfig, OidcProvider, ReplayGuard,
     SameSite, UrlSigner,
@@ -14,6 +15,7 @@ use tracing::{info, warn};
 use crate::config::{self, Config};
 use crate::metrics::Metrics;
 use crate::routes::RouteTable;
+use crate::sessions::opened::OpenedCookies;
 use crate::sessions::SessionCache;
 
 /// The part of the configuration a reload may replace, swapped atomically.
@@ -23,6 +25,44 @@ pub struct Runtime {
     pub session_cookie: CookieOptions,
     /// Origin of the authenticate service (`https://authenticate.example.com[:port]`).
     pub authenticate_origin: String,
+    /// The identity headers' names as sent upstream, built once per configuration.
+    pub identity_header_names: IdentityHeaderNames,
+}
+
+/// `jwt_assertion_header` and the `jwt_claims_headers` names (in their order), title-cased as
+/// sent upstream. Pingora keeps each header's case beside its name: given a [`Bytes`] it keeps
+/// that, where a `HeaderName` would have it build a title-cased copy for every request.
+pub struct IdentityHeaderNames {
+    pub assertion: Bytes,
+    pub claims: Vec<Bytes>,
+}
+
+impl IdentityHeaderNames {
+    fn new(config: &Config) -> Self {
+        IdentityHeaderNames {
+            assertion: title_case(config.jwt_assertion_header.as_str()),
+            claims: config
+                .jwt_claims_headers
+                .iter()
+                .map(|(name, _)| title_case(name.as_str()))
+                .collect(),
+        }
+    }
+}
+
+/// `x-pomerium-jwt-assertion` → `X-Pomerium-Jwt-Assertion`.
+pub(crate) fn title_case(name: &str) -> Bytes {
+    let mut out = Vec::with_capacity(name.len());
+    let mut word_start = true;
+    for b in name.bytes() {
+        out.push(if word_start {
+            b.to_ascii_uppercase()
+        } else {
+            b
+        });
+        word_start = b == b'-';
+    }
+    Bytes::from(out)
 }
 
 /// Shared state of the proxy service.
@@ -33,6 +73,8 @@ pub struct State {
     pub assertion_signer: AssertionSigner,
     pub assertions: AssertionCache,
     pub sessions: Arc<SessionCache>,
+    /// Session cookie values opened recently (what they say, not whether the session lives).
+    pub opened_cookies: OpenedCookies,
     pub replay: ReplayGuard,
     pub metrics: Arc<Metrics>,
     oidc: ArcSwapOption<OidcProvider>,
@@ -44,6 +86,9 @@ pub struct State {
     /// Port of the listener, for routes whose `from` has none and for building URLs.
     pub listener_port: u16,
 }
+
+/// How many opened session cookie values are kept (about 270 bytes each, so at most ~9 MiB).
+pub const OPENED_COOKIES_KEPT: usize = 32_768;
 
 /// How long the login-state cookie lives.
 pub const LOGIN_STATE_COOKIE_TTL: Duration = Duration::from_secs(600);
@@ -80,11 +125,13 @@ impl Runtime {
             max_age: config.cookie.expire,
         };
         let authenticate_origin = config.authenticate.url.origin().ascii_serialization();
+        let identity_header_names = IdentityHeaderNames::new(&config);
         Self {
             config,
             routes,
             session_cookie,
             authenticate_origin,
+            identity_header_names,
         }
     }
 
@@ -135,6 +182,7 @@ impl State {
             assertion_signer,
             assertions: AssertionCache::new(1_000_000),
             sessions,
+            opened_cookies: OpenedCookies::new(OPENED_COOKIES_KEPT),
             replay: ReplayGuard::new(),
             metrics,
             oidc: ArcSwapOption::empty(),

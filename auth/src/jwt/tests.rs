@@ -171,11 +171,11 @@ fn cache_signs_once_for_repeated_calls() {
                 || unreachable!(),
             )
             .unwrap();
-        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(first, again);
     }
     assert_eq!(made, 1);
     assert_eq!(cache.signatures_total(), 1);
-    let c = verify(&s, &first);
+    let c = verify(&s, first.to_str().unwrap());
     assert_eq!(c.iat, t);
     assert_eq!(c.exp, t + ASSERTION_LIFETIME_SECS);
     assert!(!c.jti.is_empty());
@@ -228,7 +228,7 @@ fn changed_session_content_gets_a_new_assertion_and_unchanged_keeps_it() {
     let again = cache
         .get_or_sign(&s, "sess-1", "app.example.com", 7, t + 1, || unreachable!())
         .unwrap();
-    assert!(Arc::ptr_eq(&a, &again));
+    assert_eq!(a, again);
     // Other content (new groups after a refresh): signed again from the new claims.
     let b = cache
         .get_or_sign(&s, "sess-1", "app.example.com", 8, t + 2, || claims(0))
@@ -272,4 +272,62 @@ fn failed_signing_is_not_counted_or_cached() {
         Err(AuthError::Signing(_))
     ));
     assert_eq!(cache.signatures_total(), 0);
+}
+
+#[test]
+fn assertions_in_use_are_renewed_in_the_background_and_requests_never_wait() {
+    let s = AssertionSigner::from_pem(SEC1).unwrap();
+    let cache = AssertionCache::default();
+    let t = now();
+    let first = cache
+        .get_or_sign(&s, "busy", "app.example.com", 0, t, || claims(0))
+        .unwrap();
+    cache
+        .get_or_sign(&s, "idle", "app.example.com", 0, t, || claims(0))
+        .unwrap();
+    assert_eq!(cache.signatures_on_request_path(), 2);
+    // Nothing is due while more than the renewal lead is left.
+    let due = t + ASSERTION_LIFETIME_SECS - ASSERTION_RENEW_AHEAD_SECS;
+    assert_eq!(cache.renew_due(&s, due - 1), 0);
+    // "busy" keeps sending requests; "idle" sent its last one at `t`.
+    for at in (t..due).step_by(30) {
+        cache
+            .get_or_sign(&s, "busy", "app.example.com", 0, at, || unreachable!())
+            .unwrap();
+    }
+    assert_eq!(
+        cache.renew_due(&s, due),
+        2,
+        "both were used within a lifetime"
+    );
+    // Hours of steady requests, with the renewal running every interval: no request waits.
+    let mut at = due;
+    let step = ASSERTION_RENEW_INTERVAL.as_secs() as i64;
+    let mut renewed = 0;
+    while at < t + 3 * 3600 {
+        at += step;
+        renewed += cache.renew_due(&s, at);
+        let jwt = cache
+            .get_or_sign(&s, "busy", "app.example.com", 0, at, || unreachable!())
+            .unwrap();
+        let c = verify(&s, jwt.to_str().unwrap());
+        assert!(
+            c.exp - at > ASSERTION_REUSE_MARGIN_SECS,
+            "valid for its use"
+        );
+        assert_ne!(jwt, first);
+    }
+    assert_eq!(cache.signatures_on_request_path(), 2);
+    assert!(renewed >= 3 * 3600 / 200, "renewed {renewed} times");
+    // "idle" stopped being renewed once it went unused for a lifetime, so its next request
+    // signs (on the request path) — and gets a valid one.
+    let jwt = cache
+        .get_or_sign(&s, "idle", "app.example.com", 0, at, || claims(0))
+        .unwrap();
+    assert!(verify(&s, jwt.to_str().unwrap()).exp > at);
+    assert_eq!(cache.signatures_on_request_path(), 3);
+    assert_eq!(
+        cache.signatures_total(),
+        cache.signatures_on_request_path() + renewed as u64 + 2
+    );
 }

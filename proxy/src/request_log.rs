@@ -1,0 +1,275 @@
+//! The lines logged for every request: `access` (one per request) and `authorize` (one per
+//! refusal by policy).
+//!
+//! With `log_format = "json"` they are serialized with `serde_json` straight into a reused
+//! buffer and queued on the log writer, instead of going through `tracing`'s JSON formatter,
+//! which writes every field through `fmt::Write` adaptors with a UTF-8 check per piece. Under
+//! callgrind that formatter cost about 22,000 instructions per access line, a sixth of
+//! everything the proxy did for a public-route request; this path costs a tenth of that.
+//!
+//! The lines are the same as `tracing` would write: same keys in the same order, same
+//! timestamp format, same level filter (`log_level`, or `RUST_LOG`, read once at start). With
+//! `log_format = "pretty"`, or in a process that did not set up logging (in-process tests),
+//! the lines go through `tracing` as before.
+
+use std::cell::RefCell;
+use std::io::Write as _;
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tracing_appender::non_blocking::NonBlocking;
+use tracing_subscriber::fmt::MakeWriter as _;
+
+/// The access log line of one request.
+#[derive(Serialize)]
+pub struct Access<'a> {
+    pub request_id: &'a str,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub duration_ms: f64,
+    pub route: &'a str,
+    pub user: &'a str,
+    pub decision: &'a str,
+    pub error: &'a str,
+}
+
+/// The line of a request the route's policy refused (403, 401 or a sign-in redirect).
+#[derive(Serialize)]
+pub struct Refused<'a> {
+    pub request_id: &'a str,
+    pub route: &'a str,
+    pub user: &'a str,
+    pub email: &'a str,
+    pub decision: &'a str,
+    pub reason: &'a str,
+}
+
+const REFUSED_MESSAGE: &str = "request refused by policy";
+
+/// Writes the access line of a request.
+pub fn access(line: &Access<'_>) {
+    match WRITER.get() {
+        Some(w) => {
+            if w.access {
+                w.emit("access", None, line);
+            }
+        }
+        None => tracing::info!(
+            target: "access",
+            request_id = line.request_id,
+            method = line.method,
+            host = line.host,
+            path = line.path,
+            status = line.status,
+            duration_ms = line.duration_ms,
+            route = line.route,
+            user = line.user,
+            decision = line.decision,
+            error = line.error,
+        ),
+    }
+}
+
+/// Writes the line of a request refused by policy.
+pub fn refused(line: &Refused<'_>) {
+    match WRITER.get() {
+        Some(w) => {
+            if w.authorize {
+                w.emit("authorize", Some(REFUSED_MESSAGE), line);
+            }
+        }
+        None => tracing::info!(
+            target: "authorize",
+            request_id = line.request_id,
+            route = line.route,
+            user = line.user,
+            email = line.email,
+            decision = line.decision,
+            reason = line.reason,
+            "{REFUSED_MESSAGE}"
+        ),
+    }
+}
+
+/// Sends the per-request lines to `out` from now on, for a JSON log whose subscriber is
+/// installed (the level filter is read from it here, once).
+pub(crate) fn install(out: NonBlocking) {
+    let _ = WRITER.set(Writer {
+        out,
+        access: tracing::enabled!(target: "access", tracing::Level::INFO),
+        authorize: tracing::enabled!(target: "authorize", tracing::Level::INFO),
+    });
+}
+
+static WRITER: OnceLock<Writer> = OnceLock::new();
+
+struct Writer {
+    out: NonBlocking,
+    access: bool,
+    authorize: bool,
+}
+
+thread_local! {
+    /// Each Pingora thread formats its lines here; the writer's queue gets a copy.
+    static BUFFER: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+}
+
+impl Writer {
+    fn emit<T: Serialize>(&self, target: &'static str, message: Option<&'static str>, fields: &T) {
+        BUFFER.with(|buffer| {
+            // Never re-entered (nothing here logs); should it be, the line goes unbuffered.
+            let mut fresh = Vec::new();
+            let mut borrowed = buffer.try_borrow_mut();
+            let buf = match borrowed.as_deref_mut() {
+                Ok(buf) => buf,
+                Err(_) => &mut fresh,
+            };
+            buf.clear();
+            if format_line(buf, SystemTime::now(), target, message, fields).is_ok() {
+                // The writer is lossless: a full queue makes this wait, it never drops a line.
+                let _ = self.out.make_writer().write_all(buf);
+            }
+        });
+    }
+}
+
+/// One line as `tracing_subscriber`'s flattened JSON format writes it: timestamp, level,
+/// message, the fields in order, target.
+fn format_line<T: Serialize>(
+    buf: &mut Vec<u8>,
+    now: SystemTime,
+    target: &'static str,
+    message: Option<&'static str>,
+    fields: &T,
+) -> Result<(), serde_json::Error> {
+    buf.extend_from_slice(b"{\"timestamp\":\"");
+    write!(buf, "{}", humantime::format_rfc3339_micros(now)).map_err(serde_json::Error::io)?;
+    buf.extend_from_slice(b"\",\"level\":\"INFO\",");
+    if let Some(message) = message {
+        buf.extend_from_slice(b"\"message\":");
+        serde_json::to_writer(&mut *buf, message)?;
+        buf.push(b',');
+    }
+    // The fields' own object, without its braces, continues this one.
+    let fields_start = buf.len();
+    serde_json::to_writer(&mut *buf, fields)?;
+    if buf.get(fields_start) == Some(&b'{') && buf.last() == Some(&b'}') {
+        buf.remove(fields_start);
+        buf.pop();
+    }
+    buf.extend_from_slice(b",\"target\":");
+    serde_json::to_writer(&mut *buf, target)?;
+    buf.extend_from_slice(b"}\n");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_has_tracing_s_keys_in_tracing_s_order() {
+        let fields = Refused {
+            request_id: "0123456789abcdef",
+            route: "http://app.localhost",
+            user: "u1",
+            email: "a\"b@example.com",
+            decision: "forbidden",
+            reason: "denied: no allow rule matched",
+        };
+        let mut buf = Vec::new();
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_500_000);
+        format_line(&mut buf, at, "authorize", Some(REFUSED_MESSAGE), &fields).expect("formats");
+        let text = String::from_utf8(buf).expect("UTF-8");
+        assert_eq!(
+            text,
+            r#"{"timestamp":"1970-01-01T00:00:01.500000Z","level":"INFO","message":"request refused by policy","request_id":"0123456789abcdef","route":"http://app.localhost","user":"u1","email":"a\"b@example.com","decision":"forbidden","reason":"denied: no allow rule matched","target":"authorize"}"#.to_owned() + "\n"
+        );
+    }
+
+    /// What `tracing_subscriber`'s flattened JSON format writes for these fields, timestamp
+    /// blanked.
+    fn tracing_line(emit: impl FnOnce()) -> String {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let out = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, emit);
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        blank_timestamp(&text)
+    }
+
+    fn blank_timestamp(line: &str) -> String {
+        let start = line.find("\"timestamp\":\"").unwrap() + 13;
+        let end = start + line[start..].find('"').unwrap();
+        format!("{}{}", &line[..start], &line[end..])
+    }
+
+    #[test]
+    fn the_lines_are_the_ones_tracing_would_write() {
+        let access = Access {
+            request_id: "0123456789abcdef",
+            method: "GET",
+            host: "app.localhost:8000",
+            path: "/a \"b\"\\c",
+            status: 200,
+            duration_ms: 1.25,
+            route: "http://app.localhost:8000",
+            user: "alice@example.com",
+            decision: "allow",
+            error: "",
+        };
+        let expected = tracing_line(|| {
+            // Not installed here: this is the `tracing` path.
+            super::access(&access);
+        });
+        let mut buf = Vec::new();
+        format_line(&mut buf, SystemTime::now(), "access", None, &access).unwrap();
+        assert_eq!(
+            blank_timestamp(std::str::from_utf8(&buf).unwrap()),
+            expected
+        );
+
+        let refused = Refused {
+            request_id: "0123456789abcdef",
+            route: "http://app.localhost:8000",
+            user: "u1",
+            email: "bob@example.com",
+            decision: "forbidden",
+            reason: "denied: no allow rule matched",
+        };
+        let expected = tracing_line(|| super::refused(&refused));
+        let mut buf = Vec::new();
+        format_line(
+            &mut buf,
+            SystemTime::now(),
+            "authorize",
+            Some(REFUSED_MESSAGE),
+            &refused,
+        )
+        .unwrap();
+        assert_eq!(
+            blank_timestamp(std::str::from_utf8(&buf).unwrap()),
+            expected
+        );
+    }
+}
