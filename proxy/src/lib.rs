@@ -14,7 +14,8 @@
 //! - [`streams`]: the re-check of live websockets and streamed responses;
 //! - [`deadline`], [`tripwire`]: the route's `timeout` for a whole response, and how a
 //!   request in progress is ended from outside;
-//! - [`request_log`]: the access and refusal lines written for every request;
+//! - [`request_log`], [`log_writer`]: the access and refusal lines written for every request,
+//!   and the thread that writes all log lines;
 //! - [`server`]: start-up and shutdown;
 //! - [`seed`]: `portcullis sessions seed`, sessions and cookies for load tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -24,6 +25,7 @@ pub mod config;
 pub mod databroker;
 pub mod deadline;
 pub mod health;
+pub mod log_writer;
 pub mod metrics;
 pub mod pages;
 pub mod path;

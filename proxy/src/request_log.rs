@@ -17,9 +17,8 @@ use std::io::Write as _;
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
+use crate::log_writer::LogWriter;
 use serde::Serialize;
-use tracing_appender::non_blocking::NonBlocking;
-use tracing_subscriber::fmt::MakeWriter as _;
 
 /// The access log line of one request.
 #[derive(Serialize)]
@@ -96,7 +95,7 @@ pub fn refused(line: &Refused<'_>) {
 
 /// Sends the per-request lines to `out` from now on, for a JSON log whose subscriber is
 /// installed (the level filter is read from it here, once).
-pub(crate) fn install(out: NonBlocking) {
+pub(crate) fn install(out: LogWriter) {
     let _ = WRITER.set(Writer {
         out,
         access: tracing::enabled!(target: "access", tracing::Level::INFO),
@@ -107,7 +106,7 @@ pub(crate) fn install(out: NonBlocking) {
 static WRITER: OnceLock<Writer> = OnceLock::new();
 
 struct Writer {
-    out: NonBlocking,
+    out: LogWriter,
     access: bool,
     authorize: bool,
 }
@@ -129,8 +128,8 @@ impl Writer {
             };
             buf.clear();
             if format_line(buf, SystemTime::now(), target, message, fields).is_ok() {
-                // The writer is lossless: a full queue makes this wait, it never drops a line.
-                let _ = self.out.make_writer().write_all(buf);
+                // The writer is lossless: a full buffer makes this wait, it never drops a line.
+                self.out.append(buf);
             }
         });
     }

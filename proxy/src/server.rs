@@ -152,27 +152,17 @@ impl BackgroundService for Background {
 
 /// Sets up logging: JSON lines (or pretty) on stdout, at `log_level`.
 ///
-/// Lines are handed to a background writer thread, so a request never waits for a write to
-/// stdout (the access log writes one line per request). Keep the returned guard alive for the
-/// life of the process: dropping it flushes what is still queued.
-#[must_use = "dropping the guard stops the log writer"]
-pub fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
+/// Lines are gathered and written by a background thread ([`crate::log_writer`]), so a request
+/// never waits for a write to stdout (the access log writes one line per request). Keep the
+/// returned guard alive for the life of the process: dropping it writes what is still queued.
+pub fn init_logging(config: &Config) -> crate::log_writer::Guard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!(
             "{level},pingora_core=warn,pingora_proxy=warn,pingora=warn",
             level = config.log_level
         ))
     });
-    // Lossless: when the queue is full, the logging thread waits rather than dropping lines.
-    // The writer thread writes what is queued in one go and flushes when the queue is empty;
-    // stdout on its own would be line-buffered (one write(2) per line).
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(64 * 1024)
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stdout(),
-        ));
+    let (writer, guard) = crate::log_writer::LogWriter::start(std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer.clone());
