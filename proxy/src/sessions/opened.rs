@@ -6,18 +6,21 @@
 //! authorization added to a request. A hit here costs a hash of the value and one comparison.
 //!
 //! What is kept is exactly what opening the value says, and only for values that opened: a
-//! lookup compares the whole value (never a hash of it alone), and the expiry is checked on
-//! every hit, so a hit answers what opening would have answered. The cookie key cannot change
+//! lookup compares the whole value (never a hash of it alone), in constant time as for any
+//! secret, and the expiry is checked on every hit, so a hit answers what opening would have
+//! answered. The cookie key cannot change
 //! while the process runs (`cookie_secret` is restart-only). Whether the session is still live
 //! is not decided here: the caller looks the id up in the session cache as before.
 //!
 //! Bounded: [`SHARDS`] maps of at most `max_entries / SHARDS` values each (about 270 bytes an
 //! entry); a full shard is emptied and refills from the next requests.
 
-use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 
+use hashbrown::{DefaultHashBuilder, Equivalent, HashMap};
 use portcullis_auth::{Cipher, SessionCookie};
+use subtle::ConstantTimeEq as _;
 
 /// Lock shards, so that the threads of a busy proxy rarely wait for one another.
 const SHARDS: usize = 16;
@@ -30,7 +33,33 @@ pub struct Opened {
 }
 
 /// One lock's share of the values.
-type Shard = HashMap<Box<str>, Opened, foldhash::fast::RandomState>;
+type Shard = HashMap<Sealed, Opened, DefaultHashBuilder>;
+
+/// A kept sealed value. It and the [`Presented`] value a lookup carries hash the same bytes the
+/// same way, and compare in constant time.
+#[derive(PartialEq, Eq)]
+struct Sealed(Box<[u8]>);
+
+/// A sealed value as a request presents it.
+struct Presented<'a>(&'a [u8]);
+
+impl Hash for Sealed {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write(&self.0);
+    }
+}
+
+impl Hash for Presented<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write(self.0);
+    }
+}
+
+impl Equivalent<Sealed> for Presented<'_> {
+    fn equivalent(&self, key: &Sealed) -> bool {
+        self.0.len() == key.0.len() && bool::from(self.0.ct_eq(&key.0))
+    }
+}
 
 /// Recently opened session cookie values (see the module documentation).
 pub struct OpenedCookies {
@@ -55,7 +84,7 @@ impl OpenedCookies {
     pub fn open(&self, cipher: &Cipher, value: &str, now_unix: i64) -> Option<Opened> {
         let shard = self.shard(value);
         let known = match shard.read() {
-            Ok(map) => map.get(value).cloned(),
+            Ok(map) => map.get(&Presented(value.as_bytes())).cloned(),
             Err(_) => None,
         };
         if let Some(opened) = known {
@@ -70,7 +99,7 @@ impl OpenedCookies {
             if map.len() >= self.per_shard {
                 map.clear();
             }
-            map.insert(value.into(), opened.clone());
+            map.insert(Sealed(value.as_bytes().into()), opened.clone());
         }
         Some(opened)
     }
@@ -89,10 +118,7 @@ impl OpenedCookies {
 
     /// The shard by the value's last character: the end of the GCM tag, so spread evenly over
     /// the values that open (only those are kept).
-    fn shard(
-        &self,
-        value: &str,
-    ) -> &RwLock<HashMap<Box<str>, Opened, foldhash::fast::RandomState>> {
+    fn shard(&self, value: &str) -> &RwLock<Shard> {
         let last = value.as_bytes().last().copied().unwrap_or(0);
         &self.shards[usize::from(last) % SHARDS]
     }
