@@ -50,46 +50,63 @@ const REFUSED_MESSAGE: &str = "request refused by policy";
 
 /// Writes the access line of a request.
 pub fn access(line: &Access<'_>) {
-    match WRITER.get() {
-        Some(w) => {
-            if w.access {
-                w.emit("access", None, line);
-            }
-        }
-        None => tracing::info!(
-            target: "access",
-            request_id = line.request_id,
-            method = line.method,
-            host = line.host,
-            path = line.path,
-            status = line.status,
-            duration_ms = line.duration_ms,
-            route = line.route,
-            user = line.user,
-            decision = line.decision,
-            error = line.error,
-        ),
-    }
+    write(
+        |w| w.access,
+        "access",
+        None,
+        line,
+        || {
+            tracing::info!(
+                target: "access",
+                request_id = line.request_id,
+                method = line.method,
+                host = line.host,
+                path = line.path,
+                status = line.status,
+                duration_ms = line.duration_ms,
+                route = line.route,
+                user = line.user,
+                decision = line.decision,
+                error = line.error,
+            )
+        },
+    );
 }
 
 /// Writes the line of a request refused by policy.
 pub fn refused(line: &Refused<'_>) {
+    write(
+        |w| w.authorize,
+        "authorize",
+        Some(REFUSED_MESSAGE),
+        line,
+        || {
+            tracing::info!(
+                target: "authorize",
+                request_id = line.request_id,
+                route = line.route,
+                user = line.user,
+                email = line.email,
+                decision = line.decision,
+                reason = line.reason,
+                "{REFUSED_MESSAGE}"
+            )
+        },
+    );
+}
+
+/// `line` through the installed writer when `enabled` there, else through `tracing` (`via_tracing`).
+fn write<T: Serialize>(
+    enabled: fn(&Writer) -> bool,
+    target: &'static str,
+    message: Option<&'static str>,
+    line: &T,
+    via_tracing: impl FnOnce(),
+) {
     match WRITER.get() {
-        Some(w) => {
-            if w.authorize {
-                w.emit("authorize", Some(REFUSED_MESSAGE), line);
-            }
-        }
-        None => tracing::info!(
-            target: "authorize",
-            request_id = line.request_id,
-            route = line.route,
-            user = line.user,
-            email = line.email,
-            decision = line.decision,
-            reason = line.reason,
-            "{REFUSED_MESSAGE}"
-        ),
+        Some(w) if enabled(w) => w.emit(target, message, line),
+        Some(_) => {}
+        None => via_tracing(),
     }
 }
 
