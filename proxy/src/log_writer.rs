@@ -1,15 +1,18 @@
 //! The log writer: every thread appends its lines to one shared buffer, and one writer thread
-//! writes what has gathered to stdout every [`FLUSH_INTERVAL`], or as soon as
-//! [`FLUSH_BYTES`] have gathered.
+//! writes what has gathered to stdout.
 //!
 //! It replaces a queue of one message per line (`tracing_appender::non_blocking`), whose writer
 //! thread woke, spun and wrote once per line when traffic was steady: about 1.4 µs of CPU per
 //! request on the proxy's own cores, a few percent of a proxied request. Here a line costs an
-//! uncontended lock and a copy, and a busy proxy writes in 64 KiB pieces.
+//! uncontended lock and a copy, and a busy proxy writes in large pieces.
+//!
+//! - The per-request lines ([`crate::request_log`], through [`LogWriter::append`]) wait at most
+//!   [`FLUSH_INTERVAL`], or until [`FLUSH_BYTES`] have gathered.
+//! - Every other line (`tracing` events: start, reloads, warnings) wakes the writer at once, and
+//!   takes what gathered before it along, in order.
 //!
 //! Lossless: when the writer cannot keep up and [`MAX_PENDING`] bytes wait, a thread that logs
-//! waits for room rather than drop a line. Lines reach stdout at most about [`FLUSH_INTERVAL`]
-//! after they were logged; dropping the [`Guard`] writes what is left.
+//! waits for room rather than drop a line. Dropping the [`Guard`] writes what is left.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +20,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// How long a line may wait in the buffer.
-pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+/// How long a per-request line may wait in the buffer.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(5);
 /// The writer is woken early once this much has gathered.
 pub const FLUSH_BYTES: usize = 64 * 1024;
 /// Threads that log wait for room beyond this.
@@ -38,7 +41,7 @@ pub struct Guard {
 }
 
 struct Shared {
-    pending: Mutex<Vec<u8>>,
+    pending: Mutex<Pending>,
     /// The writer waits here (with a timeout) for lines.
     gathered: Condvar,
     /// Threads that log wait here when `MAX_PENDING` bytes wait.
@@ -47,22 +50,39 @@ struct Shared {
     max_pending: usize,
     /// The writer is woken early from this many bytes on.
     wake_at: usize,
+    /// [`FLUSH_INTERVAL`], except in tests.
+    interval: Duration,
+}
+
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    /// A line that must not wait is in `bytes`.
+    urgent: bool,
 }
 
 impl LogWriter {
     /// Starts the writer thread, writing to `out`.
     pub fn start(out: impl Write + Send + 'static) -> (LogWriter, Guard) {
-        LogWriter::start_with(out, MAX_PENDING)
+        LogWriter::start_with(out, MAX_PENDING, FLUSH_INTERVAL)
     }
 
-    fn start_with(mut out: impl Write + Send + 'static, max_pending: usize) -> (LogWriter, Guard) {
+    fn start_with(
+        mut out: impl Write + Send + 'static,
+        max_pending: usize,
+        interval: Duration,
+    ) -> (LogWriter, Guard) {
         let shared = Arc::new(Shared {
-            pending: Mutex::new(Vec::with_capacity(FLUSH_BYTES)),
+            pending: Mutex::new(Pending {
+                bytes: Vec::with_capacity(FLUSH_BYTES),
+                urgent: false,
+            }),
             gathered: Condvar::new(),
             room: Condvar::new(),
             closed: AtomicBool::new(false),
             max_pending,
             wake_at: FLUSH_BYTES.min(max_pending),
+            interval,
         });
         let writer = shared.clone();
         let thread = std::thread::Builder::new()
@@ -77,25 +97,34 @@ impl LogWriter {
         )
     }
 
-    /// Appends `bytes` (whole lines) to what the writer thread writes next.
+    /// Appends `bytes` (whole lines) to what the writer thread writes within
+    /// [`FLUSH_INTERVAL`].
     pub fn append(&self, bytes: &[u8]) {
+        self.push(bytes, false);
+    }
+
+    fn push(&self, bytes: &[u8], urgent: bool) {
         let shared = &*self.shared;
         let mut pending = shared.lock();
-        while pending.len() >= shared.max_pending && !shared.closed.load(Ordering::Acquire) {
+        while pending.bytes.len() >= shared.max_pending && !shared.closed.load(Ordering::Acquire) {
             shared.gathered.notify_one();
             pending = shared.room.wait(pending).unwrap_or_else(|e| e.into_inner());
         }
-        let before = pending.len();
-        pending.extend_from_slice(bytes);
-        // Wake the writer once, when the buffer crosses the threshold (a wake is a syscall).
-        if before < shared.wake_at && pending.len() >= shared.wake_at {
+        let before = pending.bytes.len();
+        pending.bytes.extend_from_slice(bytes);
+        // A wake is a syscall: once when the buffer crosses the threshold, and for a line
+        // that must not wait, once until the writer takes it.
+        let crossed = before < shared.wake_at && pending.bytes.len() >= shared.wake_at;
+        let first_urgent = urgent && !pending.urgent;
+        pending.urgent |= urgent;
+        if crossed || first_urgent {
             shared.gathered.notify_one();
         }
     }
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -105,14 +134,18 @@ impl Shared {
         loop {
             let closed = {
                 let mut pending = self.lock();
-                if pending.len() < self.wake_at && !self.closed.load(Ordering::Acquire) {
+                if pending.bytes.len() < self.wake_at
+                    && !pending.urgent
+                    && !self.closed.load(Ordering::Acquire)
+                {
                     pending = self
                         .gathered
-                        .wait_timeout(pending, FLUSH_INTERVAL)
+                        .wait_timeout(pending, self.interval)
                         .map(|(guard, _)| guard)
                         .unwrap_or_else(|e| e.into_inner().0);
                 }
-                std::mem::swap(&mut *pending, &mut writing);
+                std::mem::swap(&mut pending.bytes, &mut writing);
+                pending.urgent = false;
                 self.closed.load(Ordering::Acquire)
             };
             self.room.notify_all();
@@ -122,7 +155,7 @@ impl Shared {
                 let _ = out.flush();
                 writing.clear();
             }
-            if closed && self.lock().is_empty() {
+            if closed && self.lock().bytes.is_empty() {
                 return;
             }
         }
@@ -142,10 +175,11 @@ impl Drop for Guard {
     }
 }
 
-/// `tracing_subscriber` formats a whole event, then writes it with one `write_all`.
+/// `tracing_subscriber` formats a whole event, then writes it with one `write_all`: an event
+/// line is written at once.
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.append(buf);
+        self.push(buf, true);
         Ok(buf.len())
     }
 
@@ -185,7 +219,7 @@ mod tests {
     fn every_line_of_every_thread_arrives_in_order_even_when_the_buffer_is_full() {
         let sink = Sink::default();
         // A bound of 1 KiB: the threads wait for room again and again.
-        let (writer, guard) = LogWriter::start_with(sink.clone(), 1024);
+        let (writer, guard) = LogWriter::start_with(sink.clone(), 1024, FLUSH_INTERVAL);
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let writer = writer.clone();
@@ -210,6 +244,24 @@ mod tests {
                 .collect();
             assert_eq!(numbers, (0..5_000).collect::<Vec<_>>(), "thread {t}");
         }
+    }
+
+    #[test]
+    fn an_event_line_is_written_at_once_with_the_lines_before_it() {
+        let sink = Sink::default();
+        // Request lines would wait a minute here.
+        let (mut writer, _guard) =
+            LogWriter::start_with(sink.clone(), MAX_PENDING, Duration::from_secs(60));
+        // Let the writer settle into its wait.
+        std::thread::sleep(Duration::from_millis(50));
+        writer.append(b"request line\n");
+        writer.write_all(b"event line\n").unwrap();
+        let start = Instant::now();
+        while sink.0.lock().unwrap().len() < 24 {
+            assert!(start.elapsed() < Duration::from_secs(5), "never written");
+            std::thread::yield_now();
+        }
+        assert_eq!(&sink.0.lock().unwrap()[..], b"request line\nevent line\n");
     }
 
     #[test]
