@@ -271,7 +271,10 @@ impl AssertionCache {
                 && *entry.session_id == *session_id
                 && *entry.audience == *audience
             {
-                entry.last_used.store(now_unix, Ordering::Relaxed);
+                // Written once a second at most: every thread reads this line per request.
+                if entry.last_used.load(Ordering::Relaxed) != now_unix {
+                    entry.last_used.store(now_unix, Ordering::Relaxed);
+                }
                 if let Some(valid) = entry.valid_at(now_unix) {
                     return Ok(valid);
                 }
@@ -289,7 +292,7 @@ impl AssertionCache {
             now_unix,
         )?;
         self.on_request.fetch_add(1, Ordering::Relaxed);
-        let value = entry.valid_at(now_unix).unwrap_or_else(|| entry.current());
+        let value = entry.current();
         self.cache.insert(key, Arc::new(entry));
         Ok(value)
     }
