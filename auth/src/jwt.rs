@@ -73,8 +73,8 @@ pub struct IdentityClaims {
 /// Caches signed assertions per (session id, audience), and signs them again before they
 /// expire ([`AssertionCache::renew_due`]) while their session keeps sending requests.
 pub struct AssertionCache {
-    cache: Cache<u64, Arc<Entry>>,
-    keys: std::hash::RandomState,
+    cache: Cache<u64, Arc<Entry>, foldhash::quality::RandomState>,
+    keys: foldhash::quality::RandomState,
     on_request: AtomicU64,
     in_background: AtomicU64,
 }
@@ -233,8 +233,8 @@ impl AssertionCache {
                 .max_capacity(max_entries)
                 .time_to_idle(Duration::from_secs(ASSERTION_LIFETIME_SECS.unsigned_abs()))
                 .support_invalidation_closures()
-                .build(),
-            keys: std::hash::RandomState::new(),
+                .build_with_hasher(foldhash::quality::RandomState::default()),
+            keys: foldhash::quality::RandomState::default(),
             on_request: AtomicU64::new(0),
             in_background: AtomicU64::new(0),
         }

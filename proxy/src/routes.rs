@@ -4,7 +4,9 @@
 //! costs the same with ten routes or ten thousand; only the routes of the matching host are
 //! tried against the path.
 
-use std::collections::HashMap;
+// foldhash, seeded per process: the table is built once from the configuration, so a lookup by a
+// client-chosen host cannot lengthen any chain; SipHash would cost more than the lookup.
+use hashbrown::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};

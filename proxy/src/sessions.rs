@@ -54,7 +54,8 @@ pub struct CachedSession {
 
 /// Sessions by id.
 pub struct SessionCache {
-    cache: moka::sync::Cache<Arc<str>, Arc<CachedSession>>,
+    /// Keyed by server-minted ids, so a fast keyed hash (foldhash) instead of SipHash.
+    cache: moka::sync::Cache<Arc<str>, Arc<CachedSession>, foldhash::quality::RandomState>,
     /// Ids deleted recently: a miss racing a sign-out must not put the session back.
     deleted: moka::sync::Cache<String, ()>,
     store: Arc<dyn Store>,
@@ -142,7 +143,7 @@ impl SessionCache {
             cache: moka::sync::Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(|_, s: &Arc<CachedSession>| s.weight())
-                .build(),
+                .build_with_hasher(foldhash::quality::RandomState::default()),
             deleted: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(600))

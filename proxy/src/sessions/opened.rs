@@ -20,7 +20,6 @@ use std::sync::{Arc, RwLock};
 
 use hashbrown::{DefaultHashBuilder, Equivalent, HashMap};
 use portcullis_auth::{Cipher, SessionCookie};
-use subtle::ConstantTimeEq as _;
 
 /// Lock shards, so that the threads of a busy proxy rarely wait for one another.
 const SHARDS: usize = 16;
@@ -57,7 +56,7 @@ impl Hash for Presented<'_> {
 
 impl Equivalent<Sealed> for Presented<'_> {
     fn equivalent(&self, key: &Sealed) -> bool {
-        self.0.len() == key.0.len() && bool::from(self.0.ct_eq(&key.0))
+        constant_time_eq::constant_time_eq(self.0, &key.0)
     }
 }
 
