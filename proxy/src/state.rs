@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use bytes::Bytes;
 use portcullis_auth::{
     AssertionCache, AssertionSigner, Cipher, CookieOptions, OidcConfig, OidcProvider, ReplayGuard,
     SameSite, UrlSigner,
@@ -25,44 +24,6 @@ pub struct Runtime {
     pub session_cookie: CookieOptions,
     /// Origin of the authenticate service (`https://authenticate.example.com[:port]`).
     pub authenticate_origin: String,
-    /// The identity headers' names as sent upstream, built once per configuration.
-    pub identity_header_names: IdentityHeaderNames,
-}
-
-/// `jwt_assertion_header` and the `jwt_claims_headers` names (in their order), title-cased as
-/// sent upstream. Pingora keeps each header's case beside its name: given a [`Bytes`] it keeps
-/// that, where a `HeaderName` would have it build a title-cased copy for every request.
-pub struct IdentityHeaderNames {
-    pub assertion: Bytes,
-    pub claims: Vec<Bytes>,
-}
-
-impl IdentityHeaderNames {
-    fn new(config: &Config) -> Self {
-        IdentityHeaderNames {
-            assertion: title_case(config.jwt_assertion_header.as_str()),
-            claims: config
-                .jwt_claims_headers
-                .iter()
-                .map(|(name, _)| title_case(name.as_str()))
-                .collect(),
-        }
-    }
-}
-
-/// `x-pomerium-jwt-assertion` → `X-Pomerium-Jwt-Assertion`.
-pub(crate) fn title_case(name: &str) -> Bytes {
-    let mut out = Vec::with_capacity(name.len());
-    let mut word_start = true;
-    for b in name.bytes() {
-        out.push(if word_start {
-            b.to_ascii_uppercase()
-        } else {
-            b
-        });
-        word_start = b == b'-';
-    }
-    Bytes::from(out)
 }
 
 /// Shared state of the proxy service.
@@ -125,13 +86,11 @@ impl Runtime {
             max_age: config.cookie.expire,
         };
         let authenticate_origin = config.authenticate.url.origin().ascii_serialization();
-        let identity_header_names = IdentityHeaderNames::new(&config);
         Self {
             config,
             routes,
             session_cookie,
             authenticate_origin,
-            identity_header_names,
         }
     }
 
