@@ -48,13 +48,68 @@ pub struct Refused<'a> {
 
 const REFUSED_MESSAGE: &str = "request refused by policy";
 
+impl Access<'_> {
+    /// The fields as `serde_json` writes them, without the braces, by hand: this line is
+    /// written for every request, and strings that need no escaping (nearly all) are copied
+    /// as they are instead of byte by byte (about 3,500 instructions a line under callgrind).
+    fn write_fields(&self, buf: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        buf.extend_from_slice(b"\"request_id\":");
+        push_json_str(buf, self.request_id)?;
+        buf.extend_from_slice(b",\"method\":");
+        push_json_str(buf, self.method)?;
+        buf.extend_from_slice(b",\"host\":");
+        push_json_str(buf, self.host)?;
+        buf.extend_from_slice(b",\"path\":");
+        push_json_str(buf, self.path)?;
+        buf.extend_from_slice(b",\"status\":");
+        buf.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
+        buf.extend_from_slice(b",\"duration_ms\":");
+        serde_json::to_writer(&mut *buf, &self.duration_ms)?;
+        buf.extend_from_slice(b",\"route\":");
+        push_json_str(buf, self.route)?;
+        buf.extend_from_slice(b",\"user\":");
+        push_json_str(buf, self.user)?;
+        buf.extend_from_slice(b",\"decision\":");
+        push_json_str(buf, self.decision)?;
+        buf.extend_from_slice(b",\"error\":");
+        push_json_str(buf, self.error)
+    }
+}
+
+/// `s` as a JSON string: copied as it is when nothing in it needs escaping, else escaped by
+/// `serde_json` (which escapes exactly control characters, `"` and `\`).
+fn push_json_str(buf: &mut Vec<u8>, s: &str) -> Result<(), serde_json::Error> {
+    // No early exit, so that the check compiles to a few vector instructions.
+    let escape = s
+        .bytes()
+        .fold(false, |e, b| e | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if escape {
+        return serde_json::to_writer(&mut *buf, s);
+    }
+    buf.push(b'"');
+    buf.extend_from_slice(s.as_bytes());
+    buf.push(b'"');
+    Ok(())
+}
+
+/// The fields of a `Serialize` line, without the braces of their own object.
+fn serde_fields<T: Serialize>(buf: &mut Vec<u8>, fields: &T) -> Result<(), serde_json::Error> {
+    let fields_start = buf.len();
+    serde_json::to_writer(&mut *buf, fields)?;
+    if buf.get(fields_start) == Some(&b'{') && buf.last() == Some(&b'}') {
+        buf.remove(fields_start);
+        buf.pop();
+    }
+    Ok(())
+}
+
 /// Writes the access line of a request.
 pub fn access(line: &Access<'_>) {
     write(
         |w| w.access,
         "access",
         None,
-        line,
+        |buf| line.write_fields(buf),
         || {
             tracing::info!(
                 target: "access",
@@ -79,7 +134,7 @@ pub fn refused(line: &Refused<'_>) {
         |w| w.authorize,
         "authorize",
         Some(REFUSED_MESSAGE),
-        line,
+        |buf| serde_fields(buf, line),
         || {
             tracing::info!(
                 target: "authorize",
@@ -95,16 +150,21 @@ pub fn refused(line: &Refused<'_>) {
     );
 }
 
-/// `line` through the installed writer when `enabled` there, else through `tracing` (`via_tracing`).
-fn write<T: Serialize>(
+/// A line's fields, written into a buffer (see [`format_line`]).
+trait Fields: FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error> {}
+impl<F: FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>> Fields for F {}
+
+/// A line through the installed writer when `enabled` there (its fields written by
+/// `fields`), else through `tracing` (`via_tracing`).
+fn write(
     enabled: fn(&Writer) -> bool,
     target: &'static str,
     message: Option<&'static str>,
-    line: &T,
+    fields: impl Fields,
     via_tracing: impl FnOnce(),
 ) {
     match WRITER.get() {
-        Some(w) if enabled(w) => w.emit(target, message, line),
+        Some(w) if enabled(w) => w.emit(target, message, fields),
         Some(_) => {}
         None => via_tracing(),
     }
@@ -134,7 +194,7 @@ thread_local! {
 }
 
 impl Writer {
-    fn emit<T: Serialize>(&self, target: &'static str, message: Option<&'static str>, fields: &T) {
+    fn emit(&self, target: &'static str, message: Option<&'static str>, fields: impl Fields) {
         BUFFER.with(|buffer| {
             // Never re-entered (nothing here logs); should it be, the line goes unbuffered.
             let mut fresh = Vec::new();
@@ -153,13 +213,13 @@ impl Writer {
 }
 
 /// One line as `tracing_subscriber`'s flattened JSON format writes it: timestamp, level,
-/// message, the fields in order, target.
-fn format_line<T: Serialize>(
+/// message, the fields in order (written by `fields`), target.
+fn format_line(
     buf: &mut Vec<u8>,
     now: SystemTime,
     target: &'static str,
     message: Option<&'static str>,
-    fields: &T,
+    fields: impl Fields,
 ) -> Result<(), serde_json::Error> {
     buf.extend_from_slice(b"{\"timestamp\":\"");
     write!(buf, "{}", humantime::format_rfc3339_micros(now)).map_err(serde_json::Error::io)?;
@@ -169,13 +229,7 @@ fn format_line<T: Serialize>(
         serde_json::to_writer(&mut *buf, message)?;
         buf.push(b',');
     }
-    // The fields' own object, without its braces, continues this one.
-    let fields_start = buf.len();
-    serde_json::to_writer(&mut *buf, fields)?;
-    if buf.get(fields_start) == Some(&b'{') && buf.last() == Some(&b'}') {
-        buf.remove(fields_start);
-        buf.pop();
-    }
+    fields(buf)?;
     buf.extend_from_slice(b",\"target\":");
     serde_json::to_writer(&mut *buf, target)?;
     buf.extend_from_slice(b"}\n");
@@ -198,7 +252,10 @@ mod tests {
         };
         let mut buf = Vec::new();
         let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_500_000);
-        format_line(&mut buf, at, "authorize", Some(REFUSED_MESSAGE), &fields).expect("formats");
+        format_line(&mut buf, at, "authorize", Some(REFUSED_MESSAGE), |buf| {
+            serde_fields(buf, &fields)
+        })
+        .expect("formats");
         let text = String::from_utf8(buf).expect("UTF-8");
         assert_eq!(
             text,
@@ -242,28 +299,41 @@ mod tests {
 
     #[test]
     fn the_lines_are_the_ones_tracing_would_write() {
-        let access = Access {
-            request_id: "0123456789abcdef",
-            method: "GET",
-            host: "app.localhost:8000",
-            path: "/a \"b\"\\c",
-            status: 200,
-            duration_ms: 1.25,
-            route: "http://app.localhost:8000",
-            user: "alice@example.com",
-            decision: "allow",
-            error: "",
-        };
-        let expected = tracing_line(|| {
-            // Not installed here: this is the `tracing` path.
-            super::access(&access);
-        });
-        let mut buf = Vec::new();
-        format_line(&mut buf, SystemTime::now(), "access", None, &access).unwrap();
-        assert_eq!(
-            blank_timestamp(std::str::from_utf8(&buf).unwrap()),
-            expected
-        );
+        // Plain strings (copied as they are) and ones that need escaping, in every field.
+        let odd = "/a \"b\"\\c\u{1}\té\u{7f}\u{2028}";
+        for (text, duration_ms) in [("plain", 1.25), (odd, 0.0), ("", 1e-7), (odd, 12345.678)] {
+            let access = Access {
+                request_id: "0123456789abcdef",
+                method: if text.is_empty() { "GET" } else { text },
+                host: text,
+                path: text,
+                status: 200,
+                duration_ms,
+                route: "http://app.localhost:8000",
+                user: text,
+                decision: "allow",
+                error: text,
+            };
+            let expected = tracing_line(|| {
+                // Not installed here: this is the `tracing` path.
+                super::access(&access);
+            });
+            let mut buf = Vec::new();
+            format_line(&mut buf, SystemTime::now(), "access", None, |buf| {
+                access.write_fields(buf)
+            })
+            .unwrap();
+            assert_eq!(
+                blank_timestamp(std::str::from_utf8(&buf).unwrap()),
+                expected
+            );
+            // And the same as serde_json writes the struct.
+            let mut by_serde = Vec::new();
+            serde_fields(&mut by_serde, &access).unwrap();
+            let mut by_hand = Vec::new();
+            access.write_fields(&mut by_hand).unwrap();
+            assert_eq!(by_hand, by_serde);
+        }
 
         let refused = Refused {
             request_id: "0123456789abcdef",
@@ -280,7 +350,7 @@ mod tests {
             SystemTime::now(),
             "authorize",
             Some(REFUSED_MESSAGE),
-            &refused,
+            |buf| serde_fields(buf, &refused),
         )
         .unwrap();
         assert_eq!(
