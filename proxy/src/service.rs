@@ -869,11 +869,13 @@ pub(crate) async fn load_session(
             *bearer = true;
             Credential::Bearer(t)
         }
+        // UTF-8 is all the parser needs (a value with other bytes cannot open); `to_str`'s
+        // stricter check would be a second pass over the value.
         None => match find_cookie(
             req.headers
                 .get_all(header::COOKIE)
                 .iter()
-                .filter_map(|v| v.to_str().ok()),
+                .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok()),
             &runtime.config.cookie.name,
         ) {
             Some(c) => Credential::Cookie(c),
@@ -1088,9 +1090,12 @@ fn strip_session_cookie(headers: &mut http::HeaderMap, name: &str) {
     // Most often the one `Cookie` header holds the session cookie alone: it goes as a whole.
     let mut values = headers.get_all(header::COOKIE).iter();
     if let (Some(only), None) = (values.next(), values.next()) {
-        let alone = only.to_str().is_ok_and(|v| {
-            !v.contains(';') && v.split_once('=').is_some_and(|(n, _)| n.trim() == name)
-        });
+        // Bytes, not `to_str`: a second pass over the value would cost more than this check.
+        let v = only.as_bytes();
+        let alone = !v.contains(&b';')
+            && v.iter()
+                .position(|&b| b == b'=')
+                .is_some_and(|eq| v[..eq].trim_ascii() == name.as_bytes());
         if alone {
             headers.remove(header::COOKIE);
             return;
