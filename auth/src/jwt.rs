@@ -7,14 +7,15 @@
 //! [`AssertionCache::signatures_on_request_path`] lets the proxy prove in its metrics that a
 //! steady-state request never waits for a signature.
 
+use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use base64::Engine as _;
+use hashbrown::HashTable;
 use http::HeaderValue;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use moka::sync::Cache;
 use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 use p256::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
 use p256::SecretKey;
@@ -72,16 +73,31 @@ pub struct IdentityClaims {
 
 /// Caches signed assertions per (session id, audience), and signs them again before they
 /// expire ([`AssertionCache::renew_due`]) while their session keeps sending requests.
+///
+/// A plain map in lock shards, by session id, each session holding its assertions (one per
+/// route host it used): a lookup is one hash of the id and a read lock, with no bookkeeping
+/// per read. (A moka cache did LRU bookkeeping on every read; with ten thousand sessions in
+/// turn, that was about half of what a session lookup cost.) Entries that no request used for
+/// an assertion lifetime go at the next [`AssertionCache::renew_due`]; a sign-out drops its
+/// session's at once.
 pub struct AssertionCache {
-    cache: Cache<u64, Arc<Entry>, foldhash::quality::RandomState>,
-    keys: foldhash::quality::RandomState,
+    shards: Box<[RwLock<Shard>]>,
+    /// Seeded: session ids are server-minted, but nobody should be able to aim collisions.
+    hasher: foldhash::quality::RandomState,
+    /// Sessions per shard before a new one needs [`make_room`].
+    per_shard: usize,
     on_request: AtomicU64,
     in_background: AtomicU64,
 }
 
+/// Lock shards, so that the threads of a busy proxy rarely wait for one another.
+const SHARDS: usize = 16;
+
+/// One shard: session id, and that session's assertions.
+type Shard = HashTable<(Box<str>, Vec<Arc<Entry>>)>;
+
 /// One (session, audience) and its current assertion.
 struct Entry {
-    session_id: Box<str>,
     audience: Box<str>,
     /// Fingerprint of the session fields the claims were made from.
     content: u64,
@@ -224,27 +240,23 @@ impl IdentityClaims {
 // === impl AssertionCache ===
 
 impl AssertionCache {
-    /// A cache of at most `max_entries` assertions.
-    pub fn new(max_entries: u64) -> AssertionCache {
+    /// A cache of assertions for at most about `max_sessions` sessions.
+    pub fn new(max_sessions: usize) -> AssertionCache {
         AssertionCache {
-            // An entry outlives its JWTs (it is signed again in place), and goes when no
-            // request asked for it for one assertion lifetime.
-            cache: Cache::builder()
-                .max_capacity(max_entries)
-                .time_to_idle(Duration::from_secs(ASSERTION_LIFETIME_SECS.unsigned_abs()))
-                .support_invalidation_closures()
-                .build_with_hasher(foldhash::quality::RandomState::default()),
-            keys: foldhash::quality::RandomState::default(),
+            shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
+            hasher: foldhash::quality::RandomState::default(),
+            per_shard: (max_sessions / SHARDS).max(1),
             on_request: AtomicU64::new(0),
             in_background: AtomicU64::new(0),
         }
     }
 
-    /// The map key of (session id, audience): a keyed hash. The entry holds both, and a
-    /// lookup checks them, so a collision costs a signature, never a wrong identity.
-    fn key(&self, session_id: &str, audience: &str) -> u64 {
-        use std::hash::BuildHasher as _;
-        self.keys.hash_one((session_id, audience))
+    /// The hash of `session_id` and its shard, by bits from the middle of the hash: the table
+    /// places by the low ones and tags by the top seven.
+    fn locate(&self, session_id: &str) -> (u64, &RwLock<Shard>) {
+        let hash = self.hasher.hash_one(session_id);
+        let index = usize::try_from((hash >> 32) & 0xffff).unwrap_or(0) % SHARDS;
+        (hash, &self.shards[index])
     }
 
     /// The assertion for (`session_id`, `audience`), as a header value: the cached one while
@@ -265,35 +277,53 @@ impl AssertionCache {
         now_unix: i64,
         make_claims: impl FnOnce() -> IdentityClaims,
     ) -> Result<HeaderValue, AuthError> {
-        let key = self.key(session_id, audience);
-        if let Some(entry) = self.cache.get(&key) {
-            if entry.content == content
-                && *entry.session_id == *session_id
-                && *entry.audience == *audience
-            {
-                // Written once a second at most: every thread reads this line per request.
-                if entry.last_used.load(Ordering::Relaxed) != now_unix {
-                    entry.last_used.store(now_unix, Ordering::Relaxed);
-                }
-                if let Some(valid) = entry.valid_at(now_unix) {
-                    return Ok(valid);
-                }
+        let (hash, shard) = self.locate(session_id);
+        let found = {
+            let map = read(shard);
+            map.find(hash, |(id, _)| **id == *session_id)
+                .and_then(|(_, entries)| entries.iter().find(|e| *e.audience == *audience))
+                .filter(|e| e.content == content)
+                .map(|entry| {
+                    // Written once a second at most: every thread reads this line per request.
+                    if entry.last_used.load(Ordering::Relaxed) != now_unix {
+                        entry.last_used.store(now_unix, Ordering::Relaxed);
+                    }
+                    entry.valid_at(now_unix).ok_or_else(|| Arc::clone(entry))
+                })
+        };
+        match found {
+            Some(Ok(valid)) => return Ok(valid),
+            Some(Err(entry)) => {
                 let value = entry.sign_again(signer, now_unix)?;
                 self.on_request.fetch_add(1, Ordering::Relaxed);
                 return Ok(value);
             }
+            None => {}
         }
-        let entry = Entry::sign(
+        let entry = Arc::new(Entry::sign(
             signer,
-            session_id,
             audience,
             content,
             make_claims(),
             now_unix,
-        )?;
+        )?);
         self.on_request.fetch_add(1, Ordering::Relaxed);
         let value = entry.current();
-        self.cache.insert(key, Arc::new(entry));
+        let mut map = write(shard);
+        let hasher = &self.hasher;
+        let rehash = |(id, _): &(Box<str>, Vec<Arc<Entry>>)| hasher.hash_one(&**id);
+        match map.find_mut(hash, |(id, _)| **id == *session_id) {
+            Some((_, entries)) => match entries.iter_mut().find(|e| *e.audience == *audience) {
+                Some(slot) => *slot = entry,
+                None => entries.push(entry),
+            },
+            None => {
+                if map.len() >= self.per_shard {
+                    make_room(&mut map, now_unix);
+                }
+                map.insert_unique(hash, (session_id.into(), vec![entry]), rehash);
+            }
+        }
         Ok(value)
     }
 
@@ -303,15 +333,27 @@ impl AssertionCache {
     /// [`ASSERTION_RENEW_INTERVAL`], it keeps signatures off the request path for as long as a
     /// session keeps sending requests.
     pub fn renew_due(&self, signer: &AssertionSigner, now_unix: i64) -> usize {
-        let mut renewed = 0;
-        for (_, entry) in self.cache.iter() {
-            let used = entry.last_used.load(Ordering::Relaxed);
-            let left = entry.expires_at().saturating_sub(now_unix);
-            if left > ASSERTION_RENEW_AHEAD_SECS
-                || now_unix.saturating_sub(used) > ASSERTION_LIFETIME_SECS
-            {
-                continue;
+        // Collected under read locks, signed with none held.
+        let mut due = Vec::new();
+        for shard in self.shards.iter() {
+            let mut idle = false;
+            for (_, entries) in read(shard).iter() {
+                for entry in entries {
+                    if is_idle(entry, now_unix) {
+                        idle = true;
+                    } else if entry.expires_at().saturating_sub(now_unix)
+                        <= ASSERTION_RENEW_AHEAD_SECS
+                    {
+                        due.push(Arc::clone(entry));
+                    }
+                }
             }
+            if idle {
+                drop_idle(&mut write(shard), now_unix);
+            }
+        }
+        let mut renewed = 0;
+        for entry in due {
             if entry.sign_again(signer, now_unix).is_ok() {
                 self.in_background.fetch_add(1, Ordering::Relaxed);
                 renewed += 1;
@@ -320,19 +362,33 @@ impl AssertionCache {
         renewed
     }
 
-    /// Drops every cached assertion of `session_id` (sign-out). Not needed when a session
-    /// changes: its new content fingerprint no longer matches.
+    /// Drops every cached assertion of `session_id` (sign-out), at once. Not needed when a
+    /// session changes: its new content fingerprint no longer matches.
     pub fn invalidate_session(&self, session_id: &str) {
-        let session_id: Box<str> = session_id.into();
-        // Only fails when the cache was built without invalidation closures, which it is not.
-        let _ = self
-            .cache
-            .invalidate_entries_if(move |_, e| e.session_id == session_id);
+        let (hash, shard) = self.locate(session_id);
+        if let Ok(found) = write(shard).find_entry(hash, |(id, _)| **id == *session_id) {
+            found.remove();
+        }
     }
 
     /// Drops everything (e.g. on signing-key change).
     pub fn invalidate_all(&self) {
-        self.cache.invalidate_all();
+        for shard in self.shards.iter() {
+            write(shard).clear();
+        }
+    }
+
+    /// How many assertions are cached now.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| read(s).iter().map(|(_, e)| e.len()).sum::<usize>())
+            .sum()
+    }
+
+    /// Whether no assertion is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// How many assertions this cache has signed since it was created, on the request path
@@ -348,12 +404,41 @@ impl AssertionCache {
     }
 }
 
+fn read(shard: &RwLock<Shard>) -> RwLockReadGuard<'_, Shard> {
+    shard.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write(shard: &RwLock<Shard>) -> RwLockWriteGuard<'_, Shard> {
+    shard.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// No request asked for it for one assertion lifetime: it is no longer renewed, and goes.
+fn is_idle(entry: &Entry, now_unix: i64) -> bool {
+    now_unix.saturating_sub(entry.last_used.load(Ordering::Relaxed)) > ASSERTION_LIFETIME_SECS
+}
+
+fn drop_idle(map: &mut Shard, now_unix: i64) {
+    map.retain(|(_, entries)| {
+        entries.retain(|e| !is_idle(e, now_unix));
+        !entries.is_empty()
+    });
+}
+
+/// A full shard: the idle sessions go; if none is idle, the whole shard (its sessions are
+/// signed again at their next request, as after a restart).
+fn make_room(map: &mut Shard, now_unix: i64) {
+    let before = map.len();
+    drop_idle(map, now_unix);
+    if map.len() == before {
+        map.clear();
+    }
+}
+
 // === impl Entry ===
 
 impl Entry {
     fn sign(
         signer: &AssertionSigner,
-        session_id: &str,
         audience: &str,
         content: u64,
         mut claims: IdentityClaims,
@@ -361,7 +446,6 @@ impl Entry {
     ) -> Result<Entry, AuthError> {
         let signed = Signed::new(signer, &mut claims, now_unix)?;
         Ok(Entry {
-            session_id: session_id.into(),
             audience: audience.into(),
             content,
             claims: Mutex::new(claims),
@@ -439,7 +523,7 @@ impl Default for AssertionCache {
 impl std::fmt::Debug for AssertionCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AssertionCache")
-            .field("entries", &self.cache.entry_count())
+            .field("entries", &self.len())
             .field("signatures_total", &self.signatures_total())
             .field(
                 "signatures_on_request_path",

@@ -319,6 +319,8 @@ fn assertions_in_use_are_renewed_in_the_background_and_requests_never_wait() {
     }
     assert_eq!(cache.signatures_on_request_path(), 2);
     assert!(renewed >= 3 * 3600 / 200, "renewed {renewed} times");
+    // "idle" went unused for a lifetime: no longer kept.
+    assert_eq!(cache.len(), 1, "only the busy session's assertion is kept");
     // "idle" stopped being renewed once it went unused for a lifetime, so its next request
     // signs (on the request path) — and gets a valid one.
     let jwt = cache
@@ -330,4 +332,31 @@ fn assertions_in_use_are_renewed_in_the_background_and_requests_never_wait() {
         cache.signatures_total(),
         cache.signatures_on_request_path() + renewed as u64 + 2
     );
+}
+
+#[test]
+fn the_cache_is_bounded_and_a_full_shard_makes_room() {
+    let s = AssertionSigner::from_pem(SEC1).unwrap();
+    // 16 shards of 2 sessions each.
+    let cache = AssertionCache::new(32);
+    let t = now();
+    for i in 0..200 {
+        cache
+            .get_or_sign(&s, &format!("sess-{i}"), "app", 0, t, || claims(0))
+            .unwrap();
+        assert!(cache.len() <= 32, "{} assertions kept", cache.len());
+    }
+    assert_eq!(cache.signatures_total(), 200);
+    // The last one is still cached: it was put in after the room was made.
+    cache
+        .get_or_sign(&s, "sess-199", "app", 0, t, || unreachable!("kept"))
+        .unwrap();
+    // A shard full of sessions idle for a lifetime loses only the idle ones.
+    let used = t + ASSERTION_LIFETIME_SECS - ASSERTION_RENEW_AHEAD_SECS;
+    cache
+        .get_or_sign(&s, "sess-199", "app", 0, used, || unreachable!("kept"))
+        .unwrap();
+    let later = t + ASSERTION_LIFETIME_SECS + 1;
+    assert_eq!(cache.renew_due(&s, later), 1, "sess-199 is due and in use");
+    assert_eq!(cache.len(), 1, "every idle session went");
 }
