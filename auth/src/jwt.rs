@@ -278,27 +278,31 @@ impl AssertionCache {
         make_claims: impl FnOnce() -> IdentityClaims,
     ) -> Result<HeaderValue, AuthError> {
         let (hash, shard) = self.locate(session_id);
-        let found = {
+        // An entry past its reuse margin is signed again with no lock held.
+        let stale = {
             let map = read(shard);
-            map.find(hash, |(id, _)| **id == *session_id)
+            let entry = map
+                .find(hash, |(id, _)| **id == *session_id)
                 .and_then(|(_, entries)| entries.iter().find(|e| *e.audience == *audience))
-                .filter(|e| e.content == content)
-                .map(|entry| {
+                .filter(|e| e.content == content);
+            match entry {
+                Some(entry) => {
                     // Written once a second at most: every thread reads this line per request.
                     if entry.last_used.load(Ordering::Relaxed) != now_unix {
                         entry.last_used.store(now_unix, Ordering::Relaxed);
                     }
-                    entry.valid_at(now_unix).ok_or_else(|| Arc::clone(entry))
-                })
-        };
-        match found {
-            Some(Ok(valid)) => return Ok(valid),
-            Some(Err(entry)) => {
-                let value = entry.sign_again(signer, now_unix)?;
-                self.on_request.fetch_add(1, Ordering::Relaxed);
-                return Ok(value);
+                    if let Some(valid) = entry.valid_at(now_unix) {
+                        return Ok(valid);
+                    }
+                    Some(Arc::clone(entry))
+                }
+                None => None,
             }
-            None => {}
+        };
+        if let Some(entry) = stale {
+            let value = entry.sign_again(signer, now_unix)?;
+            self.on_request.fetch_add(1, Ordering::Relaxed);
+            return Ok(value);
         }
         let entry = Arc::new(Entry::sign(
             signer,
