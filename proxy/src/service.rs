@@ -34,6 +34,7 @@ use crate::deadline::Deadline;
 use crate::path;
 use crate::request_log;
 use crate::respond::{Refusal, Reply};
+use crate::sessions::opened::Known;
 use crate::sessions::CachedSession;
 use crate::state::{now_unix, Runtime, State};
 use crate::streams::{StreamWatch, Subject};
@@ -886,19 +887,27 @@ pub(crate) async fn load_session(
         Credential::None => return Ok(None),
         Credential::Cookie(c) | Credential::Bearer(c) => c,
     };
-    let Some(cookie) = state.opened_cookies.open(&state.cipher, sealed, now) else {
-        return Ok(None);
+    let sessions = &state.sessions;
+    let cookie = match state
+        .opened_cookies
+        .open(&state.cipher, sealed, now, |s| sessions.is_current(s, now))
+    {
+        None => return Ok(None),
+        // The steady state: the value's last lookup found this session, and it is still the
+        // one the cache would answer with.
+        Some(Known::Session(s)) => return Ok(Some(s)),
+        Some(Known::Cookie(c)) => c,
     };
-    state
-        .sessions
-        .get(&cookie.session_id, now)
-        .await
-        .map_err(|e| {
-            warn!(error = %e, "session store unavailable");
-            Refusal::Unavailable(
-                "The session store cannot be reached right now. Try again in a moment.".into(),
-            )
-        })
+    let session = sessions.get(&cookie.session_id, now).await.map_err(|e| {
+        warn!(error = %e, "session store unavailable");
+        Refusal::Unavailable(
+            "The session store cannot be reached right now. Try again in a moment.".into(),
+        )
+    })?;
+    if let Some(s) = &session {
+        state.opened_cookies.attach(sealed, s);
+    }
+    Ok(session)
 }
 
 /// A 16-hex-digit random request id.

@@ -50,6 +50,13 @@ pub struct CachedSession {
     /// or an older one (a session's own creation, arriving after its first request) leaves
     /// the entry cached.
     pub version: u64,
+    /// True while this is the cache's entry for its id: cleared when the entry is removed or
+    /// evicted, for any reason. Lets a reference kept elsewhere (the opened-cookie memo) tell
+    /// whether the cache would still answer with it.
+    in_cache: AtomicBool,
+    /// The cache's generation when this was read from the store (see
+    /// [`SessionCache::invalidate_all`]).
+    generation: u64,
 }
 
 /// Sessions by id.
@@ -67,6 +74,9 @@ pub struct SessionCache {
     /// When the follower was last in sync, in milliseconds since `epoch`.
     last_in_sync_ms: AtomicU64,
     epoch: Instant,
+    /// Raised by every [`SessionCache::invalidate_all`]: moka drops those entries lazily, so
+    /// an entry read before the last raise is no longer current, whatever its flag says.
+    generation: AtomicU64,
 }
 
 // === impl CachedSession ===
@@ -97,6 +107,8 @@ impl CachedSession {
             identity: Identity::new(user_id, email, groups, claims).with_name(name),
             assertion_content,
             version,
+            in_cache: AtomicBool::new(false),
+            generation: 0,
         }
     }
 
@@ -143,6 +155,10 @@ impl SessionCache {
             cache: moka::sync::Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(|_, s: &Arc<CachedSession>| s.weight())
+                // Any removal: an invalidation, a replacement or the size bound.
+                .eviction_listener(|_, s: Arc<CachedSession>, _| {
+                    s.in_cache.store(false, Ordering::Release);
+                })
                 .build_with_hasher(foldhash::quality::RandomState::default()),
             deleted: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -154,6 +170,7 @@ impl SessionCache {
             in_sync: AtomicBool::new(false),
             last_in_sync_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -190,6 +207,21 @@ impl SessionCache {
         &self.store
     }
 
+    /// Whether `session`, from an earlier [`SessionCache::get`], is still what `get` would
+    /// answer from the cache now: still the cache's entry for its id, not older than the last
+    /// [`SessionCache::invalidate_all`], not expired, and the cache trusted. Counts a hit when
+    /// it is, so a caller that uses it instead of `get` is counted as `get` would count it.
+    pub fn is_current(&self, session: &CachedSession, now_unix: i64) -> bool {
+        let current = session.in_cache.load(Ordering::Acquire)
+            && session.generation == self.generation.load(Ordering::Acquire)
+            && !session.is_expired(now_unix)
+            && self.cache_is_trusted();
+        if current {
+            self.metrics.session_cache_hits.inc();
+        }
+        current
+    }
+
     /// The live session with this id, from the cache or the store.
     pub async fn get(
         &self,
@@ -204,11 +236,15 @@ impl SessionCache {
             // Too long without the change stream: the entry may have been signed out since.
         }
         self.metrics.session_cache_misses.inc();
+        let generation = self.generation.load(Ordering::Acquire);
         let Some((session, version)) = self.read(id, now_unix).await? else {
             return Ok(None);
         };
-        let cached = Arc::new(CachedSession::new(session, version));
+        let mut cached = CachedSession::new(session, version);
+        cached.generation = generation;
+        let cached = Arc::new(cached);
         if !self.deleted.contains_key(id) {
+            cached.in_cache.store(true, Ordering::Release);
             self.cache.insert(Arc::clone(&cached.id), cached.clone());
         }
         Ok(Some(cached))
@@ -253,7 +289,7 @@ impl SessionCache {
         let mut record = NewRecord::new(SESSION_TYPE, session.id.clone(), data);
         record.expected_version = expected;
         self.store.put(vec![record]).await?;
-        self.cache.invalidate(session.id.as_str());
+        self.remove(session.id.as_str());
         Ok(())
     }
 
@@ -261,7 +297,7 @@ impl SessionCache {
     /// the local cache entry (at once, without waiting for the stream).
     pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
         self.deleted.insert(id.to_string(), ());
-        self.cache.invalidate(id);
+        self.remove(id);
         self.store.delete(SESSION_TYPE, id).await?;
         Ok(())
     }
@@ -274,7 +310,22 @@ impl SessionCache {
         } else if self.cache.get(id).is_some_and(|s| s.version >= version) {
             return;
         }
-        self.cache.invalidate(id);
+        self.remove(id);
+    }
+
+    /// Drops the cached entry for `id`, and marks it no longer current at once (moka's
+    /// eviction listener would too, but not necessarily before this returns).
+    fn remove(&self, id: &str) {
+        if let Some(s) = self.cache.remove(id) {
+            s.in_cache.store(false, Ordering::Release);
+        }
+    }
+
+    /// Drops every cached entry. moka does this lazily, so the generation goes up first:
+    /// from then on, no entry read before counts as current.
+    fn invalidate_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate_all();
     }
 
     /// Follows the store's change stream until `shutdown` turns true, evicting every session
@@ -303,7 +354,7 @@ impl SessionCache {
                         info!("session sync: the store was recreated; resyncing");
                     }
                     // Whatever was cached before we (re)started following may be stale.
-                    self.cache.invalidate_all();
+                    self.invalidate_all();
                     server_version = Some(versions.server_version);
                     versions.latest_record_version
                 }
@@ -443,5 +494,136 @@ mod tests {
         cache.evict(&s.id, version, true);
         assert!(!cache.cache.contains_key(s.id.as_str()));
         assert!(cache.deleted.contains_key(s.id.as_str()));
+    }
+
+    /// A store holding `n` random live sessions, and the cache in front of it.
+    async fn cache_over(n: usize, max_bytes: u64) -> (SessionCache, Vec<Session>) {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let mut rng = rand::thread_rng();
+        let sessions: Vec<Session> = (0..n)
+            .map(|i| crate::seed::random_session(&mut rng, i, NOW - 60, NOW + 3600))
+            .collect();
+        let records = sessions
+            .iter()
+            .map(|s| {
+                let data = serde_json::to_value(s).expect("session json");
+                NewRecord::new(SESSION_TYPE, s.id.clone(), data)
+            })
+            .collect();
+        store.put(records).await.expect("put");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let cache = SessionCache::new(store, metrics, max_bytes, Duration::from_secs(60));
+        (cache, sessions)
+    }
+
+    #[tokio::test]
+    async fn a_session_kept_elsewhere_is_current_only_while_the_cache_would_answer_with_it() {
+        let (mut cache, sessions) = cache_over(1, 1 << 20).await;
+        let id = sessions[0].id.as_str();
+        let first = cache.get(id, NOW).await.expect("get").expect("live");
+        assert!(cache.is_current(&first, NOW));
+        assert!(!cache.is_current(&first, first.expires_at), "expired");
+
+        // A change event for a later version.
+        cache.evict(id, first.version + 1, false);
+        assert!(!cache.is_current(&first, NOW));
+        let second = cache.get(id, NOW).await.expect("get").expect("live");
+        assert!(cache.is_current(&second, NOW));
+
+        // The follower restarting (moka drops these entries lazily).
+        cache.invalidate_all();
+        assert!(!cache.is_current(&second, NOW));
+        let third = cache.get(id, NOW).await.expect("get").expect("live");
+        assert!(cache.is_current(&third, NOW));
+
+        // Too long without the change stream.
+        cache.in_sync.store(false, Ordering::Release);
+        cache.last_in_sync_ms.store(0, Ordering::Release);
+        cache.staleness = Duration::ZERO;
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!cache.is_current(&third, NOW));
+        cache.staleness = Duration::from_secs(60);
+        assert!(cache.is_current(&third, NOW));
+
+        // Sign-out.
+        cache.delete(id).await.expect("delete");
+        assert!(!cache.is_current(&third, NOW));
+        assert!(cache.get(id, NOW).await.expect("get").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_session_the_size_bound_evicted_is_no_longer_current() {
+        let (cache, sessions) = cache_over(2_000, 256 * 1024).await;
+        let mut kept = Vec::new();
+        for s in &sessions {
+            kept.push(cache.get(&s.id, NOW).await.expect("get").expect("live"));
+        }
+        cache.cache.run_pending_tasks();
+        let in_cache = kept
+            .iter()
+            .filter(|s| cache.cache.contains_key(&*s.id))
+            .count();
+        assert!(in_cache > 0 && in_cache < kept.len(), "{in_cache} cached");
+        for s in &kept {
+            assert_eq!(
+                cache.is_current(s, NOW),
+                cache.cache.contains_key(&*s.id),
+                "session {}",
+                s.id
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_cookie_memo_answers_with_the_session_until_it_is_signed_out() {
+        use portcullis_auth::{Cipher, Secret, SessionCookie};
+
+        use super::opened::{Known, OpenedCookies};
+
+        let (cache, sessions) = cache_over(1, 1 << 20).await;
+        let id = sessions[0].id.as_str();
+        let cipher = Cipher::new(&Secret::from_bytes([7; 32]));
+        let value = SessionCookie {
+            session_id: id.into(),
+            issued_at: NOW - 60,
+            expires_at: NOW + 3600,
+        }
+        .seal(&cipher);
+        let memo = OpenedCookies::new(1024);
+        let lookup = || memo.open(&cipher, &value, NOW, |s| cache.is_current(s, NOW));
+
+        // First visit: the cookie only; the caller looks the session up and attaches it.
+        let Some(Known::Cookie(opened)) = lookup() else {
+            panic!("a first visit finds no session");
+        };
+        let session = cache
+            .get(&opened.session_id, NOW)
+            .await
+            .expect("get")
+            .expect("live");
+        memo.attach(&value, &session);
+        match lookup() {
+            Some(Known::Session(s)) => assert!(Arc::ptr_eq(&s, &session)),
+            other => panic!("the attached session, not {other:?}"),
+        }
+
+        // Signed out (here or on another replica, through the change stream): the memo no
+        // longer answers with the session, and the cache finds none.
+        cache.delete(id).await.expect("delete");
+        let Some(Known::Cookie(opened)) = lookup() else {
+            panic!("a signed-out session is not answered from the memo");
+        };
+        assert!(cache
+            .get(&opened.session_id, NOW)
+            .await
+            .expect("get")
+            .is_none());
+
+        // The memo holds the session weakly: once nothing else does (moka lets go of removed
+        // entries at its next housekeeping), it is gone.
+        let weak = Arc::downgrade(&session);
+        drop(session);
+        cache.cache.run_pending_tasks();
+        assert!(weak.upgrade().is_none());
     }
 }

@@ -1,5 +1,5 @@
 //! Session cookies opened recently: the sealed value a client sends, mapped to the session id
-//! it names and the time it expires.
+//! it names, the time it expires, and the cached session it led to last.
 //!
 //! A client sends the same sealed value with every request, and opening it (base64, AES-256-GCM,
 //! JSON) cost about 5,400 instructions per request under callgrind, the largest part of what
@@ -9,17 +9,26 @@
 //! lookup compares the whole value (never a hash of it alone), in constant time as for any
 //! secret, and the expiry is checked on every hit, so a hit answers what opening would have
 //! answered. The cookie key cannot change
-//! while the process runs (`cookie_secret` is restart-only). Whether the session is still live
-//! is not decided here: the caller looks the id up in the session cache as before.
+//! while the process runs (`cookie_secret` is restart-only).
 //!
-//! Bounded: [`SHARDS`] maps of at most `max_entries / SHARDS` values each (about 270 bytes an
+//! Whether the session is still live is the session cache's to say. A kept value also points
+//! (weakly) at the cached session its last lookup found, so that a steady client costs one
+//! lookup per request, not two: the pointer is used only while the caller's test (the session
+//! cache's [`SessionCache::is_current`](super::SessionCache::is_current)) says the session is
+//! still what the cache would answer; otherwise the caller looks the id up as on a first visit
+//! and [`OpenedCookies::attach`]es what it found. The pointer is weak, so the memo never keeps a
+//! session's memory alive once the cache let it go.
+//!
+//! Bounded: [`SHARDS`] maps of at most `max_entries / SHARDS` values each (about 280 bytes an
 //! entry); a full shard is emptied and refills from the next requests.
 
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
 use hashbrown::{DefaultHashBuilder, Equivalent, HashMap};
 use portcullis_auth::{Cipher, SessionCookie};
+
+use super::CachedSession;
 
 /// Lock shards, so that the threads of a busy proxy rarely wait for one another.
 const SHARDS: usize = 16;
@@ -31,8 +40,24 @@ pub struct Opened {
     pub expires_at: i64,
 }
 
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Known {
+    /// The cached session the value led to before, still current by the caller's test.
+    Session(Arc<CachedSession>),
+    /// What the value says; the caller looks the session up.
+    Cookie(Opened),
+}
+
+/// A kept value's entry.
+struct Kept {
+    opened: Opened,
+    /// The cached session the last lookup of this value found.
+    session: Weak<CachedSession>,
+}
+
 /// One lock's share of the values.
-type Shard = HashMap<Sealed, Opened, DefaultHashBuilder>;
+type Shard = HashMap<Sealed, Kept, DefaultHashBuilder>;
 
 /// A kept sealed value. It and the [`Presented`] value a lookup carries hash the same bytes the
 /// same way, and compare in constant time.
@@ -79,15 +104,26 @@ impl OpenedCookies {
     }
 
     /// What the sealed `value` says, when it opens with `cipher` and has not expired at
-    /// `now_unix`; the same answer as [`SessionCookie::open`].
-    pub fn open(&self, cipher: &Cipher, value: &str, now_unix: i64) -> Option<Opened> {
+    /// `now_unix`: the same answer as [`SessionCookie::open`]. When the value led to a cached
+    /// session before and `current` still accepts that session, the session itself.
+    pub fn open(
+        &self,
+        cipher: &Cipher,
+        value: &str,
+        now_unix: i64,
+        current: impl Fn(&CachedSession) -> bool,
+    ) -> Option<Known> {
         let shard = self.shard(value);
-        let known = match shard.read() {
-            Ok(map) => map.get(&Presented(value.as_bytes())).cloned(),
-            Err(_) => None,
-        };
-        if let Some(opened) = known {
-            return (now_unix < opened.expires_at).then_some(opened);
+        if let Ok(map) = shard.read() {
+            if let Some(kept) = map.get(&Presented(value.as_bytes())) {
+                if now_unix >= kept.opened.expires_at {
+                    return None;
+                }
+                return Some(match kept.session.upgrade() {
+                    Some(s) if current(&s) => Known::Session(s),
+                    _ => Known::Cookie(kept.opened.clone()),
+                });
+            }
         }
         let cookie = SessionCookie::open(cipher, value, now_unix)?;
         let opened = Opened {
@@ -98,9 +134,25 @@ impl OpenedCookies {
             if map.len() >= self.per_shard {
                 map.clear();
             }
-            map.insert(Sealed(value.as_bytes().into()), opened.clone());
+            let kept = Kept {
+                opened: opened.clone(),
+                session: Weak::new(),
+            };
+            map.insert(Sealed(value.as_bytes().into()), kept);
         }
-        Some(opened)
+        Some(Known::Cookie(opened))
+    }
+
+    /// Remembers that the kept `value` led to `session` (the session it names), for the
+    /// value's next lookups. Does nothing when the value is no longer kept.
+    pub fn attach(&self, value: &str, session: &Arc<CachedSession>) {
+        if let Ok(mut map) = self.shard(value).write() {
+            if let Some(kept) = map.get_mut(&Presented(value.as_bytes())) {
+                if kept.opened.session_id == session.id {
+                    kept.session = Arc::downgrade(session);
+                }
+            }
+        }
     }
 
     /// How many values are kept now.
@@ -132,6 +184,15 @@ mod tests {
         Cipher::new(&Secret::from_bytes([byte; 32]))
     }
 
+    /// What a lookup that must not find a session says.
+    fn said(found: Option<Known>) -> Option<Opened> {
+        match found {
+            None => None,
+            Some(Known::Cookie(opened)) => Some(opened),
+            Some(Known::Session(s)) => panic!("no session was attached, found {}", s.id),
+        }
+    }
+
     fn seal(cipher: &Cipher, id: &str, expires_at: i64) -> String {
         SessionCookie {
             session_id: id.into(),
@@ -146,14 +207,14 @@ mod tests {
         let c = cipher(1);
         let memo = OpenedCookies::new(1024);
         let value = seal(&c, "s1", 1_000);
-        let first = memo.open(&c, &value, 10).expect("opens");
+        let first = said(memo.open(&c, &value, 10, |_| true)).expect("opens");
         assert_eq!(&*first.session_id, "s1");
         assert_eq!(memo.len(), 1);
         // Answered from the memo: a cipher that cannot open it gets the same answer...
         let other = cipher(2);
-        assert_eq!(memo.open(&other, &value, 20), Some(first));
+        assert_eq!(said(memo.open(&other, &value, 20, |_| true)), Some(first));
         // ...but never past the cookie's expiry.
-        assert_eq!(memo.open(&c, &value, 1_000), None);
+        assert_eq!(said(memo.open(&c, &value, 1_000, |_| true)), None);
     }
 
     #[test]
@@ -161,16 +222,16 @@ mod tests {
         let c = cipher(1);
         let memo = OpenedCookies::new(1024);
         let value = seal(&c, "s1", 1_000);
-        assert!(memo.open(&c, &value, 10).is_some());
+        assert!(said(memo.open(&c, &value, 10, |_| true)).is_some());
         // The same value with one character changed does not open and is not kept.
         let mut tampered = value.clone().into_bytes();
         tampered[10] = if tampered[10] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(tampered).expect("ASCII");
-        assert_eq!(memo.open(&c, &tampered, 10), None);
-        assert_eq!(memo.open(&c, "garbage", 10), None);
+        assert_eq!(said(memo.open(&c, &tampered, 10, |_| true)), None);
+        assert_eq!(said(memo.open(&c, "garbage", 10, |_| true)), None);
         assert_eq!(memo.len(), 1);
         // Expired at sealing time: not kept either.
-        assert_eq!(memo.open(&c, &seal(&c, "s2", 5), 10), None);
+        assert_eq!(said(memo.open(&c, &seal(&c, "s2", 5), 10, |_| true)), None);
         assert_eq!(memo.len(), 1);
     }
 
@@ -181,7 +242,7 @@ mod tests {
         for i in 0..2_000 {
             let value = seal(&c, &format!("s{i}"), 1_000);
             assert_eq!(
-                memo.open(&c, &value, 10).map(|o| o.session_id.to_string()),
+                said(memo.open(&c, &value, 10, |_| true)).map(|o| o.session_id.to_string()),
                 Some(format!("s{i}"))
             );
             assert!(memo.len() <= 64, "{} values kept", memo.len());
