@@ -4,6 +4,9 @@
 //! A lookup that hits the cache costs a hash and an `Arc` clone. A miss asks the store once
 //! and fills the cache. Every change the store reports (a sign-out's tombstone, a refresh)
 //! evicts the entry at once, so a session deleted through any replica stops working on all.
+//! A client's later requests skip even the hit: the opened-cookie memo ([`opened`]) keeps the
+//! session its cookie led to, and uses it while [`SessionCache::is_current`] says the cache
+//! would still answer with it.
 //!
 //! When the databroker cannot be reached, cached sessions keep working for a bounded time
 //! (`databroker_cache_staleness`) after the change stream was last in sync; after that a cached

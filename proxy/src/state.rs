@@ -34,7 +34,8 @@ pub struct State {
     pub assertion_signer: AssertionSigner,
     pub assertions: AssertionCache,
     pub sessions: Arc<SessionCache>,
-    /// Session cookie values opened recently (what they say, not whether the session lives).
+    /// Session cookie values opened recently: what they say, and the cached session each led
+    /// to last (used only while the session cache says it is current).
     pub opened_cookies: OpenedCookies,
     pub replay: ReplayGuard,
     pub metrics: Arc<Metrics>,
