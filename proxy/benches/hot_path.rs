@@ -1,6 +1,8 @@
 //! The per-request pieces of an authorized request that are not benched elsewhere: a session
-//! cache hit (what every cookie request after the first costs) against 10,000 cached
-//! sessions, and the seeded-session lookup plus policy decision together.
+//! cache hit against 10,000 cached sessions; the seeded-session lookup plus policy decision
+//! together; and a client's session cookie to its session, side by side as a steady client's
+//! requests find it (the opened-cookie memo pointing at the session: one lookup) and as a
+//! client whose memo entry has no session yet (the memo, then the session cache: two).
 //!
 //! Benched elsewhere: cookie decode and decrypt and the cached identity assertion
 //! (`auth/benches/cookie.rs`), route lookup and policy evaluation (`proxy/benches/decision.rs`,
@@ -16,7 +18,9 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis::metrics::Metrics;
+use portcullis::sessions::opened::{Known, OpenedCookies};
 use portcullis::sessions::SessionCache;
+use portcullis_auth::{Cipher, Secret, SessionCookie};
 use portcullis_databroker::{MemoryStore, NewRecord, Store, SESSION_TYPE};
 use portcullis_policy::Request;
 
@@ -87,5 +91,68 @@ fn session_cache(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, session_cache);
+/// A session cookie value to the live session it names, for 10,000 clients in turn: as a steady
+/// client's request finds it, and (side by side) with the memo's session pointer unused.
+fn cookie_to_session(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (cache, ids) = cache_with_sessions(&rt);
+    let cipher = Cipher::new(&Secret::from_bytes([7; 32]));
+    let values: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            SessionCookie {
+                session_id: id.clone(),
+                issued_at: NOW - 60,
+                expires_at: NOW + 3600,
+            }
+            .seal(&cipher)
+        })
+        .collect();
+    let memo = OpenedCookies::new(32_768);
+    // As the proxy does on a client's first request: open, look up, attach.
+    for value in &values {
+        let Some(Known::Cookie(opened)) = memo.open(&cipher, value, NOW, |_| false) else {
+            panic!("a first visit finds no session");
+        };
+        let s = rt
+            .block_on(cache.get(&opened.session_id, NOW))
+            .expect("get")
+            .expect("live");
+        memo.attach(value, &s);
+    }
+    let mut group = c.benchmark_group("cookie_to_session_10k");
+    let mut i = 0usize;
+    group.bench_function("memo_session", |b| {
+        b.iter(|| {
+            i = (i + 1) % values.len();
+            match memo.open(&cipher, black_box(&values[i]), NOW, |s| {
+                cache.is_current(s, NOW)
+            }) {
+                Some(Known::Session(s)) => black_box(s),
+                _ => panic!("a steady client's session is current"),
+            }
+        })
+    });
+    let mut i = 0usize;
+    group.bench_function("memo_then_cache", |b| {
+        b.iter(|| {
+            i = (i + 1) % values.len();
+            let Some(Known::Cookie(opened)) =
+                memo.open(&cipher, black_box(&values[i]), NOW, |_| false)
+            else {
+                panic!("the session pointer is not used here");
+            };
+            let s = futures::executor::block_on(cache.get(&opened.session_id, NOW))
+                .expect("get")
+                .expect("live");
+            black_box(s)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, session_cache, cookie_to_session);
 criterion_main!(benches);
