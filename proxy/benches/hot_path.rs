@@ -27,6 +27,13 @@ use portcullis_policy::Request;
 const NOW: i64 = 1_800_000_000;
 const SESSIONS: usize = 10_000;
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 fn cache_with_sessions(rt: &tokio::runtime::Runtime) -> (SessionCache, Vec<String>) {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let mut rng = rand::thread_rng();
@@ -55,10 +62,7 @@ fn cache_with_sessions(rt: &tokio::runtime::Runtime) -> (SessionCache, Vec<Strin
 }
 
 fn session_cache(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let (cache, ids) = cache_with_sessions(&rt);
     let doc: toml::Table = toml::from_str(
         r#"policy = [
@@ -94,10 +98,7 @@ fn session_cache(c: &mut Criterion) {
 /// A session cookie value to the live session it names, for 10,000 clients in turn: as a steady
 /// client's request finds it, and (side by side) with the memo's session pointer unused.
 fn cookie_to_session(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let (cache, ids) = cache_with_sessions(&rt);
     let cipher = Cipher::new(&Secret::from_bytes([7; 32]));
     let values: Vec<String> = ids

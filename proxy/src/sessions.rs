@@ -432,22 +432,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_cache_is_bounded_by_the_bytes_its_sessions_hold() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let mut rng = rand::thread_rng();
-        let sessions: Vec<Session> = (0..2_000)
-            .map(|i| crate::seed::random_session(&mut rng, i, NOW - 60, NOW + 3600))
-            .collect();
-        let records = sessions
-            .iter()
-            .map(|s| {
-                let data = serde_json::to_value(s).expect("session json");
-                NewRecord::new(SESSION_TYPE, s.id.clone(), data)
-            })
-            .collect();
-        store.put(records).await.expect("put");
         let bound = 256 * 1024;
-        let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let cache = SessionCache::new(store, metrics, bound, Duration::from_secs(60));
+        let (cache, sessions) = cache_over(2_000, bound).await;
         let mut weights = Vec::new();
         for s in &sessions {
             let cached = cache.get(&s.id, NOW).await.expect("get").expect("live");
