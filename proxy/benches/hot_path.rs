@@ -21,7 +21,7 @@ use portcullis::metrics::Metrics;
 use portcullis::sessions::opened::{Known, OpenedCookies};
 use portcullis::sessions::SessionCache;
 use portcullis_auth::{Cipher, Secret, SessionCookie};
-use portcullis_databroker::{MemoryStore, NewRecord, Store, SESSION_TYPE};
+use portcullis_databroker::{MemoryStore, Store};
 use portcullis_policy::Request;
 
 const NOW: i64 = 1_800_000_000;
@@ -40,17 +40,8 @@ fn cache_with_sessions(rt: &tokio::runtime::Runtime) -> (SessionCache, Vec<Strin
     let sessions: Vec<_> = (0..SESSIONS)
         .map(|i| portcullis::seed::random_session(&mut rng, i, NOW - 60, NOW + 3600))
         .collect();
-    let records = sessions
-        .iter()
-        .map(|s| {
-            NewRecord::new(
-                SESSION_TYPE,
-                s.id.clone(),
-                serde_json::to_value(s).expect("session json"),
-            )
-        })
-        .collect();
-    rt.block_on(store.put(records)).expect("put");
+    rt.block_on(portcullis::seed::store_sessions(store.as_ref(), &sessions))
+        .expect("put");
     let metrics = Arc::new(Metrics::new().expect("metrics"));
     let cache = SessionCache::new(store, metrics, 512 << 20, Duration::from_secs(60));
     let ids: Vec<String> = sessions.into_iter().map(|s| s.id).collect();

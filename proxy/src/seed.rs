@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use portcullis_auth::{Cipher, Session, SessionCookie};
-use portcullis_databroker::{NewRecord, Store, SESSION_TYPE};
+use portcullis_databroker::{NewRecord, Record, Store, SESSION_TYPE};
 
 use crate::config::{Config, StorageType};
 
@@ -87,6 +87,15 @@ fn put(
     store: &Arc<dyn Store>,
     sessions: &[Session],
 ) -> Result<(), String> {
+    rt.block_on(store_sessions(store.as_ref(), sessions))
+        .map(|_| ())
+}
+
+/// Writes `sessions` to `store` as session records, in one batch; the records as written.
+pub async fn store_sessions(
+    store: &dyn Store,
+    sessions: &[Session],
+) -> Result<Vec<Record>, String> {
     let records = sessions
         .iter()
         .map(|s| {
@@ -95,8 +104,9 @@ fn put(
                 .map_err(|e| format!("session does not serialize: {e}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    rt.block_on(store.put(records))
-        .map(|_| ())
+    store
+        .put(records)
+        .await
         .map_err(|e| format!("session store: {e}"))
 }
 

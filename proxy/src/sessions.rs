@@ -424,7 +424,7 @@ async fn sleep_or_shutdown(
 
 #[cfg(test)]
 mod tests {
-    use portcullis_databroker::MemoryStore;
+    use portcullis_databroker::{MemoryStore, Record};
 
     use super::*;
 
@@ -433,7 +433,7 @@ mod tests {
     #[tokio::test]
     async fn the_cache_is_bounded_by_the_bytes_its_sessions_hold() {
         let bound = 256 * 1024;
-        let (cache, sessions) = cache_over(2_000, bound).await;
+        let (cache, sessions, _) = cache_over(2_000, bound).await;
         let mut weights = Vec::new();
         for s in &sessions {
             let cached = cache.get(&s.id, NOW).await.expect("get").expect("live");
@@ -459,17 +459,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_change_event_evicts_only_entries_older_than_it() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let mut rng = rand::thread_rng();
-        let s = crate::seed::random_session(&mut rng, 0, NOW - 60, NOW + 3600);
-        let data = serde_json::to_value(&s).expect("session json");
-        let written = store
-            .put(vec![NewRecord::new(SESSION_TYPE, s.id.clone(), data)])
-            .await
-            .expect("put");
-        let version = written.first().expect("one record").version;
-        let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let cache = SessionCache::new(store, metrics, 1 << 20, Duration::from_secs(60));
+        let (cache, sessions, written) = cache_over(1, 1 << 20).await;
+        let s = &sessions[0];
+        let version = written[0].version;
         let cached = cache.get(&s.id, NOW).await.expect("get").expect("live");
         assert_eq!(cached.version, version);
         // The session's own write, arriving after its first request: nothing to evict.
@@ -485,29 +477,25 @@ mod tests {
         assert!(cache.deleted.contains_key(s.id.as_str()));
     }
 
-    /// A store holding `n` random live sessions, and the cache in front of it.
-    async fn cache_over(n: usize, max_bytes: u64) -> (SessionCache, Vec<Session>) {
+    /// A store holding `n` random live sessions (and their records as written), and the
+    /// cache in front of it.
+    async fn cache_over(n: usize, max_bytes: u64) -> (SessionCache, Vec<Session>, Vec<Record>) {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let mut rng = rand::thread_rng();
         let sessions: Vec<Session> = (0..n)
             .map(|i| crate::seed::random_session(&mut rng, i, NOW - 60, NOW + 3600))
             .collect();
-        let records = sessions
-            .iter()
-            .map(|s| {
-                let data = serde_json::to_value(s).expect("session json");
-                NewRecord::new(SESSION_TYPE, s.id.clone(), data)
-            })
-            .collect();
-        store.put(records).await.expect("put");
+        let written = crate::seed::store_sessions(store.as_ref(), &sessions)
+            .await
+            .expect("put");
         let metrics = Arc::new(Metrics::new().expect("metrics"));
         let cache = SessionCache::new(store, metrics, max_bytes, Duration::from_secs(60));
-        (cache, sessions)
+        (cache, sessions, written)
     }
 
     #[tokio::test]
     async fn a_session_kept_elsewhere_is_current_only_while_the_cache_would_answer_with_it() {
-        let (mut cache, sessions) = cache_over(1, 1 << 20).await;
+        let (mut cache, sessions, _) = cache_over(1, 1 << 20).await;
         let id = sessions[0].id.as_str();
         let first = cache.get(id, NOW).await.expect("get").expect("live");
         assert!(cache.is_current(&first, NOW));
@@ -542,7 +530,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_session_the_size_bound_evicted_is_no_longer_current() {
-        let (cache, sessions) = cache_over(2_000, 256 * 1024).await;
+        let (cache, sessions, _) = cache_over(2_000, 256 * 1024).await;
         let mut kept = Vec::new();
         for s in &sessions {
             kept.push(cache.get(&s.id, NOW).await.expect("get").expect("live"));
@@ -569,7 +557,7 @@ mod tests {
 
         use super::opened::{Known, OpenedCookies};
 
-        let (cache, sessions) = cache_over(1, 1 << 20).await;
+        let (cache, sessions, _) = cache_over(1, 1 << 20).await;
         let id = sessions[0].id.as_str();
         let cipher = Cipher::new(&Secret::from_bytes([7; 32]));
         let value = SessionCookie {
