@@ -895,7 +895,10 @@ pub(crate) async fn load_session(
         None => return Ok(None),
         // The steady state: the value's last lookup found this session, and it is still the
         // one the cache would answer with.
-        Some(Known::Session(s)) => return Ok(Some(s)),
+        Some(Known::Session(s)) => {
+            sessions.count_hit();
+            return Ok(Some(s));
+        }
         Some(Known::Cookie(c)) => c,
     };
     let session = sessions.get(&cookie.session_id, now).await.map_err(|e| {

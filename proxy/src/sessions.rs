@@ -212,17 +212,18 @@ impl SessionCache {
 
     /// Whether `session`, from an earlier [`SessionCache::get`], is still what `get` would
     /// answer from the cache now: still the cache's entry for its id, not older than the last
-    /// [`SessionCache::invalidate_all`], not expired, and the cache trusted. Counts a hit when
-    /// it is, so a caller that uses it instead of `get` is counted as `get` would count it.
+    /// [`SessionCache::invalidate_all`], not expired, and the cache trusted. A caller that uses
+    /// it instead of `get` counts the hit ([`SessionCache::count_hit`]).
     pub fn is_current(&self, session: &CachedSession, now_unix: i64) -> bool {
-        let current = session.in_cache.load(Ordering::Acquire)
+        session.in_cache.load(Ordering::Acquire)
             && session.generation == self.generation.load(Ordering::Acquire)
             && !session.is_expired(now_unix)
-            && self.cache_is_trusted();
-        if current {
-            self.metrics.session_cache_hits.inc();
-        }
-        current
+            && self.cache_is_trusted()
+    }
+
+    /// Counts a session answered from the cache without [`SessionCache::get`].
+    pub fn count_hit(&self) {
+        self.metrics.session_cache_hits.inc();
     }
 
     /// The live session with this id, from the cache or the store.
