@@ -249,4 +249,44 @@ mod tests {
         }
         assert!(memo.len() >= 16, "the memo keeps values: {}", memo.len());
     }
+
+    #[test]
+    fn an_attached_session_is_held_weakly() {
+        let c = cipher(1);
+        let memo = OpenedCookies::new(1024);
+        let value = seal(&c, "s1", 1_000);
+        assert!(said(memo.open(&c, &value, 10, |_| true)).is_some());
+        let mut rng = rand::thread_rng();
+        let mut session = crate::seed::random_session(&mut rng, 0, 0, 1_000);
+        session.id = "s1".into();
+        let session = Arc::new(CachedSession::new(session, 1));
+        memo.attach(&value, &session);
+        match memo.open(&c, &value, 10, |_| true) {
+            Some(Known::Session(s)) => assert!(Arc::ptr_eq(&s, &session)),
+            other => panic!("the attached session, not {other:?}"),
+        }
+        // The caller's test decides: a session it rejects is not answered.
+        assert!(said(memo.open(&c, &value, 10, |_| false)).is_some());
+        // Once nothing else holds the session, the memo answers with the cookie alone.
+        drop(session);
+        assert_eq!(
+            said(memo.open(&c, &value, 10, |_| true)).map(|o| o.session_id.to_string()),
+            Some("s1".to_string())
+        );
+    }
+
+    #[test]
+    fn a_session_is_attached_only_to_the_value_that_names_it() {
+        let c = cipher(1);
+        let memo = OpenedCookies::new(1024);
+        let value = seal(&c, "s1", 1_000);
+        assert!(said(memo.open(&c, &value, 10, |_| true)).is_some());
+        let mut rng = rand::thread_rng();
+        let other = Arc::new(CachedSession::new(
+            crate::seed::random_session(&mut rng, 0, 0, 1_000),
+            1,
+        ));
+        memo.attach(&value, &other);
+        assert!(said(memo.open(&c, &value, 10, |_| true)).is_some());
+    }
 }
