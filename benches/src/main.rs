@@ -57,7 +57,23 @@ pub struct Args {
     /// Portcullis auth-off's when nginx is absent). 0 skips the open loop.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Run only these scenarios, comma-separated (default: all). Names: direct,
+    /// portcullis-public, portcullis-auth, portcullis-403, portcullis-302, nginx, apache-oidc.
+    /// A peer left out is not started.
+    #[arg(long, value_delimiter = ',')]
+    pub scenarios: Vec<String>,
 }
+
+/// Every scenario's name, in the order the rounds run them.
+const SCENARIOS: [&str; 7] = [
+    "direct",
+    "portcullis-public",
+    "portcullis-auth",
+    "portcullis-403",
+    "portcullis-302",
+    "nginx",
+    "apache-oidc",
+];
 
 /// Settings after defaults.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -105,6 +121,17 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    if let Some(unknown) = args
+        .scenarios
+        .iter()
+        .find(|n| !SCENARIOS.contains(&n.as_str()))
+    {
+        return Err(format!(
+            "--scenarios: no scenario named {unknown:?} (known: {})",
+            SCENARIOS.join(", ")
+        ));
+    }
+    let wanted = |name: &str| args.scenarios.is_empty() || args.scenarios.iter().any(|n| n == name);
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -150,8 +177,14 @@ async fn run(args: Args) -> Result<(), String> {
     let portcullis =
         PortcullisUnderTest::start(&binary, &upstream.url(), settings.sessions).await?;
     let mut skipped = Vec::new();
-    let nginx = match PeerProcess::nginx(upstream.addr, settings.workers).await {
-        Ok(n) => Some(n),
+    let nginx = match wanted("nginx") {
+        false => Ok(None),
+        true => PeerProcess::nginx(upstream.addr, settings.workers)
+            .await
+            .map(Some),
+    };
+    let nginx = match nginx {
+        Ok(n) => n,
         Err(e) => {
             let line = format!("skipping nginx: {e}");
             eprintln!("{line}");
@@ -159,9 +192,17 @@ async fn run(args: Args) -> Result<(), String> {
             None
         }
     };
-    eprintln!("starting Apache + mod_auth_openidc and signing in once ...");
-    let apache = match ApacheUnderTest::start(upstream.addr, settings.workers).await {
-        Ok(a) => Some(a),
+    let apache = match wanted("apache-oidc") {
+        false => Ok(None),
+        true => {
+            eprintln!("starting Apache + mod_auth_openidc and signing in once ...");
+            ApacheUnderTest::start(upstream.addr, settings.workers)
+                .await
+                .map(Some)
+        }
+    };
+    let apache = match apache {
+        Ok(a) => a,
         Err(e) => {
             let line = format!("skipping apache + mod_auth_openidc: {e}");
             eprintln!("{line}");
@@ -170,7 +211,8 @@ async fn run(args: Args) -> Result<(), String> {
         }
     };
 
-    let scenarios = scenarios(&upstream, &portcullis, nginx.as_ref(), apache.as_ref())?;
+    let mut scenarios = scenarios(&upstream, &portcullis, nginx.as_ref(), apache.as_ref())?;
+    scenarios.retain(|s| wanted(s.name));
 
     // Warm-up, not measured: every seeded session once (fills the proxy's session and
     // assertion caches, as in a steady state), and a short run of everything else.
