@@ -31,6 +31,9 @@ pub const MAX_PENDING: usize = 8 * 1024 * 1024;
 #[derive(Clone)]
 pub struct LogWriter {
     shared: Arc<Shared>,
+    /// Whether a line given to `write` wakes the writer at once (an event line); per-request
+    /// lines wait like [`LogWriter::append`]'s.
+    urgent: bool,
 }
 
 /// Stops the writer thread when dropped, after it wrote everything appended before.
@@ -92,6 +95,7 @@ impl LogWriter {
         (
             LogWriter {
                 shared: shared.clone(),
+                urgent: true,
             },
             Guard { shared, thread },
         )
@@ -176,10 +180,10 @@ impl Drop for Guard {
 }
 
 /// `tracing_subscriber` formats a whole event, then writes it with one `write_all`: an event
-/// line is written at once.
+/// line is written at once, except a per-request line (see `make_writer_for`).
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.push(buf, true);
+        self.push(buf, self.urgent);
         Ok(buf.len())
     }
 
@@ -193,6 +197,16 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
 
     fn make_writer(&'a self) -> Self::Writer {
         self.clone()
+    }
+
+    /// The per-request lines that go through `tracing` (`log_format = "pretty"`) wait like
+    /// [`LogWriter::append`]'s: woken for each, the writer thread cost a futex wake per
+    /// request.
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        LogWriter {
+            shared: self.shared.clone(),
+            urgent: !crate::request_log::TARGETS.contains(&meta.target()),
+        }
     }
 }
 
@@ -262,6 +276,43 @@ mod tests {
             std::thread::yield_now();
         }
         assert_eq!(&sink.0.lock().unwrap()[..], b"request line\nevent line\n");
+    }
+
+    #[test]
+    fn a_per_request_line_through_tracing_waits_and_an_event_line_takes_it_along() {
+        let sink = Sink::default();
+        let (writer, _guard) =
+            LogWriter::start_with(sink.clone(), MAX_PENDING, Duration::from_secs(60));
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(writer)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            std::thread::sleep(Duration::from_millis(50));
+            for target in crate::request_log::TARGETS {
+                match target {
+                    "access" => tracing::info!(target: "access", "a request line"),
+                    "authorize" => tracing::info!(target: "authorize", "a refusal line"),
+                    other => panic!("a request target this test does not know: {other}"),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            assert!(sink.0.lock().unwrap().is_empty(), "written at once");
+            tracing::warn!("an event line");
+        });
+        let start = Instant::now();
+        while !String::from_utf8_lossy(&sink.0.lock().unwrap()).contains("an event line") {
+            assert!(start.elapsed() < Duration::from_secs(5), "never written");
+            std::thread::yield_now();
+        }
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let order: Vec<&str> = ["a request line", "a refusal line", "an event line"]
+            .into_iter()
+            .filter(|l| text.contains(l))
+            .collect();
+        assert_eq!(order.len(), 3, "{text}");
+        assert!(text.find("a request line") < text.find("a refusal line"));
+        assert!(text.find("a refusal line") < text.find("an event line"));
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct Refused<'a> {
 
 const REFUSED_MESSAGE: &str = "request refused by policy";
 
+/// The `tracing` targets of the per-request lines: the log writer lets their lines wait.
+pub const TARGETS: [&str; 2] = ["access", "authorize"];
+
 impl Access<'_> {
     /// The fields as `serde_json` writes them, without the braces, by hand: this line is
     /// written for every request, and strings that need no escaping (nearly all) are copied
