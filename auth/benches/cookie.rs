@@ -1,11 +1,12 @@
 //! Hot-path microbenches: opening the session cookie, and an identity assertion served from
-//! the cache versus freshly signed.
+//! the cache versus freshly signed, and kept on the session versus looked up.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis_auth::{
-    find_cookie, AssertionCache, AssertionSigner, Cipher, IdentityClaims, Secret, SessionCookie,
+    find_cookie, AssertionCache, AssertionSigner, AssertionSlot, Cipher, IdentityClaims, Secret,
+    SessionCookie,
 };
 
 const NOW: i64 = 1_700_000_000;
@@ -73,5 +74,40 @@ fn assertion(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, cookie, assertion);
+/// 10,000 sessions in turn, each with its assertion cached: the assertion kept on the session
+/// (as the proxy's cached sessions keep it) against a lookup by session id.
+fn assertion_10k(c: &mut Criterion) {
+    let signer = AssertionSigner::derive(&Secret::random()).expect("derived key");
+    let cache = AssertionCache::default();
+    let sessions: Vec<(String, AssertionSlot)> = (0..10_000)
+        .map(|i| (format!("Zm9vYmFyYmF6cXV4{i:06}"), AssertionSlot::default()))
+        .collect();
+    for (id, slot) in &sessions {
+        cache
+            .get_or_sign_kept(slot, &signer, id, "app.example.com", 0, NOW, claims)
+            .expect("sign");
+    }
+    let mut group = c.benchmark_group("assertion_10k");
+    let mut i = 0;
+    group.bench_function("kept", |b| {
+        b.iter(|| {
+            i = (i + 1) % sessions.len();
+            let (id, slot) = &sessions[i];
+            cache
+                .get_or_sign_kept(slot, &signer, id, "app.example.com", 0, NOW, claims)
+                .expect("kept")
+        })
+    });
+    group.bench_function("lookup", |b| {
+        b.iter(|| {
+            i = (i + 1) % sessions.len();
+            cache
+                .get_or_sign(&signer, &sessions[i].0, "app.example.com", 0, NOW, claims)
+                .expect("cached")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, cookie, assertion, assertion_10k);
 criterion_main!(benches);

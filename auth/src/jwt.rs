@@ -8,7 +8,7 @@
 //! steady-state request never waits for a signature.
 
 use std::hash::BuildHasher as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -96,8 +96,21 @@ const SHARDS: usize = 16;
 /// One shard: session id, and that session's assertions.
 type Shard = HashTable<(Box<str>, Vec<Arc<Entry>>)>;
 
+/// Where a caller keeps the assertion it was last given for one session (the proxy keeps one on
+/// each cached session), so that the session's next request takes it from there
+/// ([`AssertionCache::get_or_sign_kept`]) instead of looking it up by id: no hash of the id, no
+/// shard lock, no probe of a table of every session.
+///
+/// It answers only what the cache would: the same audience and session content, an assertion
+/// still in the cache (one the cache dropped is no longer renewed), with more than the reuse
+/// margin left.
+#[derive(Default)]
+pub struct AssertionSlot(RwLock<Option<Arc<Entry>>>);
+
 /// One (session, audience) and its current assertion.
 struct Entry {
+    /// Set when the cache drops the entry: a slot that kept it no longer answers with it.
+    retired: AtomicBool,
     audience: Box<str>,
     /// Fingerprint of the session fields the claims were made from.
     content: u64,
@@ -277,6 +290,42 @@ impl AssertionCache {
         now_unix: i64,
         make_claims: impl FnOnce() -> IdentityClaims,
     ) -> Result<HeaderValue, AuthError> {
+        self.lookup_or_sign(signer, session_id, audience, content, now_unix, make_claims)
+            .map(|(value, _)| value)
+    }
+
+    /// [`AssertionCache::get_or_sign`], answered from `slot` when it holds what the cache would
+    /// answer with; otherwise looked up (or signed) and kept in `slot` for the next request.
+    #[allow(clippy::too_many_arguments)]
+    pub fn get_or_sign_kept(
+        &self,
+        slot: &AssertionSlot,
+        signer: &AssertionSigner,
+        session_id: &str,
+        audience: &str,
+        content: u64,
+        now_unix: i64,
+        make_claims: impl FnOnce() -> IdentityClaims,
+    ) -> Result<HeaderValue, AuthError> {
+        if let Some(value) = slot.answer(audience, content, now_unix) {
+            return Ok(value);
+        }
+        let (value, entry) =
+            self.lookup_or_sign(signer, session_id, audience, content, now_unix, make_claims)?;
+        slot.keep(entry);
+        Ok(value)
+    }
+
+    /// The assertion for (`session_id`, `audience`), and the entry that holds it.
+    fn lookup_or_sign(
+        &self,
+        signer: &AssertionSigner,
+        session_id: &str,
+        audience: &str,
+        content: u64,
+        now_unix: i64,
+        make_claims: impl FnOnce() -> IdentityClaims,
+    ) -> Result<(HeaderValue, Arc<Entry>), AuthError> {
         let (hash, shard) = self.locate(session_id);
         // An entry past its reuse margin is signed again with no lock held.
         let stale = {
@@ -287,12 +336,8 @@ impl AssertionCache {
                 .filter(|e| e.content == content);
             match entry {
                 Some(entry) => {
-                    // Written once a second at most: every thread reads this line per request.
-                    if entry.last_used.load(Ordering::Relaxed) != now_unix {
-                        entry.last_used.store(now_unix, Ordering::Relaxed);
-                    }
-                    if let Some(valid) = entry.valid_at(now_unix) {
-                        return Ok(valid);
+                    if let Some(valid) = entry.use_at(now_unix) {
+                        return Ok((valid, Arc::clone(entry)));
                     }
                     Some(Arc::clone(entry))
                 }
@@ -302,7 +347,7 @@ impl AssertionCache {
         if let Some(entry) = stale {
             let value = entry.sign_again(signer, now_unix)?;
             self.on_request.fetch_add(1, Ordering::Relaxed);
-            return Ok(value);
+            return Ok((value, entry));
         }
         let entry = Arc::new(Entry::sign(
             signer,
@@ -318,17 +363,20 @@ impl AssertionCache {
         let rehash = |(id, _): &(Box<str>, Vec<Arc<Entry>>)| hasher.hash_one(&**id);
         match map.find_mut(hash, |(id, _)| **id == *session_id) {
             Some((_, entries)) => match entries.iter_mut().find(|e| *e.audience == *audience) {
-                Some(slot) => *slot = entry,
-                None => entries.push(entry),
+                Some(slot) => {
+                    slot.retire();
+                    *slot = Arc::clone(&entry);
+                }
+                None => entries.push(Arc::clone(&entry)),
             },
             None => {
                 if map.len() >= self.per_shard {
                     make_room(&mut map, now_unix);
                 }
-                map.insert_unique(hash, (session_id.into(), vec![entry]), rehash);
+                map.insert_unique(hash, (session_id.into(), vec![Arc::clone(&entry)]), rehash);
             }
         }
-        Ok(value)
+        Ok((value, entry))
     }
 
     /// Signs again, off the request path, every assertion that a request asked for within the
@@ -371,14 +419,15 @@ impl AssertionCache {
     pub fn invalidate_session(&self, session_id: &str) {
         let (hash, shard) = self.locate(session_id);
         if let Ok(found) = write(shard).find_entry(hash, |(id, _)| **id == *session_id) {
-            found.remove();
+            let ((_, entries), _) = found.remove();
+            entries.iter().for_each(|e| e.retire());
         }
     }
 
     /// Drops everything (e.g. on signing-key change).
     pub fn invalidate_all(&self) {
         for shard in self.shards.iter() {
-            write(shard).clear();
+            clear(&mut write(shard));
         }
     }
 
@@ -423,9 +472,22 @@ fn is_idle(entry: &Entry, now_unix: i64) -> bool {
 
 fn drop_idle(map: &mut Shard, now_unix: i64) {
     map.retain(|(_, entries)| {
-        entries.retain(|e| !is_idle(e, now_unix));
+        entries.retain(|e| {
+            let idle = is_idle(e, now_unix);
+            if idle {
+                e.retire();
+            }
+            !idle
+        });
         !entries.is_empty()
     });
+}
+
+/// Drops every entry of `map`.
+fn clear(map: &mut Shard) {
+    for (_, entries) in map.drain() {
+        entries.iter().for_each(|e| e.retire());
+    }
 }
 
 /// A full shard: the idle sessions go; if none is idle, the whole shard (its sessions are
@@ -434,7 +496,43 @@ fn make_room(map: &mut Shard, now_unix: i64) {
     let before = map.len();
     drop_idle(map, now_unix);
     if map.len() == before {
-        map.clear();
+        clear(map);
+    }
+}
+
+// === impl AssertionSlot ===
+
+impl AssertionSlot {
+    /// The kept assertion, when it is what the cache would answer with (see the type).
+    fn answer(&self, audience: &str, content: u64, now_unix: i64) -> Option<HeaderValue> {
+        let kept = self.0.read().ok()?;
+        let entry = kept.as_ref()?;
+        if entry.retired.load(Ordering::Acquire)
+            || entry.content != content
+            || *entry.audience != *audience
+        {
+            return None;
+        }
+        entry.use_at(now_unix)
+    }
+
+    fn keep(&self, entry: Arc<Entry>) {
+        if let Ok(mut kept) = self.0.write() {
+            *kept = Some(entry);
+        }
+    }
+}
+
+impl std::fmt::Debug for AssertionSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let audience = self
+            .0
+            .read()
+            .ok()
+            .and_then(|kept| kept.as_ref().map(|e| e.audience.to_string()));
+        f.debug_struct("AssertionSlot")
+            .field("audience", &audience)
+            .finish()
     }
 }
 
@@ -450,12 +548,28 @@ impl Entry {
     ) -> Result<Entry, AuthError> {
         let signed = Signed::new(signer, &mut claims, now_unix)?;
         Ok(Entry {
+            retired: AtomicBool::new(false),
             audience: audience.into(),
             content,
             claims: Mutex::new(claims),
             signed: RwLock::new(signed),
             last_used: AtomicI64::new(now_unix),
         })
+    }
+
+    /// A request asks for the JWT at `now_unix`: the current one while it has more than the
+    /// reuse margin left. Marks the entry used (what keeps it renewed in the background).
+    fn use_at(&self, now_unix: i64) -> Option<HeaderValue> {
+        // Written once a second at most: every thread reads this line per request.
+        if self.last_used.load(Ordering::Relaxed) != now_unix {
+            self.last_used.store(now_unix, Ordering::Relaxed);
+        }
+        self.valid_at(now_unix)
+    }
+
+    /// The cache dropped it.
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
     }
 
     /// The current JWT while it has more than the reuse margin left.

@@ -39,7 +39,7 @@ pub use cipher::Cipher;
 pub use cookie::{find_cookie, strip_cookie, CookieOptions, SameSite, SessionCookie};
 pub use error::AuthError;
 pub use handoff::{Handoff, ReplayGuard};
-pub use jwt::{AssertionCache, AssertionSigner, IdentityClaims};
+pub use jwt::{AssertionCache, AssertionSigner, AssertionSlot, IdentityClaims};
 pub use oidc::{LoginState, OidcConfig, OidcProvider, RefreshedTokens};
 pub use redirect::validate_redirect;
 pub use secret::Secret;

@@ -433,7 +433,8 @@ impl Proxy {
     fn identity_assertion(&self, ctx: &Ctx, session: &CachedSession) -> Option<HeaderValue> {
         let s = session;
         let audience = ctx.host.as_str();
-        let result = self.state.assertions.get_or_sign(
+        let result = self.state.assertions.get_or_sign_kept(
+            &s.assertion,
             &self.state.assertion_signer,
             &s.id,
             audience,

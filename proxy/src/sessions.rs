@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use portcullis_auth::Session;
+use portcullis_auth::{AssertionSlot, Session};
 use portcullis_databroker::{Error as StoreError, NewRecord, Store, SESSION_TYPE};
 use portcullis_policy::Identity;
 use tracing::{debug, info, warn};
@@ -60,6 +60,9 @@ pub struct CachedSession {
     /// The cache's generation when this was read from the store (see
     /// [`SessionCache::invalidate_all`]).
     generation: u64,
+    /// The identity assertion this session's last request sent, so that the next one skips
+    /// the assertion cache's lookup by id (it answers only what that cache would).
+    pub assertion: AssertionSlot,
 }
 
 /// Sessions by id.
@@ -112,6 +115,7 @@ impl CachedSession {
             version,
             in_cache: AtomicBool::new(false),
             generation: 0,
+            assertion: AssertionSlot::default(),
         }
     }
 

@@ -360,3 +360,129 @@ fn the_cache_is_bounded_and_a_full_shard_makes_room() {
     assert_eq!(cache.renew_due(&s, later), 1, "sess-199 is due and in use");
     assert_eq!(cache.len(), 1, "every idle session went");
 }
+
+#[test]
+fn a_kept_assertion_answers_before_any_lookup_and_stays_renewed() {
+    let s = AssertionSigner::from_pem(SEC1).unwrap();
+    let cache = AssertionCache::default();
+    let slot = AssertionSlot::default();
+    let t = now();
+    let aud = "app.example.com";
+    let first = cache
+        .get_or_sign_kept(&slot, &s, "busy", aud, 0, t, || claims(0))
+        .unwrap();
+    // The slot is the session's own and answers before the cache is asked: an id the cache
+    // has never seen gets the kept assertion, with nothing signed.
+    let kept = cache
+        .get_or_sign_kept(&slot, &s, "never-seen", aud, 0, t + 1, || {
+            unreachable!("looked up")
+        })
+        .unwrap();
+    assert_eq!(kept, first);
+    assert_eq!(cache.signatures_on_request_path(), 1);
+    // Requests answered from the slot alone keep the entry in use, so the background renews
+    // it, and hours of them never wait for a signature.
+    let mut at = t;
+    let mut renewed = 0;
+    while at < t + 3 * 3600 {
+        at += ASSERTION_RENEW_INTERVAL.as_secs() as i64;
+        renewed += cache.renew_due(&s, at);
+        let jwt = cache
+            .get_or_sign_kept(&slot, &s, "busy", aud, 0, at, || unreachable!("signed"))
+            .unwrap();
+        let c = verify(&s, jwt.to_str().unwrap());
+        assert!(
+            c.exp - at > ASSERTION_REUSE_MARGIN_SECS,
+            "valid for its use"
+        );
+    }
+    assert!(renewed >= 3 * 3600 / 200, "renewed {renewed} times");
+    assert_eq!(cache.signatures_on_request_path(), 1);
+}
+
+#[test]
+fn a_kept_assertion_answers_only_what_the_cache_would() {
+    let s = AssertionSigner::from_pem(SEC1).unwrap();
+    let cache = AssertionCache::default();
+    let slot = AssertionSlot::default();
+    let t = now();
+    let aud = "app.example.com";
+    let signed = |at: i64, content: u64, aud: &str| {
+        let before = cache.signatures_on_request_path();
+        let jwt = cache
+            .get_or_sign_kept(&slot, &s, "sess-1", aud, content, at, || claims(0))
+            .unwrap();
+        (jwt, cache.signatures_on_request_path() - before)
+    };
+    let (first, n) = signed(t, 0, aud);
+    assert_eq!(n, 1);
+    assert_eq!(signed(t, 0, aud), (first.clone(), 0));
+
+    // Signed out: the cache dropped the session's assertions, and the slot does not answer
+    // with what it kept.
+    cache.invalidate_session("sess-1");
+    let (after_sign_out, n) = signed(t, 0, aud);
+    assert_eq!(n, 1);
+    assert_ne!(after_sign_out, first);
+    // The same after the cache dropped everything.
+    cache.invalidate_all();
+    let (after_all, n) = signed(t, 0, aud);
+    assert_eq!(n, 1);
+    assert_ne!(after_all, after_sign_out);
+
+    // Another host: its own assertion, and the slot keeps that one from now on.
+    let (other, n) = signed(t, 0, "other.example.com");
+    assert_eq!(n, 1);
+    assert_ne!(other, after_all);
+    assert_eq!(signed(t, 0, "other.example.com"), (other, 0));
+    // Back on the first host: the cache still has its assertion.
+    assert_eq!(signed(t, 0, aud), (after_all.clone(), 0));
+
+    // The session changed: a new assertion, which replaces the old one in the cache.
+    let (changed, n) = signed(t, 1, aud);
+    assert_eq!(n, 1);
+    assert_ne!(changed, after_all);
+    assert_eq!(signed(t, 1, aud), (changed.clone(), 0));
+
+    // Within the reuse margin of its expiry, with no renewal run: signed again.
+    let late = t + ASSERTION_LIFETIME_SECS - ASSERTION_REUSE_MARGIN_SECS;
+    let (renewed, n) = signed(late, 1, aud);
+    assert_eq!(n, 1);
+    assert!(verify(&s, renewed.to_str().unwrap()).exp > late + ASSERTION_REUSE_MARGIN_SECS);
+}
+
+#[test]
+fn a_kept_assertion_the_full_cache_dropped_is_not_answered() {
+    let s = AssertionSigner::from_pem(SEC1).unwrap();
+    // 16 shards of one session each: the 17th session empties a shard.
+    let cache = AssertionCache::new(16);
+    let t = now();
+    let slots: Vec<AssertionSlot> = (0..64).map(|_| AssertionSlot::default()).collect();
+    let mut first = Vec::new();
+    for (i, slot) in slots.iter().enumerate() {
+        let id = format!("sess-{i}");
+        first.push(
+            cache
+                .get_or_sign_kept(slot, &s, &id, "app", 0, t, || claims(0))
+                .unwrap(),
+        );
+    }
+    assert!(cache.len() <= 16 * 2);
+    let before = cache.signatures_on_request_path();
+    let mut signed_again = 0;
+    for (i, slot) in slots.iter().enumerate() {
+        let id = format!("sess-{i}");
+        let jwt = cache
+            .get_or_sign_kept(slot, &s, &id, "app", 0, t, || claims(0))
+            .unwrap();
+        if jwt != first[i] {
+            signed_again += 1;
+        }
+    }
+    // Every session the cache let go was signed again, none answered from its slot.
+    assert_eq!(
+        cache.signatures_on_request_path() - before,
+        signed_again as u64
+    );
+    assert!(signed_again >= 64 - 32, "{signed_again}");
+}
