@@ -9,7 +9,7 @@
 
 use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -103,9 +103,10 @@ type Shard = HashTable<(Box<str>, Vec<Arc<Entry>>)>;
 ///
 /// It answers only what the cache would: the same audience and session content, an assertion
 /// still in the cache (one the cache dropped is no longer renewed), with more than the reuse
-/// margin left.
+/// margin left. It holds the assertion weakly: what the cache drops is freed, whoever kept it,
+/// except the entry's own block (see [`AssertionSlot::RETAINED_BYTES`]).
 #[derive(Default)]
-pub struct AssertionSlot(RwLock<Option<Arc<Entry>>>);
+pub struct AssertionSlot(RwLock<Weak<Entry>>);
 
 /// One (session, audience) and its current assertion.
 struct Entry {
@@ -290,12 +291,22 @@ impl AssertionCache {
         now_unix: i64,
         make_claims: impl FnOnce() -> IdentityClaims,
     ) -> Result<HeaderValue, AuthError> {
-        self.lookup_or_sign(signer, session_id, audience, content, now_unix, make_claims)
-            .map(|(value, _)| value)
+        // A slot of its own, dropped after: the lookup, as `get_or_sign_kept` would do it.
+        let slot = AssertionSlot::default();
+        self.get_or_sign_kept(
+            &slot,
+            signer,
+            session_id,
+            audience,
+            content,
+            now_unix,
+            make_claims,
+        )
     }
 
     /// [`AssertionCache::get_or_sign`], answered from `slot` when it holds what the cache would
     /// answer with; otherwise looked up (or signed) and kept in `slot` for the next request.
+    /// `slot` must be `session_id`'s own: it is not keyed by the id.
     #[allow(clippy::too_many_arguments)]
     pub fn get_or_sign_kept(
         &self,
@@ -310,22 +321,6 @@ impl AssertionCache {
         if let Some(value) = slot.answer(audience, content, now_unix) {
             return Ok(value);
         }
-        let (value, entry) =
-            self.lookup_or_sign(signer, session_id, audience, content, now_unix, make_claims)?;
-        slot.keep(entry);
-        Ok(value)
-    }
-
-    /// The assertion for (`session_id`, `audience`), and the entry that holds it.
-    fn lookup_or_sign(
-        &self,
-        signer: &AssertionSigner,
-        session_id: &str,
-        audience: &str,
-        content: u64,
-        now_unix: i64,
-        make_claims: impl FnOnce() -> IdentityClaims,
-    ) -> Result<(HeaderValue, Arc<Entry>), AuthError> {
         let (hash, shard) = self.locate(session_id);
         // An entry past its reuse margin is signed again with no lock held.
         let stale = {
@@ -337,7 +332,8 @@ impl AssertionCache {
             match entry {
                 Some(entry) => {
                     if let Some(valid) = entry.use_at(now_unix) {
-                        return Ok((valid, Arc::clone(entry)));
+                        slot.keep(entry);
+                        return Ok(valid);
                     }
                     Some(Arc::clone(entry))
                 }
@@ -347,7 +343,8 @@ impl AssertionCache {
         if let Some(entry) = stale {
             let value = entry.sign_again(signer, now_unix)?;
             self.on_request.fetch_add(1, Ordering::Relaxed);
-            return Ok((value, entry));
+            slot.keep(&entry);
+            return Ok(value);
         }
         let entry = Arc::new(Entry::sign(
             signer,
@@ -376,7 +373,9 @@ impl AssertionCache {
                 map.insert_unique(hash, (session_id.into(), vec![Arc::clone(&entry)]), rehash);
             }
         }
-        Ok((value, entry))
+        drop(map);
+        slot.keep(&entry);
+        Ok(value)
     }
 
     /// Signs again, off the request path, every assertion that a request asked for within the
@@ -503,10 +502,15 @@ fn make_room(map: &mut Shard, now_unix: i64) {
 // === impl AssertionSlot ===
 
 impl AssertionSlot {
+    /// The most a slot keeps allocated beyond its own size: the block of an entry the cache
+    /// dropped (its JWT and claims are freed with it), which a weak pointer keeps until the
+    /// slot is refilled or dropped. For callers that bound their memory by bytes.
+    pub const RETAINED_BYTES: usize =
+        std::mem::size_of::<Entry>() + 2 * std::mem::size_of::<usize>();
+
     /// The kept assertion, when it is what the cache would answer with (see the type).
     fn answer(&self, audience: &str, content: u64, now_unix: i64) -> Option<HeaderValue> {
-        let kept = self.0.read().ok()?;
-        let entry = kept.as_ref()?;
+        let entry = self.0.read().ok()?.upgrade()?;
         if entry.retired.load(Ordering::Acquire)
             || entry.content != content
             || *entry.audience != *audience
@@ -516,9 +520,9 @@ impl AssertionSlot {
         entry.use_at(now_unix)
     }
 
-    fn keep(&self, entry: Arc<Entry>) {
+    fn keep(&self, entry: &Arc<Entry>) {
         if let Ok(mut kept) = self.0.write() {
-            *kept = Some(entry);
+            *kept = Arc::downgrade(entry);
         }
     }
 }
@@ -529,7 +533,7 @@ impl std::fmt::Debug for AssertionSlot {
             .0
             .read()
             .ok()
-            .and_then(|kept| kept.as_ref().map(|e| e.audience.to_string()));
+            .and_then(|kept| kept.upgrade().map(|e| e.audience.to_string()));
         f.debug_struct("AssertionSlot")
             .field("audience", &audience)
             .finish()

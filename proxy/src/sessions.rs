@@ -134,11 +134,13 @@ impl CachedSession {
 
     /// Roughly the bytes this session costs in the cache: its own allocations and moka's
     /// bookkeeping per entry (about 320 bytes, measured as RSS growth over 100k entries with
-    /// `Arc<str>` keys; see also `rss_per_100k_cached_sessions`).
+    /// `Arc<str>` keys; see also `rss_per_100k_cached_sessions`), and what its assertion slot
+    /// may keep of an assertion the assertion cache dropped.
     pub fn weight(&self) -> u32 {
         const ENTRY_OVERHEAD: usize = 320;
         let bytes = ENTRY_OVERHEAD
             + std::mem::size_of::<Self>()
+            + AssertionSlot::RETAINED_BYTES
             + self.id.len()
             + self.identity.heap_bytes();
         u32::try_from(bytes).unwrap_or(u32::MAX)

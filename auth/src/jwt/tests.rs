@@ -419,8 +419,10 @@ fn a_kept_assertion_answers_only_what_the_cache_would() {
     assert_eq!(signed(t, 0, aud), (first.clone(), 0));
 
     // Signed out: the cache dropped the session's assertions, and the slot does not answer
-    // with what it kept.
+    // with what it kept; it did not keep it alive either.
+    assert!(format!("{slot:?}").contains("\"app.example.com\""));
     cache.invalidate_session("sess-1");
+    assert!(format!("{slot:?}").contains("audience: None"), "{slot:?}");
     let (after_sign_out, n) = signed(t, 0, aud);
     assert_eq!(n, 1);
     assert_ne!(after_sign_out, first);
