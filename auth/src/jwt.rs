@@ -110,7 +110,9 @@ pub struct AssertionSlot(RwLock<Weak<Entry>>);
 
 /// One (session, audience) and its current assertion.
 struct Entry {
-    /// Set when the cache drops the entry: a slot that kept it no longer answers with it.
+    /// Set when the cache drops the entry: a slot that kept it no longer answers with it. The
+    /// slot's weak pointer alone would not tell: a renewal or another request may still hold
+    /// the entry for a moment after the cache let go of it.
     retired: AtomicBool,
     audience: Box<str>,
     /// Fingerprint of the session fields the claims were made from.

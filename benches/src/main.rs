@@ -178,37 +178,23 @@ async fn run(args: Args) -> Result<(), String> {
         PortcullisUnderTest::start(&binary, &upstream.url(), settings.sessions).await?;
     let mut skipped = Vec::new();
     let nginx = match wanted("nginx") {
-        false => Ok(None),
-        true => PeerProcess::nginx(upstream.addr, settings.workers)
-            .await
-            .map(Some),
-    };
-    let nginx = match nginx {
-        Ok(n) => n,
-        Err(e) => {
-            let line = format!("skipping nginx: {e}");
-            eprintln!("{line}");
-            skipped.push(line);
-            None
-        }
+        true => started(
+            PeerProcess::nginx(upstream.addr, settings.workers).await,
+            "nginx",
+            &mut skipped,
+        ),
+        false => None,
     };
     let apache = match wanted("apache-oidc") {
-        false => Ok(None),
         true => {
             eprintln!("starting Apache + mod_auth_openidc and signing in once ...");
-            ApacheUnderTest::start(upstream.addr, settings.workers)
-                .await
-                .map(Some)
+            started(
+                ApacheUnderTest::start(upstream.addr, settings.workers).await,
+                "apache + mod_auth_openidc",
+                &mut skipped,
+            )
         }
-    };
-    let apache = match apache {
-        Ok(a) => a,
-        Err(e) => {
-            let line = format!("skipping apache + mod_auth_openidc: {e}");
-            eprintln!("{line}");
-            skipped.push(line);
-            None
-        }
+        false => None,
     };
 
     let mut scenarios = scenarios(&upstream, &portcullis, nginx.as_ref(), apache.as_ref())?;
@@ -324,6 +310,20 @@ async fn run(args: Args) -> Result<(), String> {
         svg.display()
     );
     Ok(())
+}
+
+/// The peer when it started; else `None`, and a line saying why it is skipped, printed and kept
+/// for the report.
+fn started<T>(peer: Result<T, String>, name: &str, skipped: &mut Vec<String>) -> Option<T> {
+    match peer {
+        Ok(p) => Some(p),
+        Err(e) => {
+            let line = format!("skipping {name}: {e}");
+            eprintln!("{line}");
+            skipped.push(line);
+            None
+        }
+    }
 }
 
 fn cap(d: Duration) -> u64 {
