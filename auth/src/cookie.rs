@@ -5,6 +5,7 @@
 //! the databroker. The payload is sealed with purpose [`SESSION_PURPOSE`], so no other sealed
 //! token of this crate can be presented as a session cookie.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -135,56 +136,122 @@ impl CookieOptions {
 
 // === Cookie header parsing ===
 
-/// Splits one `Cookie:` header value into `(name, value, whole pair)`, trimming optional
-/// whitespace and dropping empty segments. Values keep their quotes.
-fn pairs(header_value: &str) -> impl Iterator<Item = (&str, &str, &str)> {
-    header_value.split(';').filter_map(|part| {
-        let part = part.trim_matches(|c| c == ' ' || c == '\t');
-        if part.is_empty() {
-            return None;
+/// The cookies of one `Cookie:` header value, as `(name, value, whole pair)`, with optional
+/// whitespace trimmed and empty segments dropped. Values keep their quotes.
+///
+/// It works on bytes: the request path looks for the session cookie in every request, and a
+/// header value is only split at `;` (found with SIMD by `memchr`), never decoded as a whole.
+/// Other cookies' bytes need not be UTF-8 for the session cookie to be found.
+fn pairs(header_value: &[u8]) -> Pairs<'_> {
+    Pairs {
+        rest: Some(header_value),
+    }
+}
+
+struct Pairs<'a> {
+    rest: Option<&'a [u8]>,
+}
+
+impl<'a> Iterator for Pairs<'a> {
+    type Item = (&'a [u8], &'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let rest = self.rest?;
+            let part = match memchr::memchr(b';', rest) {
+                Some(i) => {
+                    self.rest = Some(&rest[i + 1..]);
+                    &rest[..i]
+                }
+                None => {
+                    self.rest = None;
+                    rest
+                }
+            };
+            let part = trim_ows(part);
+            if part.is_empty() {
+                continue;
+            }
+            let (name, value) = match memchr::memchr(b'=', part) {
+                Some(i) => (trim_ows(&part[..i]), trim_ows(&part[i + 1..])),
+                None => (part, &b""[..]),
+            };
+            return Some((name, value, part));
         }
-        let (name, value) = part.split_once('=').unwrap_or((part, ""));
-        Some((
-            name.trim_matches(|c| c == ' ' || c == '\t'),
-            value.trim_matches(|c| c == ' ' || c == '\t'),
-            part,
-        ))
-    })
+    }
+}
+
+/// Without the optional whitespace (space, tab) around it.
+fn trim_ows(bytes: &[u8]) -> &[u8] {
+    let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = bytes.iter().position(|b| !is_ows(b)).unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !is_ows(b))
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
 }
 
 /// Removes one pair of surrounding double quotes (RFC 6265 `cookie-value`).
-fn unquote(value: &str) -> &str {
-    if value.len() >= 2 && value.starts_with('"') && value.ends_with('"') {
-        &value[1..value.len() - 1]
-    } else {
-        value
+fn unquote(value: &[u8]) -> &[u8] {
+    match value {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => value,
     }
 }
 
 /// Finds the value of cookie `name` across all `Cookie:` header values; the first occurrence
 /// wins (browsers send the most specific cookie first). Names match exactly, so `_portcullis`
-/// never matches `_portcullis_csrf`. Surrounding quotes are removed.
-pub fn find_cookie<'a>(
-    header_values: impl Iterator<Item = &'a str>,
+/// never matches `_portcullis_csrf`. Surrounding quotes are removed. A value that is not UTF-8
+/// is no value (`None`).
+pub fn find_cookie<'a, V>(
+    header_values: impl IntoIterator<Item = &'a V>,
     name: &str,
-) -> Option<&'a str> {
-    header_values
-        .flat_map(pairs)
-        .find(|(n, _, _)| *n == name)
-        .map(|(_, v, _)| unquote(v))
+) -> Option<&'a str>
+where
+    V: AsRef<[u8]> + ?Sized + 'a,
+{
+    let name = name.as_bytes();
+    let (_, value, _) = header_values
+        .into_iter()
+        .flat_map(|v| pairs(v.as_ref()))
+        .find(|(n, _, _)| *n == name)?;
+    std::str::from_utf8(unquote(value)).ok()
 }
 
-/// Returns `header_value` without any cookie named `name`, re-joined with `"; "`, or `None`
-/// when no cookie is left (the proxy then drops the header).
-pub fn strip_cookie(header_value: &str, name: &str) -> Option<String> {
-    let mut out = String::with_capacity(header_value.len());
-    for (_, _, part) in pairs(header_value).filter(|(n, _, _)| *n != name) {
+/// `header_value` without any cookie named `name`: unchanged (borrowed) when it has none,
+/// else the other cookies re-joined with `"; "`, or `None` when no cookie is left (the proxy
+/// then drops the header).
+pub fn strip_cookie<'a>(header_value: &'a [u8], name: &str) -> Option<Cow<'a, [u8]>> {
+    let name = name.as_bytes();
+    // One pass. `out` starts at the first cookie named `name` (most often the only one, and
+    // then nothing is allocated); the cookies kept before it are copied in then.
+    let mut out: Option<Vec<u8>> = None;
+    let mut kept_before = 0;
+    fn push(out: &mut Vec<u8>, part: &[u8]) {
         if !out.is_empty() {
-            out.push_str("; ");
+            out.extend_from_slice(b"; ");
         }
-        out.push_str(part);
+        out.extend_from_slice(part);
     }
-    (!out.is_empty()).then_some(out)
+    for (n, _, part) in pairs(header_value) {
+        match (&mut out, n == name) {
+            (None, false) => kept_before += 1,
+            (None, true) => {
+                let mut started = Vec::new();
+                for (_, _, kept) in pairs(header_value).take(kept_before) {
+                    push(&mut started, kept);
+                }
+                out = Some(started);
+            }
+            (Some(_), true) => {}
+            (Some(out), false) => push(out, part),
+        }
+    }
+    let Some(out) = out else {
+        return (kept_before > 0).then_some(Cow::Borrowed(header_value));
+    };
+    (!out.is_empty()).then_some(Cow::Owned(out))
 }
 
 #[cfg(test)]

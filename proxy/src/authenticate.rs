@@ -248,10 +248,7 @@ async fn oauth_callback(
     let now = now_unix();
     let login_cookie = runtime.login_state_cookie();
     let login: LoginState = find_cookie(
-        req.headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok()),
+        req.headers.get_all(header::COOKIE),
         &login_cookie.name,
     )
     .and_then(|c| state.cipher.open_json(LOGIN_STATE_PURPOSE, c))
@@ -417,10 +414,7 @@ async fn sign_out(
         .flatten();
     let session_id = current.as_ref().map(|s| s.id.to_string()).or_else(|| {
         let cookie = find_cookie(
-            req.headers
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
+            req.headers.get_all(header::COOKIE),
             &runtime.config.cookie.name,
         )?;
         SessionCookie::open(&state.cipher, cookie, now).map(|c| c.session_id)

@@ -343,6 +343,14 @@ impl Proxy {
         }
         strip_session_cookie(headers, &config.cookie.name);
 
+        // Room for what is added below, so that the map grows (rehashes) once at most.
+        let identity_headers = if ctx.session.is_some() && route.pass_identity_headers {
+            1 + config.jwt_claims_headers.len()
+        } else {
+            0
+        };
+        headers.reserve(4 + identity_headers + route.set_request_headers.len());
+
         // 2. Forwarding headers from the connection.
         match ctx.client_ip {
             Some(ip) => headers.insert(&X_FORWARDED_FOR, ip_header_value(ip)),
@@ -874,10 +882,7 @@ pub(crate) async fn load_session(
         // UTF-8 is all the parser needs (a value with other bytes cannot open); `to_str`'s
         // stricter check would be a second pass over the value.
         None => match find_cookie(
-            req.headers
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok()),
+            req.headers.get_all(header::COOKIE),
             &runtime.config.cookie.name,
         ) {
             Some(c) => Credential::Cookie(c),
@@ -1100,39 +1105,33 @@ fn ip_header_value(ip: IpAddr) -> HeaderValue {
 }
 
 fn strip_session_cookie(headers: &mut http::HeaderMap, name: &str) {
-    // Most often the one `Cookie` header holds the session cookie alone: it goes as a whole.
     let mut values = headers.get_all(header::COOKIE).iter();
-    if let (Some(only), None) = (values.next(), values.next()) {
-        // Bytes, not `to_str`: a second pass over the value would cost more than this check.
-        let v = only.as_bytes();
-        let alone = !v.contains(&b';')
-            && v.iter()
-                .position(|&b| b == b'=')
-                .is_some_and(|eq| v[..eq].trim_ascii() == name.as_bytes());
-        if alone {
-            headers.remove(header::COOKIE);
-            return;
+    let edit = match (values.next(), values.next()) {
+        (None, _) => return,
+        // Most often one `Cookie` header: left as it is, dropped (the session cookie was
+        // alone, no allocation), or replaced by what is left of it.
+        (Some(only), None) => match strip_cookie(only.as_bytes(), name) {
+            Some(Cow::Borrowed(_)) => return,
+            None => None,
+            Some(Cow::Owned(kept)) => Some(kept),
+        },
+        // Several: what is kept of them all, joined into one.
+        (Some(_), Some(_)) => {
+            let mut joined = Vec::new();
+            for v in headers.get_all(header::COOKIE) {
+                if let Some(kept) = strip_cookie(v.as_bytes(), name) {
+                    if !joined.is_empty() {
+                        joined.extend_from_slice(b"; ");
+                    }
+                    joined.extend_from_slice(&kept);
+                }
+            }
+            (!joined.is_empty()).then_some(joined)
         }
-    }
-    let carries_session_cookie = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .any(|v| v.to_str().map_or(true, |v| v.contains(name)));
-    if !carries_session_cookie {
-        return;
-    }
-    // What is kept is built from the borrowed values before the header is replaced.
-    let kept: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| strip_cookie(v, name))
-        .collect();
+    };
     headers.remove(header::COOKIE);
-    if !kept.is_empty() {
-        if let Ok(v) = HeaderValue::try_from(kept.join("; ")) {
-            headers.insert(header::COOKIE, v);
-        }
+    if let Some(v) = edit.and_then(|v| HeaderValue::from_maybe_shared(Bytes::from(v)).ok()) {
+        headers.insert(header::COOKIE, v);
     }
 }
 
@@ -1294,6 +1293,14 @@ mod tests {
         assert_eq!(strip(&["_portcullis_x=1"]), ["_portcullis_x=1"]);
         assert_eq!(strip(&["x_portcullis=1"]), ["x_portcullis=1"]);
         assert_eq!(strip(&["other=_portcullis=1"]), ["other=_portcullis=1"]);
+        // Several headers go upstream as one (as an HTTP/2 client's must reach HTTP/1).
+        assert_eq!(strip(&["a=1", "b=2"]), ["a=1; b=2"]);
+        // Another cookie's bytes need not be text.
+        let mut headers = http::HeaderMap::new();
+        let value = HeaderValue::from_bytes(b"theme=\xff; _portcullis=abc").unwrap();
+        headers.insert(header::COOKIE, value);
+        strip_session_cookie(&mut headers, "_portcullis");
+        assert_eq!(headers[header::COOKIE].as_bytes(), b"theme=\xff");
     }
 
     #[test]

@@ -136,27 +136,51 @@ fn find_cookie_across_headers_whitespace_quotes() {
     assert_eq!(find_cookie(["a=\""].into_iter(), "a"), Some("\""));
     assert_eq!(find_cookie(["a="].into_iter(), "a"), Some(""));
     assert_eq!(find_cookie(["flag; a=v=w"].into_iter(), "a"), Some("v=w"));
-    assert_eq!(find_cookie(std::iter::empty(), "a"), None);
+    assert_eq!(find_cookie(std::iter::empty::<&str>(), "a"), None);
 }
 
 #[test]
 fn strip_cookie_removes_only_that_name() {
+    let strip = |v: &str| strip_cookie(v.as_bytes(), "_portcullis").map(|c| c.into_owned());
+    let s = |v: &str| Some(v.as_bytes().to_vec());
     assert_eq!(
-        strip_cookie("_portcullis_csrf=x; _portcullis=y; a=b", "_portcullis").as_deref(),
-        Some("_portcullis_csrf=x; a=b")
+        strip("_portcullis_csrf=x; _portcullis=y; a=b"),
+        s("_portcullis_csrf=x; a=b")
+    );
+    assert_eq!(strip("_portcullis=y;  _portcullis=z ;"), None);
+    assert_eq!(strip("_portcullis=y"), None);
+    assert_eq!(strip(""), None);
+    assert_eq!(strip(" ; ;"), None);
+    assert_eq!(
+        strip(" a=1 ;b=\"q\"; flag ; _portcullis=s"),
+        s("a=1; b=\"q\"; flag")
+    );
+    assert_eq!(strip("_portcullis = spaced; a=1"), s("a=1"));
+}
+
+#[test]
+fn strip_cookie_leaves_a_value_without_it_as_it_is() {
+    for v in ["a=1", " a=1 ;b=2", "_portcullis_csrf=x", "flag"] {
+        assert!(
+            matches!(strip_cookie(v.as_bytes(), "_portcullis"), Some(Cow::Borrowed(b)) if b == v.as_bytes()),
+            "{v}"
+        );
+    }
+}
+
+#[test]
+fn cookies_are_found_and_stripped_beside_other_cookies_that_are_not_utf8() {
+    let mut h = b"theme=\xff\xfe; _portcullis=sealed; other=\xc3".to_vec();
+    assert_eq!(find_cookie([h.as_slice()], "_portcullis"), Some("sealed"));
+    assert_eq!(
+        find_cookie([h.as_slice()], "theme"),
+        None,
+        "not UTF-8: no value"
     );
     assert_eq!(
-        strip_cookie("_portcullis=y;  _portcullis=z ;", "_portcullis"),
-        None
+        strip_cookie(&h, "_portcullis").map(|c| c.into_owned()),
+        Some(b"theme=\xff\xfe; other=\xc3".to_vec())
     );
-    assert_eq!(strip_cookie("", "_portcullis"), None);
-    assert_eq!(
-        strip_cookie(" a=1 ;b=\"q\"; flag ; _portcullis=s", "_portcullis").as_deref(),
-        Some("a=1; b=\"q\"; flag")
-    );
-    assert_eq!(strip_cookie("a=1", "_portcullis").as_deref(), Some("a=1"));
-    assert_eq!(
-        strip_cookie("_portcullis = spaced; a=1", "_portcullis").as_deref(),
-        Some("a=1")
-    );
+    h.truncate(0);
+    assert_eq!(find_cookie([h.as_slice()], "_portcullis"), None);
 }
