@@ -6,10 +6,13 @@
 //! runs the scenarios in interleaved rounds (A B C A B C ...), closed loop with N keep-alive
 //! connections, then once more open loop at a fixed rate, and prints a table of medians. The
 //! results go to JSON (`--out`, default `target/bench/results.json`) with a latency plot (SVG)
-//! beside it. Every load loop is bounded in time and in request count.
+//! beside it. Every load loop is bounded in time and in request count. With `--instructions` it
+//! measures no throughput: it counts the proxy's instructions per request under callgrind
+//! ([`instructions`]).
 
 #![forbid(unsafe_code)]
 
+mod instructions;
 mod load;
 mod peers;
 mod plot;
@@ -62,6 +65,12 @@ pub struct Args {
     /// A peer left out is not started.
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
+    /// Instead of throughput: count the proxy's instructions per request under valgrind's
+    /// callgrind, for the Portcullis scenarios (20,000 requests each; 1,000 with --quick).
+    /// Repeatable where requests/s are noisy. Needs valgrind. Results go to JSON (`--out`,
+    /// default `target/bench/instructions.json`).
+    #[arg(long)]
+    pub instructions: bool,
 }
 
 /// Every scenario's name, in the order the rounds run them.
@@ -168,14 +177,32 @@ async fn run(args: Args) -> Result<(), String> {
         binary.display()
     );
 
+    let callgrind = match args.instructions {
+        true => Some(instructions::Callgrind::new()?),
+        false => None,
+    };
     let upstream = upstream::FastUpstream::start()?;
     eprintln!("upstream on {}", upstream.url());
     eprintln!(
-        "starting Portcullis (databroker + proxy) and seeding {} sessions ...",
+        "starting Portcullis (databroker + proxy{}) and seeding {} sessions ...",
+        if callgrind.is_some() {
+            " under callgrind"
+        } else {
+            ""
+        },
         settings.sessions
     );
+    let wrapper = callgrind.as_ref().map(|c| c.wrapper()).unwrap_or_default();
     let portcullis =
-        PortcullisUnderTest::start(&binary, &upstream.url(), settings.sessions).await?;
+        PortcullisUnderTest::start(&binary, &upstream.url(), settings.sessions, &wrapper).await?;
+    if let Some(callgrind) = callgrind {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| target_dir().join("bench").join("instructions.json"));
+        return count_instructions(&callgrind, &upstream, &portcullis, &settings, &wanted, &out)
+            .await;
+    }
     let mut skipped = Vec::new();
     let nginx = match wanted("nginx") {
         true => started(
@@ -200,33 +227,7 @@ async fn run(args: Args) -> Result<(), String> {
     let mut scenarios = scenarios(&upstream, &portcullis, nginx.as_ref(), apache.as_ref())?;
     scenarios.retain(|s| wanted(s.name));
 
-    // Warm-up, not measured: every seeded session once (fills the proxy's session and
-    // assertion caches, as in a steady state), and a short run of everything else.
-    eprintln!("warming up ...");
-    for s in &scenarios {
-        let n = s.target.cookies.len().max(1) as u64;
-        let warm = Duration::from_secs_f64((settings.duration_secs / 2.0).clamp(0.2, 2.0));
-        let progress = Arc::new(Progress::default());
-        let o = load::run(
-            &s.target,
-            Mode::Closed,
-            settings.connections,
-            if n > 1 {
-                Duration::from_secs(120)
-            } else {
-                warm
-            },
-            Some(if n > 1 { n } else { cap(warm) }),
-            progress,
-        )
-        .await;
-        if o.requests > 0 && o.errors == o.requests {
-            return Err(format!(
-                "{}: every warm-up request failed: {:?}",
-                s.name, o.error_samples
-            ));
-        }
-    }
+    warm_up(&scenarios, &settings).await?;
 
     let signatures_before = portcullis.signatures().await;
     let mut results: Vec<ScenarioResult> = scenarios
@@ -330,6 +331,117 @@ fn cap(d: Duration) -> u64 {
     (d.as_secs_f64() * MAX_REQUESTS_PER_SECOND) as u64 + 1
 }
 
+/// Warm-up, not measured: every seeded session once (fills the proxy's session and assertion
+/// caches, as in a steady state), and a short run of everything else.
+async fn warm_up(scenarios: &[Scenario], settings: &Settings) -> Result<(), String> {
+    eprintln!("warming up ...");
+    for s in scenarios {
+        let n = s.target.cookies.len().max(1) as u64;
+        let warm = Duration::from_secs_f64((settings.duration_secs / 2.0).clamp(0.2, 2.0));
+        let progress = Arc::new(Progress::default());
+        let o = load::run(
+            &s.target,
+            Mode::Closed,
+            settings.connections,
+            if n > 1 {
+                Duration::from_secs(120)
+            } else {
+                warm
+            },
+            Some(if n > 1 { n } else { cap(warm) }),
+            progress,
+        )
+        .await;
+        if o.requests > 0 && o.errors == o.requests {
+            return Err(format!(
+                "{}: every warm-up request failed: {:?}",
+                s.name, o.error_samples
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `--instructions`: each wanted Portcullis scenario's instructions per request, counted by
+/// callgrind over a fixed number of requests ([`instructions`]).
+async fn count_instructions(
+    callgrind: &instructions::Callgrind,
+    upstream: &upstream::FastUpstream,
+    portcullis: &PortcullisUnderTest,
+    settings: &Settings,
+    wanted: &dyn Fn(&str) -> bool,
+    out: &std::path::Path,
+) -> Result<(), String> {
+    let pid = portcullis.proxy.pid().ok_or("the proxy is not running")?;
+    let mut scenarios = scenarios(upstream, portcullis, None, None)?;
+    scenarios.retain(|s| s.name.starts_with("portcullis-") && wanted(s.name));
+    warm_up(&scenarios, settings).await?;
+    let requests: u64 = if settings.quick { 1_000 } else { 20_000 };
+    let mut counts = Vec::new();
+    for s in &scenarios {
+        let progress = Arc::new(Progress::default());
+        let ticker = ticker(progress.clone(), format!("instructions {}", s.name));
+        callgrind.start(pid).await?;
+        let o = load::run(
+            &s.target,
+            Mode::Closed,
+            settings.connections,
+            Duration::from_secs(600),
+            Some(requests),
+            progress,
+        )
+        .await;
+        let instructions = callgrind.stop(pid).await?;
+        ticker.abort();
+        let count = instructions::Count {
+            name: s.name,
+            requests: o.requests,
+            errors: o.errors,
+            instructions,
+        };
+        eprintln!(
+            "\rinstructions {}: {} requests, {:.0} instructions each      ",
+            s.name,
+            o.requests,
+            count.per_request()
+        );
+        counts.push(count);
+    }
+    println!("{}", instructions::table(&counts));
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let json = serde_json::to_string_pretty(&serde_json::json!({
+        "settings": settings,
+        "requests_per_scenario": requests,
+        "counts": counts,
+    }))
+    .map_err(|e| e.to_string())?;
+    std::fs::write(out, json).map_err(|e| format!("{}: {e}", out.display()))?;
+    println!("results: {}", out.display());
+    Ok(())
+}
+
+/// Prints `label` and the requests per second of the last second, every second, until aborted.
+fn ticker(progress: Arc<Progress>, label: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let mut last = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let done = progress.done.load(Ordering::Relaxed);
+            eprint!(
+                "\r{label}: {:>8} req/s  ({:.0} s)      ",
+                done - last,
+                start.elapsed().as_secs_f64()
+            );
+            last = done;
+        }
+    })
+}
+
 /// One run of one scenario, with the progress line and the process's CPU and memory.
 async fn measure(
     s: &Scenario,
@@ -339,26 +451,7 @@ async fn measure(
     label: &str,
 ) -> RoundResult {
     let progress = Arc::new(Progress::default());
-    let ticker = {
-        let progress = progress.clone();
-        let label = label.to_owned();
-        tokio::spawn(async move {
-            let start = Instant::now();
-            let mut last = 0u64;
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let done = progress.done.load(Ordering::Relaxed);
-                eprint!(
-                    "\r{label}: {:>8} req/s  ({:.0} s)      ",
-                    done - last,
-                    start.elapsed().as_secs_f64()
-                );
-                last = done;
-            }
-        })
-    };
+    let ticker = ticker(progress.clone(), label.to_owned());
     let cpu_before = s.pid.map(procstat::cpu_seconds);
     let o = load::run(
         &s.target,

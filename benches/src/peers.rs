@@ -43,7 +43,14 @@ pub struct ApacheUnderTest {
 // === Portcullis ===
 
 impl PortcullisUnderTest {
-    pub async fn start(binary: &Path, upstream: &str, sessions: usize) -> Result<Self, String> {
+    /// Starts both processes and seeds `sessions`. A non-empty `proxy_wrapper` runs the proxy
+    /// under that program (`--instructions`: callgrind).
+    pub async fn start(
+        binary: &Path,
+        upstream: &str,
+        sessions: usize,
+        proxy_wrapper: &[String],
+    ) -> Result<Self, String> {
         let shared_secret = random_secret();
         let cookie_secret = random_secret();
         let grpc = free_port();
@@ -100,8 +107,10 @@ allow_public_unauthenticated_access = true
 "#,
             metrics = free_port(),
         );
+        let wrapper: Vec<&str> = proxy_wrapper.iter().map(String::as_str).collect();
         let proxy = Portcullis::builder(binary)
             .config(&config)
+            .wrapped_in(&wrapper)
             .start()
             .await
             .map_err(|e| format!("proxy: {e}"))?;

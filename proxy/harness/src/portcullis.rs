@@ -17,6 +17,7 @@ pub struct PortcullisBuilder {
     config: String,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    wrapper: Vec<String>,
 }
 
 /// A running `portcullis --config FILE`; killed when dropped, stopped gracefully by
@@ -51,6 +52,13 @@ impl PortcullisBuilder {
         self
     }
 
+    /// Runs the binary under another program: `program args… binary --config FILE` (the bench
+    /// runs the proxy under valgrind's callgrind this way to count its instructions).
+    pub fn wrapped_in(mut self, program_and_args: &[&str]) -> Self {
+        self.wrapper = program_and_args.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
     /// Spawns the binary and waits (30 s at most) until `/readyz` on the metrics address
     /// answers 200. On failure the error holds the exit status, if any, and every log line.
     pub async fn start(self) -> Result<Portcullis, String> {
@@ -70,7 +78,14 @@ impl PortcullisBuilder {
         let stderr =
             std::fs::File::create(dir.path().join("stderr.log")).map_err(|e| e.to_string())?;
 
-        let mut cmd = command(&self.binary, &self.env);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = command(Path::new(program), &self.env);
+                cmd.args(args).arg(&self.binary);
+                cmd
+            }
+            None => command(&self.binary, &self.env),
+        };
         cmd.args(&self.args)
             .arg("--config")
             .arg(&config_path)
@@ -142,6 +157,7 @@ impl Portcullis {
             config: String::new(),
             env: Vec::new(),
             args: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 
@@ -275,6 +291,8 @@ impl Portcullis {
             .expect("metrics body")
     }
 
+    /// The process id, while it runs (with a wrapper: the wrapper's, which for valgrind is the
+    /// program's own).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(Child::id)
     }
