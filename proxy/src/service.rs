@@ -879,8 +879,8 @@ pub(crate) async fn load_session(
             *bearer = true;
             Credential::Bearer(t)
         }
-        // UTF-8 is all the parser needs (a value with other bytes cannot open); `to_str`'s
-        // stricter check would be a second pass over the value.
+        // Read as bytes: only the session cookie's own value is decoded (UTF-8), so no pass
+        // goes over the whole header, and another cookie's odd bytes cannot hide this one.
         None => match find_cookie(
             req.headers.get_all(header::COOKIE),
             &runtime.config.cookie.name,
