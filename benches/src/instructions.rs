@@ -80,8 +80,9 @@ impl Callgrind {
         control(pid, "--instr=on").await
     }
 
-    /// Counting off; the instructions counted since [`Callgrind::start`].
-    pub async fn stop(&self, pid: u32) -> Result<u64, String> {
+    /// Counting off; the instructions counted since [`Callgrind::start`]. With `keep`, the dump
+    /// is also copied there (for `callgrind_annotate`).
+    pub async fn stop(&self, pid: u32, keep: Option<&Path>) -> Result<u64, String> {
         control(pid, "--instr=off").await?;
         let before = dumps(self.dir.path(), pid);
         control(pid, "--dump").await?;
@@ -90,6 +91,9 @@ impl Callgrind {
         for _ in 0..50 {
             let after = dumps(self.dir.path(), pid);
             if let Some(new) = after.iter().find(|p| !before.contains(p)) {
+                if let Some(keep) = keep {
+                    std::fs::copy(new, keep).map_err(|e| format!("{}: {e}", keep.display()))?;
+                }
                 return totals(new);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -71,6 +71,10 @@ pub struct Args {
     /// default `target/bench/instructions.json`).
     #[arg(long)]
     pub instructions: bool,
+    /// With --instructions: keep each scenario's callgrind profile in this directory, as
+    /// `callgrind.out.<scenario>`, to read with `callgrind_annotate --inclusive=yes`.
+    #[arg(long, requires = "instructions")]
+    pub profiles: Option<std::path::PathBuf>,
 }
 
 /// Every scenario's name, in the order the rounds run them.
@@ -200,8 +204,16 @@ async fn run(args: Args) -> Result<(), String> {
             .out
             .clone()
             .unwrap_or_else(|| target_dir().join("bench").join("instructions.json"));
-        return count_instructions(&callgrind, &upstream, &portcullis, &settings, &wanted, &out)
-            .await;
+        return count_instructions(
+            &callgrind,
+            &upstream,
+            &portcullis,
+            &settings,
+            &wanted,
+            &out,
+            args.profiles.as_deref(),
+        )
+        .await;
     }
     let mut skipped = Vec::new();
     let nginx = match wanted("nginx") {
@@ -371,7 +383,11 @@ async fn count_instructions(
     settings: &Settings,
     wanted: &dyn Fn(&str) -> bool,
     out: &std::path::Path,
+    profiles: Option<&std::path::Path>,
 ) -> Result<(), String> {
+    if let Some(dir) = profiles {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
     let pid = portcullis.proxy.pid().ok_or("the proxy is not running")?;
     let mut scenarios = scenarios(upstream, portcullis, None, None)?;
     scenarios.retain(|s| s.name.starts_with("portcullis-") && wanted(s.name));
@@ -391,7 +407,8 @@ async fn count_instructions(
             progress,
         )
         .await;
-        let instructions = callgrind.stop(pid).await?;
+        let keep = profiles.map(|d| d.join(format!("callgrind.out.{}", s.name)));
+        let instructions = callgrind.stop(pid, keep.as_deref()).await?;
         ticker.abort();
         let count = instructions::Count {
             name: s.name,
@@ -408,6 +425,13 @@ async fn count_instructions(
         counts.push(count);
     }
     println!("{}", instructions::table(&counts));
+    if let Some(dir) = profiles {
+        eprintln!(
+            "profiles kept in {}: callgrind_annotate --inclusive=yes {}",
+            dir.display(),
+            dir.join("callgrind.out.portcullis-auth").display()
+        );
+    }
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
