@@ -211,12 +211,24 @@ pub fn find_cookie<'a, V>(
 where
     V: AsRef<[u8]> + ?Sized + 'a,
 {
+    std::str::from_utf8(find_cookie_bytes(header_values, name)?).ok()
+}
+
+/// [`find_cookie`] without decoding: the value's bytes as sent, for a caller that compares
+/// them before it needs text.
+pub fn find_cookie_bytes<'a, V>(
+    header_values: impl IntoIterator<Item = &'a V>,
+    name: &str,
+) -> Option<&'a [u8]>
+where
+    V: AsRef<[u8]> + ?Sized + 'a,
+{
     let name = name.as_bytes();
     let (_, value, _) = header_values
         .into_iter()
         .flat_map(|v| pairs(v.as_ref()))
         .find(|(n, _, _)| *n == name)?;
-    std::str::from_utf8(unquote(value)).ok()
+    Some(unquote(value))
 }
 
 /// `header_value` without any cookie named `name`: unchanged (borrowed) when it has none,
@@ -224,6 +236,13 @@ where
 /// then drops the header).
 pub fn strip_cookie<'a>(header_value: &'a [u8], name: &str) -> Option<Cow<'a, [u8]>> {
     let name = name.as_bytes();
+    // The most common header: `name=value` alone (no `;`, so no other pair), dropped whole.
+    if header_value.get(name.len()) == Some(&b'=')
+        && header_value.starts_with(name)
+        && memchr::memchr(b';', header_value).is_none()
+    {
+        return None;
+    }
     // One pass. `out` starts at the first cookie named `name` (most often the only one, and
     // then nothing is allocated); the cookies kept before it are copied in then.
     let mut out: Option<Vec<u8>> = None;

@@ -36,7 +36,9 @@ pub mod session;
 pub mod signed_url;
 
 pub use cipher::Cipher;
-pub use cookie::{find_cookie, strip_cookie, CookieOptions, SameSite, SessionCookie};
+pub use cookie::{
+    find_cookie, find_cookie_bytes, strip_cookie, CookieOptions, SameSite, SessionCookie,
+};
 pub use error::AuthError;
 pub use handoff::{Handoff, ReplayGuard};
 pub use jwt::{AssertionCache, AssertionSigner, AssertionSlot, IdentityClaims};

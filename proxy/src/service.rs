@@ -24,7 +24,7 @@ use pingora::prelude::*;
 use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::ErrorType;
-use portcullis_auth::{find_cookie, strip_cookie, IdentityClaims};
+use portcullis_auth::{find_cookie_bytes, strip_cookie, IdentityClaims};
 use portcullis_policy::{Claim, Decision, HeaderLookup, Request as PolicyRequest};
 use tracing::warn;
 
@@ -126,13 +126,6 @@ pub(crate) struct Found {
 pub enum Flow {
     Proxy,
     Reply(Reply),
-}
-
-/// The credential a request carries.
-enum Credential<'a> {
-    None,
-    Cookie(&'a str),
-    Bearer(&'a str),
 }
 
 /// Lets the policy read request headers without copying them.
@@ -874,24 +867,21 @@ pub(crate) async fn load_session(
     bearer: &mut bool,
     now: i64,
 ) -> Result<Option<Arc<CachedSession>>, Refusal> {
-    let credential = match bearer_token(req) {
+    // The bearer token, else the session cookie. The cookie is read as bytes: no pass goes
+    // over the whole header, another cookie's odd bytes cannot hide this one, and the value
+    // is compared with the opened-cookie memo as bytes (decoded only to be opened).
+    let sealed: &[u8] = match bearer_token(req) {
         Some(t) => {
             *bearer = true;
-            Credential::Bearer(t)
+            t.as_bytes()
         }
-        // Read as bytes: only the session cookie's own value is decoded (UTF-8), so no pass
-        // goes over the whole header, and another cookie's odd bytes cannot hide this one.
-        None => match find_cookie(
+        None => match find_cookie_bytes(
             req.headers.get_all(header::COOKIE),
             &runtime.config.cookie.name,
         ) {
-            Some(c) => Credential::Cookie(c),
-            None => Credential::None,
+            Some(c) => c,
+            None => return Ok(None),
         },
-    };
-    let sealed = match credential {
-        Credential::None => return Ok(None),
-        Credential::Cookie(c) | Credential::Bearer(c) => c,
     };
     let sessions = &state.sessions;
     let cookie = match state

@@ -156,6 +156,13 @@ fn strip_cookie_removes_only_that_name() {
         s("a=1; b=\"q\"; flag")
     );
     assert_eq!(strip("_portcullis = spaced; a=1"), s("a=1"));
+    // The shapes near the one-pair fast path (`name=value`, no `;`).
+    assert_eq!(strip("_portcullis="), None);
+    assert_eq!(strip("_portcullis=a=b"), None);
+    assert_eq!(strip("_portcullis"), None);
+    assert_eq!(strip("_portcullis=y;"), None);
+    assert_eq!(strip("_portcullis=y;a=1"), s("a=1"));
+    assert_eq!(strip("_portcullisx=y"), s("_portcullisx=y"));
 }
 
 #[test]
@@ -183,4 +190,16 @@ fn cookies_are_found_and_stripped_beside_other_cookies_that_are_not_utf8() {
     );
     h.truncate(0);
     assert_eq!(find_cookie([h.as_slice()], "_portcullis"), None);
+}
+
+#[test]
+fn find_cookie_bytes_gives_the_value_as_sent() {
+    let h = b"a=1; _portcullis=\"\xffs\"; _portcullis=second".as_slice();
+    assert_eq!(
+        find_cookie_bytes([h], "_portcullis"),
+        Some(b"\xffs".as_slice()),
+        "the first, unquoted, not decoded"
+    );
+    assert_eq!(find_cookie([h], "_portcullis"), None, "not UTF-8: no text");
+    assert_eq!(find_cookie_bytes([h], "b"), None);
 }

@@ -109,13 +109,15 @@ impl OpenedCookies {
     pub fn open(
         &self,
         cipher: &Cipher,
-        value: &str,
+        value: &(impl AsRef<[u8]> + ?Sized),
         now_unix: i64,
         current: impl Fn(&CachedSession) -> bool,
     ) -> Option<Known> {
+        // Compared as bytes; decoded (UTF-8) only to be opened.
+        let value = value.as_ref();
         let shard = self.shard(value);
         if let Ok(map) = shard.read() {
-            if let Some(kept) = map.get(&Presented(value.as_bytes())) {
+            if let Some(kept) = map.get(&Presented(value)) {
                 if now_unix >= kept.opened.expires_at {
                     return None;
                 }
@@ -125,7 +127,7 @@ impl OpenedCookies {
                 });
             }
         }
-        let cookie = SessionCookie::open(cipher, value, now_unix)?;
+        let cookie = SessionCookie::open(cipher, std::str::from_utf8(value).ok()?, now_unix)?;
         let opened = Opened {
             session_id: cookie.session_id.into(),
             expires_at: cookie.expires_at,
@@ -138,16 +140,17 @@ impl OpenedCookies {
                 opened: opened.clone(),
                 session: Weak::new(),
             };
-            map.insert(Sealed(value.as_bytes().into()), kept);
+            map.insert(Sealed(value.into()), kept);
         }
         Some(Known::Cookie(opened))
     }
 
     /// Remembers that the kept `value` led to `session` (the session it names), for the
     /// value's next lookups. Does nothing when the value is no longer kept.
-    pub fn attach(&self, value: &str, session: &Arc<CachedSession>) {
+    pub fn attach(&self, value: &(impl AsRef<[u8]> + ?Sized), session: &Arc<CachedSession>) {
+        let value = value.as_ref();
         if let Ok(mut map) = self.shard(value).write() {
-            if let Some(kept) = map.get_mut(&Presented(value.as_bytes())) {
+            if let Some(kept) = map.get_mut(&Presented(value)) {
                 if kept.opened.session_id == session.id {
                     kept.session = Arc::downgrade(session);
                 }
@@ -169,8 +172,8 @@ impl OpenedCookies {
 
     /// The shard by the value's last character: the end of the GCM tag, so spread evenly over
     /// the values that open (only those are kept).
-    fn shard(&self, value: &str) -> &RwLock<Shard> {
-        let last = value.as_bytes().last().copied().unwrap_or(0);
+    fn shard(&self, value: &[u8]) -> &RwLock<Shard> {
+        let last = value.last().copied().unwrap_or(0);
         &self.shards[usize::from(last) % SHARDS]
     }
 }
@@ -229,6 +232,8 @@ mod tests {
         let tampered = String::from_utf8(tampered).expect("ASCII");
         assert_eq!(said(memo.open(&c, &tampered, 10, |_| true)), None);
         assert_eq!(said(memo.open(&c, "garbage", 10, |_| true)), None);
+        // Compared as bytes, but only text can open: bytes that are not UTF-8 are refused.
+        assert_eq!(said(memo.open(&c, &b"\xff\xfe"[..], 10, |_| true)), None);
         assert_eq!(memo.len(), 1);
         // Expired at sealing time: not kept either.
         assert_eq!(said(memo.open(&c, &seal(&c, "s2", 5), 10, |_| true)), None);
