@@ -388,10 +388,14 @@ impl Proxy {
                     headers.insert(&config.jwt_assertion_header, j.clone());
                 }
                 for (name, claim) in &config.jwt_claims_headers {
-                    if let Some(v) = claim_value(s, claim) {
-                        if let Ok(v) = HeaderValue::from_str(v.as_ref()) {
-                            headers.insert(name, v);
-                        }
+                    // A joined list becomes the value's buffer as it is (no second copy).
+                    let value = match claim_value(s, claim) {
+                        Some(Cow::Borrowed(v)) => HeaderValue::from_str(v).ok(),
+                        Some(Cow::Owned(v)) => HeaderValue::from_maybe_shared(Bytes::from(v)).ok(),
+                        None => None,
+                    };
+                    if let Some(v) = value {
+                        headers.insert(name, v);
                     }
                 }
             }
