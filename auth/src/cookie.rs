@@ -247,12 +247,6 @@ pub fn strip_cookie<'a>(header_value: &'a [u8], name: &str) -> Option<Cow<'a, [u
     // then nothing is allocated); the cookies kept before it are copied in then.
     let mut out: Option<Vec<u8>> = None;
     let mut kept_before = 0;
-    fn push(out: &mut Vec<u8>, part: &[u8]) {
-        if !out.is_empty() {
-            out.extend_from_slice(b"; ");
-        }
-        out.extend_from_slice(part);
-    }
     for (n, _, part) in pairs(header_value) {
         match (&mut out, n == name) {
             (None, false) => kept_before += 1,
@@ -271,6 +265,40 @@ pub fn strip_cookie<'a>(header_value: &'a [u8], name: &str) -> Option<Cow<'a, [u
         return (kept_before > 0).then_some(Cow::Borrowed(header_value));
     };
     (!out.is_empty()).then_some(Cow::Owned(out))
+}
+
+/// [`strip_cookie`] over all of a request's `Cookie:` header values, as one value (several
+/// headers must become one going to HTTP/1): `Some(Cow::Borrowed(_))` when the headers are to
+/// be left as they are (none, or one without the cookie), `None` when no cookie is left.
+pub fn strip_cookies<'a, V>(
+    header_values: impl IntoIterator<Item = &'a V>,
+    name: &str,
+) -> Option<Cow<'a, [u8]>>
+where
+    V: AsRef<[u8]> + ?Sized + 'a,
+{
+    let mut values = header_values.into_iter();
+    let Some(first) = values.next() else {
+        return Some(Cow::Borrowed(&[]));
+    };
+    let Some(second) = values.next() else {
+        return strip_cookie(first.as_ref(), name);
+    };
+    let mut joined = Vec::new();
+    for v in [first, second].into_iter().chain(values) {
+        if let Some(kept) = strip_cookie(v.as_ref(), name) {
+            push(&mut joined, &kept);
+        }
+    }
+    (!joined.is_empty()).then_some(Cow::Owned(joined))
+}
+
+/// Appends a cookie pair (or several, already joined) to a `Cookie` value being built.
+fn push(out: &mut Vec<u8>, part: &[u8]) {
+    if !out.is_empty() {
+        out.extend_from_slice(b"; ");
+    }
+    out.extend_from_slice(part);
 }
 
 #[cfg(test)]

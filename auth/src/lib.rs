@@ -37,7 +37,8 @@ pub mod signed_url;
 
 pub use cipher::Cipher;
 pub use cookie::{
-    find_cookie, find_cookie_bytes, strip_cookie, CookieOptions, SameSite, SessionCookie,
+    find_cookie, find_cookie_bytes, strip_cookie, strip_cookies, CookieOptions, SameSite,
+    SessionCookie,
 };
 pub use error::AuthError;
 pub use handoff::{Handoff, ReplayGuard};

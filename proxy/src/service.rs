@@ -24,7 +24,7 @@ use pingora::prelude::*;
 use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::ErrorType;
-use portcullis_auth::{find_cookie_bytes, strip_cookie, IdentityClaims};
+use portcullis_auth::{find_cookie_bytes, strip_cookies, IdentityClaims};
 use portcullis_policy::{Claim, Decision, HeaderLookup, Request as PolicyRequest};
 use tracing::warn;
 
@@ -1105,29 +1105,11 @@ fn ip_header_value(ip: IpAddr) -> HeaderValue {
 }
 
 fn strip_session_cookie(headers: &mut http::HeaderMap, name: &str) {
-    let mut values = headers.get_all(header::COOKIE).iter();
-    let edit = match (values.next(), values.next()) {
-        (None, _) => return,
-        // Most often one `Cookie` header: left as it is, dropped (the session cookie was
-        // alone, no allocation), or replaced by what is left of it.
-        (Some(only), None) => match strip_cookie(only.as_bytes(), name) {
-            Some(Cow::Borrowed(_)) => return,
-            None => None,
-            Some(Cow::Owned(kept)) => Some(kept),
-        },
-        // Several: what is kept of them all, joined into one.
-        (Some(_), Some(_)) => {
-            let mut joined = Vec::new();
-            for v in headers.get_all(header::COOKIE) {
-                if let Some(kept) = strip_cookie(v.as_bytes(), name) {
-                    if !joined.is_empty() {
-                        joined.extend_from_slice(b"; ");
-                    }
-                    joined.extend_from_slice(&kept);
-                }
-            }
-            (!joined.is_empty()).then_some(joined)
-        }
+    // Most often one `Cookie` header: left as it is, dropped (the session cookie was alone, no
+    // allocation), or replaced by what is left of it; several are joined into one.
+    let edit = match strip_cookies(headers.get_all(header::COOKIE), name) {
+        Some(Cow::Borrowed(_)) => return,
+        edit => edit.map(Cow::into_owned),
     };
     headers.remove(header::COOKIE);
     if let Some(v) = edit.and_then(|v| HeaderValue::from_maybe_shared(Bytes::from(v)).ok()) {

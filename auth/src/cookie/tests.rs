@@ -203,3 +203,31 @@ fn find_cookie_bytes_gives_the_value_as_sent() {
     assert_eq!(find_cookie([h], "_portcullis"), None, "not UTF-8: no text");
     assert_eq!(find_cookie_bytes([h], "b"), None);
 }
+
+#[test]
+fn strip_cookies_makes_one_value_of_several_headers() {
+    let strip = |vs: &[&str]| {
+        strip_cookies(vs.iter().map(|v| v.as_bytes()), "_portcullis")
+            .map(|c| (matches!(c, Cow::Borrowed(_)), c.into_owned()))
+    };
+    let left = |v: &str| Some((true, v.as_bytes().to_vec()));
+    let made = |v: &str| Some((false, v.as_bytes().to_vec()));
+    assert_eq!(strip(&[]), left(""), "no header: nothing to do");
+    assert_eq!(
+        strip(&["a=1; b=2"]),
+        left("a=1; b=2"),
+        "one without it: as it is"
+    );
+    assert_eq!(strip(&["_portcullis=s"]), None);
+    assert_eq!(strip(&["a=1; _portcullis=s"]), made("a=1"));
+    assert_eq!(
+        strip(&["a=1", "b=2"]),
+        made("a=1; b=2"),
+        "several: always one"
+    );
+    assert_eq!(
+        strip(&["_portcullis=s", "b=2; _portcullis=t", "c=3"]),
+        made("b=2; c=3")
+    );
+    assert_eq!(strip(&["_portcullis=s", "_portcullis=t"]), None);
+}
