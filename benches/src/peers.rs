@@ -107,10 +107,9 @@ allow_public_unauthenticated_access = true
 "#,
             metrics = free_port(),
         );
-        let wrapper: Vec<&str> = proxy_wrapper.iter().map(String::as_str).collect();
         let proxy = Portcullis::builder(binary)
             .config(&config)
-            .wrapped_in(&wrapper)
+            .wrapped_in(proxy_wrapper)
             .start()
             .await
             .map_err(|e| format!("proxy: {e}"))?;

@@ -54,8 +54,11 @@ impl PortcullisBuilder {
 
     /// Runs the binary under another program: `program args… binary --config FILE` (the bench
     /// runs the proxy under valgrind's callgrind this way to count its instructions).
-    pub fn wrapped_in(mut self, program_and_args: &[&str]) -> Self {
-        self.wrapper = program_and_args.iter().map(|a| a.to_string()).collect();
+    pub fn wrapped_in(mut self, program_and_args: &[impl AsRef<str>]) -> Self {
+        self.wrapper = program_and_args
+            .iter()
+            .map(|a| a.as_ref().to_owned())
+            .collect();
         self
     }
 
