@@ -13,12 +13,11 @@
 //! Only HTTP/1 upstream connections get one: an HTTP/2 connection carries other requests too,
 //! so there the route's `timeout` bounds each wait, as before.
 
-use std::os::unix::io::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use crate::tripwire::Tripwire;
+use crate::tripwire::{Socket, Tripwire};
 
 /// How often the sweeper looks for passed deadlines: a deadline passes at most this late.
 const SWEEP_EVERY: Duration = Duration::from_millis(50);
@@ -44,27 +43,25 @@ static PENDING: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
 // === impl Deadline ===
 
 impl Deadline {
-    /// Starts a deadline at `at` for the upstream connection `fd`, which must be open and this
-    /// request's now. `None` when the socket cannot be identified.
-    pub fn start(at: Instant, fd: RawFd) -> Option<Deadline> {
+    /// Starts a deadline at `at` for the upstream connection `socket`, which must be open and
+    /// this request's now.
+    pub fn start(at: Instant, socket: Socket) -> Deadline {
         let shared = Arc::new(Shared {
             at,
             socket: Tripwire::default(),
             passed: AtomicBool::new(false),
         });
-        if !shared.socket.arm(fd) {
-            return None;
-        }
+        shared.socket.arm_socket(Some(socket));
         start_sweeper();
         pending().push(Arc::downgrade(&shared));
-        Some(Deadline { shared })
+        Deadline { shared }
     }
 
     /// The request went to another upstream connection (a retry): the deadline goes on, for
     /// that one.
-    pub fn retarget(&self, fd: RawFd) {
+    pub fn retarget(&self, socket: Socket) {
         if !self.passed() {
-            self.shared.socket.arm(fd);
+            self.shared.socket.arm_socket(Some(socket));
         }
     }
 
@@ -143,8 +140,8 @@ mod tests {
     async fn a_passed_deadline_ends_the_wait_for_the_upstream() {
         let (mut proxy_side, _upstream) = pair().await;
         let started = Instant::now();
-        let deadline =
-            Deadline::start(started + Duration::from_millis(200), proxy_side.as_raw_fd()).unwrap();
+        let socket = Socket::of(proxy_side.as_raw_fd()).unwrap();
+        let deadline = Deadline::start(started + Duration::from_millis(200), socket);
         let mut buf = [0u8; 16];
         let n = tokio::time::timeout(Duration::from_secs(5), proxy_side.read(&mut buf))
             .await
@@ -158,11 +155,8 @@ mod tests {
     #[tokio::test]
     async fn a_stopped_deadline_does_nothing() {
         let (mut proxy_side, mut upstream) = pair().await;
-        let deadline = Deadline::start(
-            Instant::now() + Duration::from_millis(100),
-            proxy_side.as_raw_fd(),
-        )
-        .unwrap();
+        let socket = Socket::of(proxy_side.as_raw_fd()).unwrap();
+        let deadline = Deadline::start(Instant::now() + Duration::from_millis(100), socket);
         deadline.stop();
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!deadline.passed());

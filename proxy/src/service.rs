@@ -38,6 +38,7 @@ use crate::sessions::opened::Known;
 use crate::sessions::CachedSession;
 use crate::state::{now_unix, Runtime, State};
 use crate::streams::{StreamWatch, Subject};
+use crate::tripwire;
 
 /// Header names used on every request, built once.
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -604,18 +605,21 @@ impl ProxyHttp for Proxy {
         _reused: bool,
         peer: &HttpPeer,
         fd: RawFd,
-        _digest: Option<&pingora::protocols::Digest>,
+        digest: Option<&pingora::protocols::Digest>,
         ctx: &mut Ctx,
     ) -> Result<()> {
         // An HTTP/2 connection carries other requests too: never this request's to shut down.
         ctx.upstream_fd = matches!(peer.options.alpn, ALPN::H1).then_some(fd);
+        let socket = ctx.upstream_fd.and_then(|fd| {
+            tripwire::upstream_socket(fd, digest.and_then(|d| d.socket_digest.as_ref()))
+        });
         // The route's `timeout` runs from the first attempt; a retry keeps it, for its connection.
         let timeout = self.route(ctx).map(|(_, route)| route.timeout);
-        match (&ctx.deadline, ctx.upstream_fd, timeout) {
-            (Some(deadline), Some(fd), _) => deadline.retarget(fd),
+        match (&ctx.deadline, socket, timeout) {
+            (Some(deadline), Some(socket), _) => deadline.retarget(socket),
             (Some(_), None, _) => ctx.deadline = None,
-            (None, Some(fd), Some(timeout)) => {
-                ctx.deadline = Deadline::start(Instant::now() + timeout, fd);
+            (None, Some(socket), Some(timeout)) => {
+                ctx.deadline = Some(Deadline::start(Instant::now() + timeout, socket));
             }
             (None, _, _) => {}
         }

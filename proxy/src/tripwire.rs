@@ -13,11 +13,19 @@
 //! paths), the descriptor number may be handed out again by the kernel: the tripwire keeps the
 //! socket's kernel cookie (`SO_COOKIE`, never reused while the kernel runs) and shuts the number
 //! down only if it still names that socket.
+//!
+//! Reading the cookie is a system call. An upstream connection serves request after request,
+//! so [`upstream_socket`] reads it once per connection: it keeps each connection's cookie by
+//! the socket digest Pingora makes when it opens the connection (one per socket, for the
+//! socket's whole life).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::os::unix::io::RawFd;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 
 use pingora::protocols::l4::ext::get_socket_cookie;
+use pingora::protocols::SocketDigest;
 use tracing::debug;
 
 /// A socket another task may shut down, while armed.
@@ -27,10 +35,70 @@ pub struct Tripwire {
 }
 
 /// A socket by descriptor number and kernel cookie.
-#[derive(Debug, Clone, Copy)]
-struct Socket {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Socket {
     fd: RawFd,
     cookie: u64,
+}
+
+impl Socket {
+    /// The socket `fd` names now; `None` when its cookie cannot be read.
+    pub fn of(fd: RawFd) -> Option<Socket> {
+        match get_socket_cookie(fd) {
+            Ok(cookie) => Some(Socket { fd, cookie }),
+            Err(e) => {
+                debug!(error = %e, fd, "tripwire: cannot read the socket cookie");
+                None
+            }
+        }
+    }
+}
+
+/// Cookies of upstream connections this thread has seen, by the address of their socket
+/// digest. Each entry's `Weak` keeps the digest's allocation, so no other digest can take that
+/// address while the entry exists: an entry found by address is that very digest's.
+struct Known {
+    digest: Weak<SocketDigest>,
+    socket: Socket,
+}
+
+/// Dead entries (closed connections) are dropped once the map holds this many, or twice as
+/// many as were alive at the last clean-up.
+const CLEAN_UP_AT: usize = 256;
+
+thread_local! {
+    static KNOWN: RefCell<(HashMap<usize, Known>, usize)> =
+        RefCell::new((HashMap::new(), CLEAN_UP_AT));
+}
+
+/// The upstream socket `fd`, which must be open and this request's now, with `digest` its
+/// Pingora socket digest when known. The cookie is read from the kernel the first time this
+/// thread sees the connection, then taken from memory while the connection lives.
+pub fn upstream_socket(fd: RawFd, digest: Option<&Arc<SocketDigest>>) -> Option<Socket> {
+    let Some(digest) = digest else {
+        return Socket::of(fd);
+    };
+    let key = Arc::as_ptr(digest) as usize;
+    KNOWN.with_borrow_mut(|(known, clean_up_at)| {
+        if let Some(k) = known.get(&key) {
+            if k.socket.fd == fd && Weak::as_ptr(&k.digest) == Arc::as_ptr(digest) {
+                return Some(k.socket);
+            }
+        }
+        let socket = Socket::of(fd)?;
+        if known.len() >= *clean_up_at {
+            known.retain(|_, k| k.digest.strong_count() > 0);
+            *clean_up_at = (known.len() * 2).max(CLEAN_UP_AT);
+        }
+        known.insert(
+            key,
+            Known {
+                digest: Arc::downgrade(digest),
+                socket,
+            },
+        );
+        Some(socket)
+    })
 }
 
 // === impl Tripwire ===
@@ -40,13 +108,11 @@ impl Tripwire {
     /// replaces any socket armed before). False when the socket cannot be identified; the
     /// tripwire is disarmed then.
     pub fn arm(&self, fd: RawFd) -> bool {
-        let socket = match get_socket_cookie(fd) {
-            Ok(cookie) => Some(Socket { fd, cookie }),
-            Err(e) => {
-                debug!(error = %e, fd, "tripwire: cannot read the socket cookie");
-                None
-            }
-        };
+        self.arm_socket(Socket::of(fd))
+    }
+
+    /// Arms the tripwire with `socket` (see [`Tripwire::arm`]); `None` disarms it.
+    pub fn arm_socket(&self, socket: Option<Socket>) -> bool {
         let armed = socket.is_some();
         *self.lock() = socket;
         armed
@@ -132,6 +198,51 @@ mod tests {
         wire.disarm();
         assert!(!wire.trip());
         assert!(works(&client, &server) && works(&server, &client));
+    }
+
+    #[test]
+    fn an_upstream_connection_s_cookie_is_read_once() {
+        let (client, _server) = pair();
+        let fd = client.as_raw_fd();
+        let digest = Arc::new(SocketDigest::from_raw_fd(fd));
+        let first = upstream_socket(fd, Some(&digest)).unwrap();
+        assert_eq!(Some(first), Socket::of(fd));
+        assert_eq!(upstream_socket(fd, None), Some(first), "no digest: read");
+        // Another socket under the same number and the same digest (Pingora never does this:
+        // a digest is made with its socket) gets the remembered cookie: it was not read again.
+        drop(client);
+        let (other, _other_peer) = pair();
+        if other.as_raw_fd() == fd {
+            let now = Socket::of(fd).unwrap();
+            assert_ne!(now, first);
+            assert_eq!(upstream_socket(fd, Some(&digest)), Some(first));
+            // The new socket's own digest reads the new cookie.
+            let fresh = Arc::new(SocketDigest::from_raw_fd(fd));
+            assert_eq!(upstream_socket(fd, Some(&fresh)), Some(now));
+        }
+        // A digest for another number is not taken for this one.
+        let (third, _third_peer) = pair();
+        assert_eq!(
+            upstream_socket(third.as_raw_fd(), Some(&digest)),
+            Socket::of(third.as_raw_fd())
+        );
+    }
+
+    #[test]
+    fn closed_connections_are_forgotten() {
+        let mut digests = Vec::new();
+        for _ in 0..CLEAN_UP_AT + 10 {
+            let (client, _server) = pair();
+            let digest = Arc::new(SocketDigest::from_raw_fd(client.as_raw_fd()));
+            assert!(upstream_socket(client.as_raw_fd(), Some(&digest)).is_some());
+            digests.push(Arc::downgrade(&digest));
+        }
+        let kept = KNOWN.with_borrow(|(known, _)| known.len());
+        assert!(
+            kept < 20,
+            "{kept} entries kept for {} connections",
+            digests.len()
+        );
     }
 
     #[test]

@@ -571,6 +571,68 @@ async fn a_trickling_upstream_is_cut_at_the_routes_timeout() {
     );
 }
 
+/// The deadline also holds on a pooled upstream connection, whose socket the proxy identified
+/// on its first request and does not read again: the second request on the same connection
+/// trickles its body and is cut at the timeout.
+#[tokio::test]
+async fn a_reused_upstream_connection_is_cut_at_the_routes_timeout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (port, accepts) = raw_upstream("HTTP/1.1 200 OK\r\n", |mut s| async move {
+        if s.write_all(b"Content-Length: 2\r\n\r\nok").await.is_err() {
+            return;
+        }
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                return;
+            }
+            buf.push(byte[0]);
+        }
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n";
+        if s.write_all(head).await.is_err() {
+            return;
+        }
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if s.write_all(b"b").await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let env = TestEnv::builder(BIN)
+        .route(&public(
+            "app",
+            &format!("to = \"http://127.0.0.1:{port}\"\ntimeout = \"1s\""),
+        ))
+        .start()
+        .await;
+
+    let resp = env.browser().get(&env.url("app", "/first")).await;
+    assert_eq!(resp.status(), 200, "{}", env.logs());
+    assert_eq!(resp.text().await.unwrap(), "ok");
+
+    let started = std::time::Instant::now();
+    let resp = env.browser().get(&env.url("app", "/second")).await;
+    assert_eq!(resp.status(), 200, "{}", env.logs());
+    let body = resp.bytes().await;
+    let elapsed = started.elapsed();
+    assert_eq!(
+        accepts.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the second request went over the first one's connection"
+    );
+    assert!(
+        body.as_ref().map_or(true, |b| b.len() < 100),
+        "the trickled body arrived whole: {body:?}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(2500),
+        "cut after {elapsed:?}, not at the 1 s timeout"
+    );
+}
+
 /// Websockets and event streams live by `idle_timeout`, not by `timeout`: quiet for longer
 /// than `timeout` they go on; quiet for longer than `idle_timeout` they end.
 #[tokio::test]
