@@ -2,8 +2,10 @@
 //! a proxy holds one per cached session (100k sessions are 100k identities).
 //!
 //! Group names and claim names are interned: every identity naming group `users` shares one
-//! `Arc<str>`. Strings that never change are `Box<str>`, claims a sorted boxed slice rather than
-//! a map, and the lower-cased email is only kept when it differs from the email. Claims that
+//! `Arc<str>`. The user, email and name live end to end in one allocation (a request reads them
+//! together, and with many sessions each separate string is one more cache miss), claims a
+//! sorted boxed slice rather than a map, and the lower-cased email is only kept when it differs
+//! from the email. Claims that
 //! repeat an identity field (`sub`, `email`, `name`, `groups`, as ID tokens usually carry them)
 //! are not stored twice: [`Identity::claim`] answers them from the field.
 
@@ -15,17 +17,16 @@ use serde_json::{Map, Value};
 /// The facts about one signed-in user that criteria look at, built once per session.
 #[derive(Clone, Debug)]
 pub struct Identity {
-    user: Box<str>,
-    email: Box<str>,
-    /// `email` lower-cased once, so that evaluation compares without allocating; `None` when
-    /// the email is already lower case.
-    email_lower: Option<Box<str>>,
+    /// The user (IdP subject), the email, the email lower-cased when that differs (once, so
+    /// that evaluation compares without allocating), and the display name, end to end.
+    text: Box<str>,
+    /// Where the email, the lower-cased email and the name start in `text`. The lower-cased
+    /// email is empty (`text[starts[1]..starts[2]]`) when the email is already lower case.
+    starts: [u32; 3],
     /// Byte offset of the domain in the lower-cased email when the email has exactly one `@`,
     /// else 0 (a domain never starts at 0: the local part is not empty).
     domain_start: u32,
     groups: Box<[Arc<str>]>,
-    /// The display name; empty when unknown.
-    name: Box<str>,
     /// Top-level claims sorted by name, names interned, without those that only repeat a field
     /// (see [`Identity::claim`]).
     claims: Box<[(Arc<str>, Value)]>,
@@ -63,16 +64,15 @@ impl Identity {
             }
             _ => 0,
         };
-        let email_lower = (lower != email).then(|| lower.into_boxed_str());
+        let lower = if lower == email { "" } else { lower.as_str() };
         let mut identity = Identity {
-            user: user.into_boxed_str(),
-            email: email.into_boxed_str(),
-            email_lower,
+            text: Box::default(),
+            starts: [0; 3],
             domain_start,
             groups: groups.iter().map(|g| intern(g)).collect(),
-            name: Box::default(),
             claims: Box::default(),
         };
+        identity.set_text(&user, &email, lower, "");
         let mut kept: Vec<(Arc<str>, Value)> = claims
             .into_iter()
             // `name` is compared once the name is known (`with_name`).
@@ -87,7 +87,12 @@ impl Identity {
     /// The same identity with display name `name`; a stored `name` claim equal to it is
     /// dropped (answered from the field).
     pub fn with_name(mut self, name: String) -> Identity {
-        self.name = name.into_boxed_str();
+        let (user, email, lower) = (
+            self.user().to_owned(),
+            self.email().to_owned(),
+            self.stored_lower().to_owned(),
+        );
+        self.set_text(&user, &email, &lower, &name);
         if let Some(i) = self.stored_claim_index("name") {
             if self
                 .claims
@@ -102,13 +107,33 @@ impl Identity {
         self
     }
 
+    /// Puts the four strings end to end in `text`. The offsets are `u32`: past 4 GiB (far
+    /// beyond any token an IdP sends) a field would read as cut or empty, never panic.
+    fn set_text(&mut self, user: &str, email: &str, lower: &str, name: &str) {
+        let at = |end: usize| u32::try_from(end).unwrap_or(u32::MAX);
+        let (email_at, lower_at) = (user.len(), user.len() + email.len());
+        self.starts = [at(email_at), at(lower_at), at(lower_at + lower.len())];
+        self.text = [user, email, lower, name].concat().into_boxed_str();
+    }
+
+    /// `text[from..to]`, or empty if out of range (never, by construction).
+    fn part(&self, from: usize, to: usize) -> &str {
+        self.text.get(from..to).unwrap_or_default()
+    }
+
+    /// The lower-cased email as stored: empty when it equals the email.
+    fn stored_lower(&self) -> &str {
+        let [_, lower, name] = self.starts;
+        self.part(lower as usize, name as usize)
+    }
+
     /// Whether claim `key` holding `value` says exactly what the identity field of that name
     /// says.
     fn field_is(&self, key: &str, value: &Value) -> bool {
         match (key, value) {
-            ("sub", Value::String(v)) => *v == *self.user,
-            ("email", Value::String(v)) => *v == *self.email,
-            ("name", Value::String(v)) => *v == *self.name,
+            ("sub", Value::String(v)) => v == self.user(),
+            ("email", Value::String(v)) => v == self.email(),
+            ("name", Value::String(v)) => v == self.name(),
             ("groups", Value::Array(items)) => {
                 items.len() == self.groups.len()
                     && items
@@ -126,12 +151,13 @@ impl Identity {
 
     /// The IdP subject.
     pub fn user(&self) -> &str {
-        &self.user
+        self.part(0, self.starts[0] as usize)
     }
 
     /// The email address as the IdP gave it.
     pub fn email(&self) -> &str {
-        &self.email
+        let [email, lower, _] = self.starts;
+        self.part(email as usize, lower as usize)
     }
 
     /// Group names or ids.
@@ -141,7 +167,7 @@ impl Identity {
 
     /// The display name; empty when unknown.
     pub fn name(&self) -> &str {
-        &self.name
+        self.part(self.starts[2] as usize, self.text.len())
     }
 
     /// The top-level claim called `name`: as the IdP sent it, or else, for `sub`, `email`,
@@ -154,9 +180,9 @@ impl Identity {
             return Some(Claim::Json(v));
         }
         match name {
-            "sub" => Some(Claim::Str(&self.user)),
-            "email" => Some(Claim::Str(&self.email)),
-            "name" => Some(Claim::Str(&self.name)),
+            "sub" => Some(Claim::Str(self.user())),
+            "email" => Some(Claim::Str(self.email())),
+            "name" => Some(Claim::Str(self.name())),
             "groups" => Some(Claim::List(&self.groups)),
             _ => None,
         }
@@ -165,10 +191,7 @@ impl Identity {
     /// Roughly how many heap bytes this identity holds beyond its own struct (for cache
     /// weighing; interned names count as shared).
     pub fn heap_bytes(&self) -> usize {
-        self.user.len()
-            + self.email.len()
-            + self.email_lower.as_ref().map_or(0, |e| e.len())
-            + self.name.len()
+        self.text.len()
             + self.groups.len() * std::mem::size_of::<Arc<str>>()
             + self
                 .claims
@@ -196,7 +219,10 @@ impl Identity {
 
     /// The email lower-cased.
     pub(crate) fn email_lower(&self) -> &str {
-        self.email_lower.as_deref().unwrap_or(&self.email)
+        match self.stored_lower() {
+            "" => self.email(),
+            lower => lower,
+        }
     }
 
     /// The lower-cased domain of the email, when the email has exactly one `@`.

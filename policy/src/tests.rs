@@ -386,6 +386,44 @@ fn email_lowercases_unicode() {
 }
 
 #[test]
+fn identity_fields_read_back_from_one_allocation() {
+    // Mixed case: the lower-cased email is stored between the email and the name.
+    let id = Identity::new(
+        "sub-é".into(),
+        "Émile@Example.COM".into(),
+        vec![],
+        Default::default(),
+    );
+    assert_eq!(
+        (id.user(), id.email(), id.name()),
+        ("sub-é", "Émile@Example.COM", "")
+    );
+    let id = id.with_name("Émile Zola".into()).with_name("É. Z.".into());
+    assert_eq!(
+        (id.user(), id.email(), id.name()),
+        ("sub-é", "Émile@Example.COM", "É. Z.")
+    );
+    let yes = |c: &str, id: &Identity| allows(&criterion(c), &as_user(id));
+    assert!(yes(r#"email = "émile@example.com""#, &id));
+    assert!(yes(r#"domain = { is = "example.com" }"#, &id));
+    assert!(yes(r#"user = "sub-é""#, &id));
+    assert!(yes(r#""claim/name" = "É. Z.""#, &id));
+    assert_eq!(
+        id.heap_bytes(),
+        "sub-éÉmile@Example.COMémile@example.comÉ. Z.".len()
+    );
+
+    // Lower case already: nothing stored twice; empty fields stay empty.
+    let id = Identity::new("u".into(), "a@b.c".into(), vec![], Default::default());
+    assert_eq!((id.user(), id.email(), id.name()), ("u", "a@b.c", ""));
+    assert_eq!(id.heap_bytes(), "ua@b.c".len());
+    assert!(yes(r#"email = "a@b.c""#, &id));
+    assert!(yes(r#"domain = { is = "b.c" }"#, &id));
+    let empty = Identity::new(String::new(), String::new(), vec![], Default::default());
+    assert_eq!((empty.user(), empty.email(), empty.name()), ("", "", ""));
+}
+
+#[test]
 fn domain_matches_the_email_domain() {
     let (a, b) = (alice(), bob());
     let p = criterion(r#"domain = { is = "example.com" }"#);
