@@ -20,7 +20,6 @@
 //! socket's whole life).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::os::unix::io::RawFd;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -54,49 +53,43 @@ impl Socket {
     }
 }
 
-/// Cookies of upstream connections this thread has seen, by the address of their socket
-/// digest. Each entry's `Weak` keeps the digest's allocation, so no other digest can take that
-/// address while the entry exists: an entry found by address is that very digest's.
+/// An upstream connection this thread has seen, by its socket digest. The `Weak` keeps the
+/// digest's allocation, so no other digest can take its address while the entry exists: an
+/// entry whose address matches is that very digest's.
 struct Known {
     digest: Weak<SocketDigest>,
     socket: Socket,
 }
 
-/// Dead entries (closed connections) are dropped once the map holds this many, or twice as
-/// many as were alive at the last clean-up.
-const CLEAN_UP_AT: usize = 256;
-
 thread_local! {
-    static KNOWN: RefCell<(HashMap<usize, Known>, usize)> =
-        RefCell::new((HashMap::new(), CLEAN_UP_AT));
+    /// By descriptor number: the last upstream connection this thread saw under that number
+    /// (one entry per number, so the table is as long as the highest number seen).
+    static KNOWN: RefCell<Vec<Option<Known>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The upstream socket `fd`, which must be open and this request's now, with `digest` its
 /// Pingora socket digest when known. The cookie is read from the kernel the first time this
 /// thread sees the connection, then taken from memory while the connection lives.
 pub fn upstream_socket(fd: RawFd, digest: Option<&Arc<SocketDigest>>) -> Option<Socket> {
-    let Some(digest) = digest else {
+    let (Some(digest), Ok(slot)) = (digest, usize::try_from(fd)) else {
         return Socket::of(fd);
     };
-    let key = Arc::as_ptr(digest) as usize;
-    KNOWN.with_borrow_mut(|(known, clean_up_at)| {
-        if let Some(k) = known.get(&key) {
-            if k.socket.fd == fd && Weak::as_ptr(&k.digest) == Arc::as_ptr(digest) {
+    KNOWN.with_borrow_mut(|known| {
+        if let Some(Some(k)) = known.get(slot) {
+            if Weak::as_ptr(&k.digest) == Arc::as_ptr(digest) {
                 return Some(k.socket);
             }
         }
         let socket = Socket::of(fd)?;
-        if known.len() >= *clean_up_at {
-            known.retain(|_, k| k.digest.strong_count() > 0);
-            *clean_up_at = (known.len() * 2).max(CLEAN_UP_AT);
+        if known.len() <= slot {
+            known.resize_with(slot + 1, || None);
         }
-        known.insert(
-            key,
-            Known {
+        if let Some(entry) = known.get_mut(slot) {
+            *entry = Some(Known {
                 digest: Arc::downgrade(digest),
                 socket,
-            },
-        );
+            });
+        }
         Some(socket)
     })
 }
@@ -229,20 +222,20 @@ mod tests {
     }
 
     #[test]
-    fn closed_connections_are_forgotten() {
-        let mut digests = Vec::new();
-        for _ in 0..CLEAN_UP_AT + 10 {
+    fn one_entry_per_descriptor_number() {
+        let mut highest = 0;
+        for _ in 0..300 {
             let (client, _server) = pair();
             let digest = Arc::new(SocketDigest::from_raw_fd(client.as_raw_fd()));
             assert!(upstream_socket(client.as_raw_fd(), Some(&digest)).is_some());
-            digests.push(Arc::downgrade(&digest));
+            highest = highest.max(client.as_raw_fd() as usize);
         }
-        let kept = KNOWN.with_borrow(|(known, _)| known.len());
+        let kept = KNOWN.with_borrow(|known| known.iter().flatten().count());
         assert!(
-            kept < 20,
-            "{kept} entries kept for {} connections",
-            digests.len()
+            kept <= highest + 1,
+            "{kept} entries for numbers up to {highest}"
         );
+        assert!(kept < 100, "{kept} entries kept for 300 connections");
     }
 
     #[test]
