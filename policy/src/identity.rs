@@ -65,14 +65,17 @@ impl Identity {
             _ => 0,
         };
         let lower = if lower == email { "" } else { lower.as_str() };
+        // The offsets are `u32`: past 4 GiB (far beyond any token an IdP sends) a field would
+        // read as cut or empty, never panic. The name comes last (`with_name`).
+        let at = |end: usize| u32::try_from(end).unwrap_or(u32::MAX);
+        let (email_at, lower_at) = (user.len(), user.len() + email.len());
         let mut identity = Identity {
-            text: Box::default(),
-            starts: [0; 3],
+            text: [user.as_str(), &email, lower].concat().into_boxed_str(),
+            starts: [at(email_at), at(lower_at), at(lower_at + lower.len())],
             domain_start,
             groups: groups.iter().map(|g| intern(g)).collect(),
             claims: Box::default(),
         };
-        identity.set_text(&user, &email, lower, "");
         let mut kept: Vec<(Arc<str>, Value)> = claims
             .into_iter()
             // `name` is compared once the name is known (`with_name`).
@@ -87,12 +90,9 @@ impl Identity {
     /// The same identity with display name `name`; a stored `name` claim equal to it is
     /// dropped (answered from the field).
     pub fn with_name(mut self, name: String) -> Identity {
-        let (user, email, lower) = (
-            self.user().to_owned(),
-            self.email().to_owned(),
-            self.stored_lower().to_owned(),
-        );
-        self.set_text(&user, &email, &lower, &name);
+        // The name is the last part of `text`: the rest and its offsets stay as they are.
+        let kept = self.part(0, self.starts[2] as usize);
+        self.text = [kept, &name].concat().into_boxed_str();
         if let Some(i) = self.stored_claim_index("name") {
             if self
                 .claims
@@ -105,15 +105,6 @@ impl Identity {
             }
         }
         self
-    }
-
-    /// Puts the four strings end to end in `text`. The offsets are `u32`: past 4 GiB (far
-    /// beyond any token an IdP sends) a field would read as cut or empty, never panic.
-    fn set_text(&mut self, user: &str, email: &str, lower: &str, name: &str) {
-        let at = |end: usize| u32::try_from(end).unwrap_or(u32::MAX);
-        let (email_at, lower_at) = (user.len(), user.len() + email.len());
-        self.starts = [at(email_at), at(lower_at), at(lower_at + lower.len())];
-        self.text = [user, email, lower, name].concat().into_boxed_str();
     }
 
     /// `text[from..to]`, or empty if out of range (never, by construction).
