@@ -563,7 +563,7 @@ async fn a_reused_upstream_connection_is_cut_at_the_routes_timeout() {
     use tokio::io::AsyncWriteExt as _;
     let (port, accepts) = raw_upstream("HTTP/1.1 200 OK\r\n", |mut s| async move {
         if s.write_all(b"Content-Length: 2\r\n\r\nok").await.is_err()
-            || !read_request_head(&mut s).await
+            || support::read_head(&mut s).await.is_none()
         {
             return;
         }
@@ -761,7 +761,7 @@ where
             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let then = then.clone();
             tokio::spawn(async move {
-                if !read_request_head(&mut s).await {
+                if support::read_head(&mut s).await.is_none() {
                     return;
                 }
                 if s.write_all(head.as_bytes()).await.is_err() {
@@ -772,20 +772,6 @@ where
         }
     });
     (port, accepted)
-}
-
-/// Reads one request's head (up to the blank line); false when the connection ends first.
-async fn read_request_head(s: &mut tokio::net::TcpStream) -> bool {
-    use tokio::io::AsyncReadExt as _;
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if s.read(&mut byte).await.unwrap_or(0) == 0 {
-            return false;
-        }
-        buf.push(byte[0]);
-    }
-    true
 }
 
 #[tokio::test]
