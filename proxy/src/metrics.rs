@@ -5,16 +5,23 @@
 //! route host.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
+
+/// The statuses whose `portcullis_requests_total` series a route keeps (others are looked up
+/// by label).
+const KEPT_STATUSES: [u16; 11] = [200, 201, 204, 301, 302, 304, 401, 403, 404, 502, 503];
+
+/// The decision outcomes whose series are kept: those of the requests a proxy sees most.
+const KEPT_OUTCOMES: [&str; 4] = ["allow", "public", "deny", "sign_in"];
 
 /// Every metric Portcullis exports.
 pub struct Metrics {
@@ -43,6 +50,25 @@ pub struct Metrics {
     pub streams_closed: IntCounterVec,
     /// Set once the session follower is in sync with the store.
     pub ready: AtomicBool,
+    /// `decisions`' series for [`KEPT_OUTCOMES`].
+    kept_decisions: Kept<&'static str, IntCounter, { KEPT_OUTCOMES.len() }>,
+}
+
+/// Series of a metric vector kept for a fixed set of label values, each resolved the first time
+/// it is counted in. `with_label_values` hashes the labels and takes the vector's lock, which
+/// every thread shares, on each call; a kept series costs neither. As with `with_label_values`,
+/// a series appears in `/metrics` once something is counted in it, not before.
+pub struct Kept<K, M, const N: usize> {
+    keys: [K; N],
+    series: [OnceLock<M>; N],
+}
+
+/// A route's series of `portcullis_requests_total` (for [`KEPT_STATUSES`]) and of
+/// `portcullis_request_duration_seconds`, kept by the runtime for as long as its configuration
+/// is current.
+pub struct RouteSeries {
+    requests: Kept<u16, IntCounter, { KEPT_STATUSES.len() }>,
+    duration: OnceLock<Histogram>,
 }
 
 /// The metrics listener's HTTP app.
@@ -169,7 +195,36 @@ impl Metrics {
             in_flight,
             streams_closed,
             ready: AtomicBool::new(false),
+            kept_decisions: Kept::new(KEPT_OUTCOMES),
         })
+    }
+
+    /// Counts an authorization decision.
+    pub fn decided(&self, outcome: &'static str) {
+        let by_label = || self.decisions.with_label_values(&[outcome]);
+        match self.kept_decisions.get(outcome, by_label) {
+            Some(counter) => counter.inc(),
+            None => by_label().inc(),
+        }
+    }
+
+    /// Counts a finished request of the route named `route` (`""`: none), and its duration;
+    /// `series` are the route's kept series, when it has them.
+    pub fn finished(&self, route: &str, series: Option<&RouteSeries>, status: u16, seconds: f64) {
+        let requests = || {
+            let mut code = itoa::Buffer::new();
+            self.requests
+                .with_label_values(&[route, code.format(status)])
+        };
+        match series.and_then(|s| s.requests.get(status, requests)) {
+            Some(counter) => counter.inc(),
+            None => requests().inc(),
+        }
+        let duration = || self.duration.with_label_values(&[route]);
+        match series {
+            Some(s) => s.duration.get_or_init(duration).observe(seconds),
+            None => duration().observe(seconds),
+        }
     }
 
     pub fn render(&self) -> Vec<u8> {
@@ -177,6 +232,41 @@ impl Metrics {
         // Encoding into a Vec cannot fail for valid metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+// === impl Kept ===
+
+impl<K: Copy + PartialEq, M, const N: usize> Kept<K, M, N> {
+    fn new(keys: [K; N]) -> Self {
+        Self {
+            keys,
+            series: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    /// The series for `key`, resolved by `resolve` the first time; `None` when `key` is not
+    /// one of the kept label values.
+    fn get(&self, key: K, resolve: impl FnOnce() -> M) -> Option<&M> {
+        let i = self.keys.iter().position(|k| *k == key)?;
+        Some(self.series[i].get_or_init(resolve))
+    }
+}
+
+// === impl RouteSeries ===
+
+impl RouteSeries {
+    pub fn new() -> Self {
+        Self {
+            requests: Kept::new(KEPT_STATUSES),
+            duration: OnceLock::new(),
+        }
+    }
+}
+
+impl Default for RouteSeries {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -213,5 +303,80 @@ impl ServeHttp for MetricsApp {
             .header("content-length", body.len())
             .body(body)
             .unwrap_or_else(|_| Response::new(Vec::new()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered(metrics: &Metrics) -> String {
+        String::from_utf8(metrics.render()).expect("the exposition is text")
+    }
+
+    /// The value of the exposition line that starts with `series` (name and labels).
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn kept_and_looked_up_series_are_one_series() {
+        let metrics = Metrics::new().expect("metrics");
+        let series = RouteSeries::new();
+        let route = "http://app.localhost";
+        assert!(
+            !rendered(&metrics).contains("portcullis_requests_total{"),
+            "a kept series appears only once counted in"
+        );
+        // 200 is kept; 418 is not, and is looked up by label each time.
+        for status in [200, 200, 418] {
+            metrics.finished(route, Some(&series), status, 0.002);
+        }
+        metrics.finished(route, None, 200, 0.002);
+        metrics.finished("", None, 404, 0.0001);
+        let text = rendered(&metrics);
+        let requests = |status: &str| {
+            let labels =
+                format!(r#"portcullis_requests_total{{route="{route}",status="{status}"}}"#);
+            value(&text, &labels)
+        };
+        assert_eq!(requests("200"), Some(3.0), "{text}");
+        assert_eq!(requests("418"), Some(1.0), "{text}");
+        assert_eq!(
+            value(&text, r#"portcullis_requests_total{route="",status="404"}"#),
+            Some(1.0),
+            "{text}"
+        );
+        let count = format!(r#"portcullis_request_duration_seconds_count{{route="{route}"}}"#);
+        assert_eq!(value(&text, &count), Some(4.0), "{text}");
+        let fast =
+            format!(r#"portcullis_request_duration_seconds_bucket{{route="{route}",le="0.0025"}}"#);
+        assert_eq!(value(&text, &fast), Some(4.0), "{text}");
+    }
+
+    #[test]
+    fn decisions_count_in_their_outcomes_series() {
+        let metrics = Metrics::new().expect("metrics");
+        assert!(!rendered(&metrics).contains("portcullis_decisions_total{"));
+        for outcome in ["allow", "allow", "deny", "not_found"] {
+            metrics.decided(outcome);
+        }
+        metrics.decisions.with_label_values(&["allow"]).inc();
+        let text = rendered(&metrics);
+        let decisions = |o: &str| {
+            value(
+                &text,
+                &format!(r#"portcullis_decisions_total{{outcome="{o}"}}"#),
+            )
+        };
+        assert_eq!(decisions("allow"), Some(3.0), "{text}");
+        assert_eq!(decisions("deny"), Some(1.0), "{text}");
+        assert_eq!(decisions("not_found"), Some(1.0), "{text}");
+        assert_eq!(
+            decisions("public"),
+            None,
+            "nothing counted, no series: {text}"
+        );
     }
 }

@@ -228,11 +228,7 @@ impl Proxy {
             } else {
                 "allow"
             };
-            self.state
-                .metrics
-                .decisions
-                .with_label_values(&[ctx.outcome])
-                .inc();
+            self.state.metrics.decided(ctx.outcome);
             return Ok(Flow::Proxy);
         }
         let refusal = if ctx.session.is_some() {
@@ -519,11 +515,7 @@ impl ProxyHttp for Proxy {
             Err(refusal) => {
                 ctx.outcome = refusal.outcome();
                 if !matches!(refusal, Refusal::NotFound | Refusal::BadRequest(_)) {
-                    self.state
-                        .metrics
-                        .decisions
-                        .with_label_values(&[ctx.outcome])
-                        .inc();
+                    self.state.metrics.decided(ctx.outcome);
                 }
                 refusal.reply(
                     &ctx.request_id,
@@ -800,18 +792,13 @@ impl ProxyHttp for Proxy {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        let route_name = self.route(ctx).map(|(_, r)| r.name.as_str()).unwrap_or("");
+        let route = self.route(ctx);
+        let route_name = route.map(|(_, r)| r.name.as_str()).unwrap_or("");
+        let series = route.and_then(|(runtime, r)| runtime.route_series.get(r.index));
         let elapsed = ctx.start.elapsed();
-        let metrics = &self.state.metrics;
-        let mut code = itoa::Buffer::new();
-        metrics
-            .requests
-            .with_label_values(&[route_name, code.format(status)])
-            .inc();
-        metrics
-            .duration
-            .with_label_values(&[route_name])
-            .observe(elapsed.as_secs_f64());
+        self.state
+            .metrics
+            .finished(route_name, series, status, elapsed.as_secs_f64());
         let req = session.req_header();
         let user = ctx.session.as_ref().map(|s| s.email()).unwrap_or("");
         request_log::access(&request_log::Access {

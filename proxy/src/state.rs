@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::config::{self, Config};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteSeries};
 use crate::routes::RouteTable;
 use crate::sessions::opened::OpenedCookies;
 use crate::sessions::SessionCache;
@@ -21,6 +21,8 @@ use crate::sessions::SessionCache;
 pub struct Runtime {
     pub config: Config,
     pub routes: RouteTable,
+    /// Per route, by index: its metric series, resolved on first use.
+    pub route_series: Box<[RouteSeries]>,
     pub session_cookie: CookieOptions,
     /// Origin of the authenticate service (`https://authenticate.example.com[:port]`).
     pub authenticate_origin: String,
@@ -74,6 +76,7 @@ impl Runtime {
         }
         let routes = RouteTable::new(std::mem::take(&mut config.routes));
         crate::health::spawn(&routes);
+        let route_series = routes.routes().iter().map(|_| RouteSeries::new()).collect();
         let session_cookie = CookieOptions {
             name: config.cookie.name.clone(),
             domain: config.cookie.domain.clone(),
@@ -90,6 +93,7 @@ impl Runtime {
         Self {
             config,
             routes,
+            route_series,
             session_cookie,
             authenticate_origin,
         }
