@@ -397,6 +397,7 @@ async fn count_instructions(
     for s in &scenarios {
         let progress = Arc::new(Progress::default());
         let ticker = ticker(progress.clone(), format!("instructions {}", s.name));
+        let signatures_before = portcullis.signatures().await;
         callgrind.start(pid).await?;
         let o = load::run(
             &s.target,
@@ -410,11 +411,16 @@ async fn count_instructions(
         let keep = profiles.map(|d| d.join(format!("callgrind.out.{}", s.name)));
         let instructions = callgrind.stop(pid, keep.as_deref()).await?;
         ticker.abort();
+        let signatures = match (signatures_before, portcullis.signatures().await) {
+            (Some(before), Some(after)) => Some(before.until(after).total),
+            _ => None,
+        };
         let count = instructions::Count {
             name: s.name,
             requests: o.requests,
             errors: o.errors,
             instructions,
+            signatures,
         };
         eprintln!(
             "\rinstructions {}: {} requests, {:.0} instructions each      ",
