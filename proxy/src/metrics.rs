@@ -58,7 +58,7 @@ pub struct Metrics {
 /// it is counted in. `with_label_values` hashes the labels and takes the vector's lock, which
 /// every thread shares, on each call; a kept series costs neither. As with `with_label_values`,
 /// a series appears in `/metrics` once something is counted in it, not before.
-pub struct Kept<K, M, const N: usize> {
+struct Kept<K, M, const N: usize> {
     keys: [K; N],
     series: [OnceLock<M>; N],
 }
