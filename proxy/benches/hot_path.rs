@@ -6,9 +6,8 @@
 //!
 //! Benched elsewhere: cookie decode and decrypt and the cached identity assertion
 //! (`auth/benches/cookie.rs`), route lookup and policy evaluation (`proxy/benches/decision.rs`,
-//! `policy/benches/evaluate.rs`). The full `request_filter` is not benched here: it needs a
-//! Pingora `Session` over a real downstream stream, which the load harness
-//! (`cargo run --release -p portcullis-bench`) measures end to end instead.
+//! `policy/benches/evaluate.rs`), the full `request_filter` decision
+//! (`proxy/benches/request_filter.rs`).
 //!
 //! `cargo bench -p portcullis --bench hot_path`
 
