@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Cipher;
+use crate::{Cipher, Session};
 
 /// AEAD purpose (associated data) of the session cookie.
 pub const SESSION_PURPOSE: &[u8] = b"portcullis-session";
@@ -60,6 +60,15 @@ pub struct CookieOptions {
 // === impl SessionCookie ===
 
 impl SessionCookie {
+    /// The cookie for `session`: its id, valid over the session's own window.
+    pub fn for_session(session: &Session) -> Self {
+        Self {
+            session_id: session.id.clone(),
+            issued_at: session.issued_at,
+            expires_at: session.expires_at,
+        }
+    }
+
     /// Seals the cookie payload.
     pub fn seal(&self, cipher: &Cipher) -> String {
         // A struct of strings and integers always serializes.

@@ -66,11 +66,7 @@ pub fn seed(config: &Config, options: &SeedOptions, out: &mut dyn Write) -> Resu
             .collect();
         put(&rt, &store, &sessions)?;
         for s in &sessions {
-            let cookie = SessionCookie {
-                session_id: s.id.clone(),
-                issued_at: now,
-                expires_at,
-            };
+            let cookie = SessionCookie::for_session(s);
             writeln!(out, "{}", cookie.seal(&cipher)).map_err(|e| format!("write: {e}"))?;
         }
         written += n;

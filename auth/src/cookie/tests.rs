@@ -231,3 +231,27 @@ fn strip_cookies_makes_one_value_of_several_headers() {
     );
     assert_eq!(strip(&["_portcullis=s", "_portcullis=t"]), None);
 }
+
+#[test]
+fn a_sessions_cookie_names_it_over_its_window() {
+    let session = Session {
+        id: "sid-456".into(),
+        user_id: "sub-1".into(),
+        email: String::new(),
+        name: String::new(),
+        groups: Vec::new(),
+        claims: serde_json::Map::new(),
+        issued_at: 1_000,
+        expires_at: 2_000,
+        id_token: None,
+        access_token: None,
+        refresh_token: None,
+        access_token_expires_at: None,
+    };
+    let c = cipher();
+    let v = SessionCookie::for_session(&session).seal(&c);
+    let opened = SessionCookie::open(&c, &v, 1_500).expect("opens within the window");
+    assert_eq!(opened.session_id, "sid-456");
+    assert_eq!((opened.issued_at, opened.expires_at), (1_000, 2_000));
+    assert_eq!(SessionCookie::open(&c, &v, 2_000), None);
+}
