@@ -13,15 +13,14 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use portcullis::metrics::Metrics;
 use portcullis::sessions::opened::{Known, OpenedCookies};
 use portcullis::sessions::SessionCache;
-use portcullis_auth::{Cipher, Secret, SessionCookie};
-use portcullis_databroker::{MemoryStore, Store};
+use portcullis_auth::{Cipher, Secret, Session, SessionCookie};
 use portcullis_policy::Request;
+
+mod common;
 
 const NOW: i64 = 1_800_000_000;
 const SESSIONS: usize = 10_000;
@@ -33,27 +32,20 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-fn cache_with_sessions(rt: &tokio::runtime::Runtime) -> (SessionCache, Vec<String>) {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let mut rng = rand::thread_rng();
-    let sessions: Vec<_> = (0..SESSIONS)
-        .map(|i| portcullis::seed::random_session(&mut rng, i, NOW - 60, NOW + 3600))
-        .collect();
-    rt.block_on(portcullis::seed::store_sessions(store.as_ref(), &sessions))
-        .expect("put");
-    let metrics = Arc::new(Metrics::new().expect("metrics"));
-    let cache = SessionCache::new(store, metrics, 512 << 20, Duration::from_secs(60));
-    let ids: Vec<String> = sessions.into_iter().map(|s| s.id).collect();
+fn cache_with_sessions(rt: &tokio::runtime::Runtime) -> (Arc<SessionCache>, Vec<Session>) {
+    let (cache, _, sessions) = common::seeded_cache(rt, SESSIONS, NOW);
     // Fill the cache: every later lookup is a hit.
-    for id in &ids {
-        rt.block_on(cache.get(id, NOW)).expect("get").expect("live");
+    for s in &sessions {
+        rt.block_on(cache.get(&s.id, NOW))
+            .expect("get")
+            .expect("live");
     }
-    (cache, ids)
+    (cache, sessions)
 }
 
 fn session_cache(c: &mut Criterion) {
     let rt = runtime();
-    let (cache, ids) = cache_with_sessions(&rt);
+    let (cache, sessions) = cache_with_sessions(&rt);
     let doc: toml::Table = toml::from_str(
         r#"policy = [
   { allow = { and = [ { domain = { is = "example.com" } }, { groups = { has = "users" } } ] } },
@@ -65,8 +57,8 @@ fn session_cache(c: &mut Criterion) {
     let mut i = 0usize;
     c.bench_function("session_cache_hit_10k", |b| {
         b.iter(|| {
-            i = (i + 1) % ids.len();
-            let s = futures::executor::block_on(cache.get(black_box(&ids[i]), NOW))
+            i = (i + 1) % sessions.len();
+            let s = futures::executor::block_on(cache.get(black_box(&sessions[i].id), NOW))
                 .expect("get")
                 .expect("live");
             black_box(s)
@@ -75,8 +67,8 @@ fn session_cache(c: &mut Criterion) {
     let mut i = 0usize;
     c.bench_function("session_cache_hit_and_policy_10k", |b| {
         b.iter(|| {
-            i = (i + 1) % ids.len();
-            let s = futures::executor::block_on(cache.get(black_box(&ids[i]), NOW))
+            i = (i + 1) % sessions.len();
+            let s = futures::executor::block_on(cache.get(black_box(&sessions[i].id), NOW))
                 .expect("get")
                 .expect("live");
             let request = Request::new("GET", "/", NOW).with_identity(&s.identity);
@@ -89,18 +81,11 @@ fn session_cache(c: &mut Criterion) {
 /// client's request finds it, and (side by side) with the memo's session pointer unused.
 fn cookie_to_session(c: &mut Criterion) {
     let rt = runtime();
-    let (cache, ids) = cache_with_sessions(&rt);
+    let (cache, sessions) = cache_with_sessions(&rt);
     let cipher = Cipher::new(&Secret::from_bytes([7; 32]));
-    let values: Vec<String> = ids
+    let values: Vec<String> = sessions
         .iter()
-        .map(|id| {
-            SessionCookie {
-                session_id: id.clone(),
-                issued_at: NOW - 60,
-                expires_at: NOW + 3600,
-            }
-            .seal(&cipher)
-        })
+        .map(|s| SessionCookie::for_session(s).seal(&cipher))
         .collect();
     let memo = OpenedCookies::new(32_768);
     // As the proxy does on a client's first request: open, look up, attach.

@@ -16,17 +16,15 @@ use std::hint::black_box;
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use pingora::proxy::{ProxyHttp, Session};
 use portcullis::config::Config;
-use portcullis::metrics::Metrics;
 use portcullis::service::{Ctx, Proxy};
-use portcullis::sessions::SessionCache;
 use portcullis::state::{now_unix, State};
-use portcullis_auth::{Cipher, SessionCookie};
-use portcullis_databroker::{MemoryStore, Store};
+use portcullis_auth::{Cipher, Session as StoredSession, SessionCookie};
+
+mod common;
 
 const SECRET: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 const SESSIONS: usize = 10_000;
@@ -66,40 +64,21 @@ allow_public_unauthenticated_access = true
     Config::from_toml(&text, Vec::new(), Path::new(".")).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A proxy whose in-memory store holds `SESSIONS` seeded sessions, and each session's cookie
-/// value; the seeded users in group `users` (allowed on the app route) come first.
+/// A proxy whose in-memory store holds `SESSIONS` seeded sessions, with the cookie values of
+/// the seeded users the app route allows (group `users`) and of those it denies.
 fn proxy(rt: &tokio::runtime::Runtime) -> (Proxy, Vec<String>, Vec<String>) {
     let config = config();
     let cipher = Cipher::new(&config.cookie_secret);
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let now = now_unix();
-    let mut rng = rand::thread_rng();
-    let sessions: Vec<_> = (0..SESSIONS)
-        .map(|i| portcullis::seed::random_session(&mut rng, i, now - 60, now + 3600))
-        .collect();
-    rt.block_on(portcullis::seed::store_sessions(store.as_ref(), &sessions))
-        .expect("put");
-    let metrics = Arc::new(Metrics::new().expect("metrics"));
-    let cache = Arc::new(SessionCache::new(
-        store,
-        metrics.clone(),
-        512 << 20,
-        Duration::from_secs(60),
-    ));
-    let (mut allowed, mut denied) = (Vec::new(), Vec::new());
-    for s in &sessions {
-        let value = SessionCookie {
-            session_id: s.id.clone(),
-            issued_at: s.issued_at,
-            expires_at: s.expires_at,
-        }
-        .seal(&cipher);
-        if s.groups.iter().any(|g| g == "users") {
-            allowed.push(value);
-        } else {
-            denied.push(value);
-        }
-    }
+    let (cache, metrics, sessions) = common::seeded_cache(rt, SESSIONS, now_unix());
+    let (allowed, denied): (Vec<&StoredSession>, Vec<&StoredSession>) = sessions
+        .iter()
+        .partition(|s| s.groups.iter().any(|g| g == "users"));
+    let seal = |s: Vec<&StoredSession>| -> Vec<String> {
+        s.into_iter()
+            .map(|s| SessionCookie::for_session(s).seal(&cipher))
+            .collect()
+    };
+    let (allowed, denied) = (seal(allowed), seal(denied));
     let state = State::new(config, cache, metrics).expect("state");
     (
         Proxy {
