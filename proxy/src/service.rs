@@ -331,15 +331,16 @@ impl Proxy {
         if ctx.bearer {
             headers.remove(header::AUTHORIZATION);
         }
-        strip_session_cookie(headers, &config.cookie.name);
 
-        // Room for what is added below, so that the map grows (rehashes) once at most.
+        // Room for what is added below, so that the map grows (rehashes) once at most; made
+        // first, so that the cookie's lookup (an entry, which reserves a slot) never grows it.
         let identity_headers = if ctx.session.is_some() && route.pass_identity_headers {
             1 + config.jwt_claims_headers.len()
         } else {
             0
         };
         headers.reserve(4 + identity_headers + route.set_request_headers.len());
+        strip_session_cookie(headers, &config.cookie.name);
 
         // 2. Forwarding headers from the connection.
         match ctx.client_ip {
@@ -1073,7 +1074,6 @@ fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
     }
 }
 
-/// Removes the session cookie from every `Cookie` header, keeping the others.
 /// An address as a header value, formatted on the stack.
 fn ip_header_value(ip: IpAddr) -> HeaderValue {
     // The longest address (an IPv4-mapped IPv6 one) has 45 characters.
@@ -1104,16 +1104,26 @@ fn ip_header_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// Removes the session cookie from every `Cookie` header, keeping the others.
 fn strip_session_cookie(headers: &mut http::HeaderMap, name: &str) {
-    // Most often one `Cookie` header: left as it is, dropped (the session cookie was alone, no
-    // allocation), or replaced by what is left of it; several are joined into one.
-    let edit = match strip_cookies(headers.get_all(header::COOKIE), name) {
+    // One lookup (hash and probe) serves the read and the edit. Most often one `Cookie` header:
+    // left as it is, dropped (the session cookie was alone, no allocation), or replaced by what
+    // is left of it; several are joined into one.
+    let header::Entry::Occupied(mut cookies) = headers.entry(header::COOKIE) else {
+        return;
+    };
+    let edit = match strip_cookies(cookies.iter(), name) {
         Some(Cow::Borrowed(_)) => return,
         edit => edit.map(Cow::into_owned),
     };
-    headers.remove(header::COOKIE);
-    if let Some(v) = edit.and_then(|v| HeaderValue::from_maybe_shared(Bytes::from(v)).ok()) {
-        headers.insert(header::COOKIE, v);
+    match edit.and_then(|v| HeaderValue::from_maybe_shared(Bytes::from(v)).ok()) {
+        // Either way, every value the name had goes.
+        Some(v) => {
+            let _ = cookies.insert(v);
+        }
+        None => {
+            let _ = cookies.remove();
+        }
     }
 }
 
