@@ -233,9 +233,21 @@ where
     V: AsRef<[u8]> + ?Sized + 'a,
 {
     let name = name.as_bytes();
-    let (_, value, _) = header_values
-        .into_iter()
-        .flat_map(|v| pairs(v.as_ref()))
+    let mut values = header_values.into_iter();
+    let first = values.next()?.as_ref();
+    // The most common header: the cookie first (often alone). It is the first pair, so the
+    // first occurrence, and its value runs to the first `;`, as `pairs` would split it.
+    if let Some(rest) = first
+        .strip_prefix(name)
+        .and_then(|r| r.strip_prefix(b"="))
+        .filter(|_| !name.is_empty())
+    {
+        let value = memchr::memchr(b';', rest).map_or(rest, |i| &rest[..i]);
+        return Some(unquote(trim_ows(value)));
+    }
+    let (_, value, _) = std::iter::once(first)
+        .chain(values.map(AsRef::as_ref))
+        .flat_map(pairs)
         .find(|(n, _, _)| *n == name)?;
     Some(unquote(value))
 }

@@ -255,3 +255,40 @@ fn a_sessions_cookie_names_it_over_its_window() {
     assert_eq!((opened.issued_at, opened.expires_at), (1_000, 2_000));
     assert_eq!(SessionCookie::open(&c, &v, 2_000), None);
 }
+
+#[test]
+fn the_leading_cookie_is_found_as_the_full_scan_finds_it() {
+    // `find_cookie_bytes` takes a header that starts with the cookie without splitting it
+    // into pairs; whatever the shape, it must find what the scan over every pair finds.
+    fn scan<'a>(hs: &[&'a [u8]], name: &str) -> Option<&'a [u8]> {
+        hs.iter()
+            .flat_map(|h| pairs(h))
+            .find(|(n, _, _)| *n == name.as_bytes())
+            .map(|(_, v, _)| unquote(v))
+    }
+    let headers: &[&[&[u8]]] = &[
+        &[b"_portcullis=abc"],
+        &[b"_portcullis= abc \t; x=1"],
+        &[b"_portcullis=\"quoted\"; a=b"],
+        &[b"_portcullis=; a=1"],
+        &[b"_portcullis=a=b; c=d"],
+        &[b"_portcullis=abc;"],
+        &[b"_portcullis=\xff\xfe; z=1"],
+        &[b"_portcullis=first", b"_portcullis=second"],
+        &[b"_portcullis_x=1; _portcullis=2"],
+        &[b"_portcullis =spaced; b=2"],
+        &[b"_portcullis", b"_portcullis=later"],
+        &[b"a=1", b"_portcullis=second-header"],
+        &[b"_portcullisx=1"],
+        &[b""],
+    ];
+    for hs in headers {
+        for name in ["_portcullis", "a", "x"] {
+            assert_eq!(
+                find_cookie_bytes(hs.iter().copied(), name),
+                scan(hs, name),
+                "{name} in {hs:?}"
+            );
+        }
+    }
+}
