@@ -5,7 +5,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::report::{Report, RoundResult};
+use crate::report::Report;
 
 const COLORS: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
@@ -25,27 +25,23 @@ fn nines(percentile: f64) -> f64 {
 }
 
 pub fn latency(report: &Report, path: &Path) -> Result<(), String> {
-    let series: Vec<(&str, &RoundResult)> = if report.open_loop.is_empty() {
+    let series: Vec<(&str, &[(f64, u64)])> = if report.open_loop.is_empty() {
         report
             .scenarios
             .iter()
-            .filter_map(|s| Some((s.name, s.rounds.last()?)))
+            .filter_map(|s| Some((s.name, s.rounds.last()?.distribution.as_slice())))
             .collect()
     } else {
         report
             .open_loop
             .iter()
-            .map(|o| (o.name, &o.result))
+            .map(|o| (o.name, o.result.distribution.as_slice()))
             .collect()
     };
     let title = match report.open_loop.first() {
         Some(o) => format!("Latency by percentile, open loop at {:.0} req/s", o.rate),
         None => "Latency by percentile, closed loop (last round)".to_owned(),
     };
-    let series: Vec<(&str, &[(f64, u64)])> = series
-        .iter()
-        .map(|(name, r)| (*name, r.distribution.as_slice()))
-        .collect();
     draw(&title, &series, path)
 }
 
