@@ -201,6 +201,15 @@ fn trim_ows(bytes: &[u8]) -> &[u8] {
     &bytes[start..end]
 }
 
+/// What follows `name=` when a header value starts with it (its first pair is that cookie's,
+/// and nothing needs trimming before the value); the shortcut for the most common header.
+fn after_leading_name<'a>(header_value: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    if name.is_empty() {
+        return None;
+    }
+    header_value.strip_prefix(name)?.strip_prefix(b"=")
+}
+
 /// Removes one pair of surrounding double quotes (RFC 6265 `cookie-value`).
 fn unquote(value: &[u8]) -> &[u8] {
     match value {
@@ -237,11 +246,7 @@ where
     let first = values.next()?.as_ref();
     // The most common header: the cookie first (often alone). It is the first pair, so the
     // first occurrence, and its value runs to the first `;`, as `pairs` would split it.
-    if let Some(rest) = first
-        .strip_prefix(name)
-        .and_then(|r| r.strip_prefix(b"="))
-        .filter(|_| !name.is_empty())
-    {
+    if let Some(rest) = after_leading_name(first, name) {
         let value = memchr::memchr(b';', rest).map_or(rest, |i| &rest[..i]);
         return Some(unquote(trim_ows(value)));
     }
@@ -258,10 +263,7 @@ where
 pub fn strip_cookie<'a>(header_value: &'a [u8], name: &str) -> Option<Cow<'a, [u8]>> {
     let name = name.as_bytes();
     // The most common header: `name=value` alone (no `;`, so no other pair), dropped whole.
-    if header_value.get(name.len()) == Some(&b'=')
-        && header_value.starts_with(name)
-        && memchr::memchr(b';', header_value).is_none()
-    {
+    if after_leading_name(header_value, name).is_some_and(|v| memchr::memchr(b';', v).is_none()) {
         return None;
     }
     // One pass. `out` starts at the first cookie named `name` (most often the only one, and
