@@ -10,7 +10,7 @@
 use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use hashbrown::HashTable;
@@ -35,6 +35,19 @@ pub const ASSERTION_REUSE_MARGIN_SECS: i64 = 60;
 pub const ASSERTION_RENEW_AHEAD_SECS: i64 = 2 * ASSERTION_REUSE_MARGIN_SECS;
 /// How often the proxy runs [`AssertionCache::renew_due`].
 pub const ASSERTION_RENEW_INTERVAL: Duration = Duration::from_secs(10);
+/// Over how long the proxy spreads one run's signatures ([`AssertionCache::renew_due`]'s
+/// `spread`): less than the interval, so that runs never overlap.
+pub const ASSERTION_RENEW_SPREAD: Duration = Duration::from_secs(8);
+
+// A run sees an assertion first with at most the renewal lead left (less up to one interval),
+// and may then take the whole spread to sign it: it must still be in time for the reuse margin.
+const _: () = assert!(
+    ASSERTION_RENEW_AHEAD_SECS
+        - ASSERTION_RENEW_INTERVAL.as_secs() as i64
+        - ASSERTION_RENEW_SPREAD.as_secs() as i64
+        > ASSERTION_REUSE_MARGIN_SECS
+);
+const _: () = assert!(ASSERTION_RENEW_SPREAD.as_secs() < ASSERTION_RENEW_INTERVAL.as_secs());
 /// HKDF info for the signing key derived from `shared_secret`.
 const SIGNING_KEY_INFO: &str = "portcullis-signing-key";
 
@@ -421,7 +434,21 @@ impl AssertionCache {
     /// left at `now_unix`; returns how many it signed. Run every
     /// [`ASSERTION_RENEW_INTERVAL`], it keeps signatures off the request path for as long as a
     /// session keeps sending requests.
-    pub fn renew_due(&self, signer: &AssertionSigner, now_unix: i64) -> usize {
+    ///
+    /// The signatures are spread evenly over `spread`, those that expire first first. Sessions
+    /// that start together (a crowd signing in, a load test) come due together, every cycle;
+    /// signed back to back, thousands of them would hold a CPU for a good part of a second and
+    /// the requests queued behind it would wait. Each is dated when it is signed (`now_unix`
+    /// plus the time since the run began). With `Duration::ZERO` they are signed at once. The
+    /// run ends early, returning what it signed so far, once `stop` says so (checked before
+    /// each signature): a shutdown does not wait for the spread.
+    pub fn renew_due(
+        &self,
+        signer: &AssertionSigner,
+        now_unix: i64,
+        spread: Duration,
+        stop: &dyn Fn() -> bool,
+    ) -> usize {
         // Collected under read locks, signed with none held.
         let mut due = Vec::new();
         for shard in self.shards.iter() {
@@ -430,10 +457,11 @@ impl AssertionCache {
                 for entry in entries {
                     if is_idle(entry, now_unix) {
                         idle = true;
-                    } else if entry.expires_at().saturating_sub(now_unix)
-                        <= ASSERTION_RENEW_AHEAD_SECS
-                    {
-                        due.push(Arc::clone(entry));
+                        continue;
+                    }
+                    let expires_at = entry.expires_at();
+                    if expires_at.saturating_sub(now_unix) <= ASSERTION_RENEW_AHEAD_SECS {
+                        due.push((expires_at, Arc::clone(entry)));
                     }
                 }
             }
@@ -441,9 +469,16 @@ impl AssertionCache {
                 drop_idle(&mut write(shard), now_unix);
             }
         }
+        due.sort_unstable_by_key(|(expires_at, _)| *expires_at);
+        let began = Instant::now();
         let mut renewed = 0;
-        for entry in due {
-            if entry.sign_again(signer, now_unix).is_ok() {
+        for (turn, (_, entry)) in due.iter().enumerate() {
+            if stop() {
+                break;
+            }
+            let elapsed = wait_for_turn(began, spread, turn, due.len());
+            let at = now_unix.saturating_add(i64::try_from(elapsed.as_secs()).unwrap_or(0));
+            if entry.sign_again(signer, at).is_ok() {
                 self.in_background.fetch_add(1, Ordering::Relaxed);
                 renewed += 1;
             }
@@ -501,6 +536,27 @@ fn read(shard: &RwLock<Shard>) -> RwLockReadGuard<'_, Shard> {
 fn write(shard: &RwLock<Shard>) -> RwLockWriteGuard<'_, Shard> {
     shard.write().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Sleeps until turn `turn` of `turns`, spread evenly over `spread` from `began`; returns the
+/// time since `began`. A turn less than [`MIN_PACING_SLEEP`] away is taken at once, so that
+/// close turns share one sleep rather than each paying for a short one.
+fn wait_for_turn(began: Instant, spread: Duration, turn: usize, turns: usize) -> Duration {
+    let elapsed = began.elapsed();
+    if spread.is_zero() || turns == 0 {
+        return elapsed;
+    }
+    let at = spread.mul_f64(turn as f64 / turns as f64);
+    match at.checked_sub(elapsed) {
+        Some(ahead) if ahead >= MIN_PACING_SLEEP => {
+            std::thread::sleep(ahead);
+            began.elapsed()
+        }
+        _ => elapsed,
+    }
+}
+
+/// The shortest sleep [`wait_for_turn`] takes.
+const MIN_PACING_SLEEP: Duration = Duration::from_millis(1);
 
 /// No request asked for it for one assertion lifetime: it is no longer renewed, and goes.
 fn is_idle(entry: &Entry, now_unix: i64) -> bool {

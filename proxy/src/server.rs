@@ -13,7 +13,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
-use portcullis_auth::jwt::ASSERTION_RENEW_INTERVAL;
+use portcullis_auth::jwt::{ASSERTION_RENEW_INTERVAL, ASSERTION_RENEW_SPREAD};
 use portcullis_databroker::Store;
 use tracing::info;
 
@@ -134,11 +134,16 @@ impl BackgroundService for Background {
                     _ = renew_shutdown.changed() => return,
                 }
                 let state = state.clone();
-                // ECDSA signing is CPU work: keep it off the async workers.
+                let stop = renew_shutdown.clone();
+                // ECDSA signing is CPU work: keep it off the async workers, and spread it out
+                // (a crowd of sessions comes due at once) so that it never holds a CPU for long.
                 let _ = tokio::task::spawn_blocking(move || {
-                    state
-                        .assertions
-                        .renew_due(&state.assertion_signer, crate::state::now_unix())
+                    state.assertions.renew_due(
+                        &state.assertion_signer,
+                        crate::state::now_unix(),
+                        ASSERTION_RENEW_SPREAD,
+                        &|| *stop.borrow(),
+                    )
                 })
                 .await;
             }

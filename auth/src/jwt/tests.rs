@@ -34,6 +34,11 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
+/// One renewal run with every signature at once.
+fn renew_at_once(cache: &AssertionCache, signer: &AssertionSigner, now_unix: i64) -> usize {
+    cache.renew_due(signer, now_unix, Duration::ZERO, &|| false)
+}
+
 fn verify(signer: &AssertionSigner, jwt: &str) -> IdentityClaims {
     let header = jsonwebtoken::decode_header(jwt).unwrap();
     assert_eq!(header.alg, Algorithm::ES256);
@@ -287,7 +292,7 @@ fn assertions_in_use_are_renewed_in_the_background_and_requests_never_wait() {
     assert_eq!(cache.signatures_on_request_path(), 2);
     // Nothing is due while more than the renewal lead is left.
     let due = t + ASSERTION_LIFETIME_SECS - ASSERTION_RENEW_AHEAD_SECS;
-    assert_eq!(cache.renew_due(&s, due - 1), 0);
+    assert_eq!(renew_at_once(&cache, &s, due - 1), 0);
     // "busy" keeps sending requests; "idle" sent its last one at `t`.
     for at in (t..due).step_by(30) {
         cache
@@ -295,7 +300,7 @@ fn assertions_in_use_are_renewed_in_the_background_and_requests_never_wait() {
             .unwrap();
     }
     assert_eq!(
-        cache.renew_due(&s, due),
+        renew_at_once(&cache, &s, due),
         2,
         "both were used within a lifetime"
     );
@@ -305,7 +310,7 @@ fn assertions_in_use_are_renewed_in_the_background_and_requests_never_wait() {
     let mut renewed = 0;
     while at < t + 3 * 3600 {
         at += step;
-        renewed += cache.renew_due(&s, at);
+        renewed += renew_at_once(&cache, &s, at);
         let jwt = cache
             .get_or_sign(&s, "busy", "app.example.com", 0, at, || unreachable!())
             .unwrap();
@@ -356,7 +361,11 @@ fn the_cache_is_bounded_and_a_full_shard_makes_room() {
         .get_or_sign(&s, "sess-199", "app", 0, used, || unreachable!("kept"))
         .unwrap();
     let later = t + ASSERTION_LIFETIME_SECS + 1;
-    assert_eq!(cache.renew_due(&s, later), 1, "sess-199 is due and in use");
+    assert_eq!(
+        renew_at_once(&cache, &s, later),
+        1,
+        "sess-199 is due and in use"
+    );
     assert_eq!(cache.len(), 1, "every idle session went");
 }
 
@@ -385,7 +394,7 @@ fn a_kept_assertion_answers_before_any_lookup_and_stays_renewed() {
     let mut renewed = 0;
     while at < t + 3 * 3600 {
         at += ASSERTION_RENEW_INTERVAL.as_secs() as i64;
-        renewed += cache.renew_due(&s, at);
+        renewed += renew_at_once(&cache, &s, at);
         let jwt = cache
             .get_or_sign_kept(&slot, &s, "busy", aud, 0, at, || unreachable!("signed"))
             .unwrap();
@@ -486,4 +495,65 @@ fn a_kept_assertion_the_full_cache_dropped_is_not_answered() {
         signed_again as u64
     );
     assert!(signed_again >= 64 - 32, "{signed_again}");
+}
+
+#[test]
+fn a_crowd_that_comes_due_together_is_renewed_spread_out_soonest_first() {
+    let s = AssertionSigner::from_pem(SEC1).unwrap();
+    let cache = AssertionCache::default();
+    let t = now();
+    // A crowd signs in at `t`, a few more five seconds later.
+    let sign = |id: String, at: i64| {
+        cache
+            .get_or_sign(&s, &id, "app", 0, at, || claims(at))
+            .unwrap()
+    };
+    let crowd: Vec<_> = (0..20).map(|i| sign(format!("crowd-{i}"), t)).collect();
+    let later: Vec<_> = (0..10).map(|i| sign(format!("later-{i}"), t + 5)).collect();
+    let current = |id: String, at: i64| {
+        cache
+            .get_or_sign(&s, &id, "app", 0, at, || {
+                unreachable!("signed on the request path")
+            })
+            .unwrap()
+    };
+    // All thirty are due; a run told to stop after twenty signed the crowd, which expires
+    // first, and left the others.
+    let due = t + 5 + ASSERTION_LIFETIME_SECS - ASSERTION_RENEW_AHEAD_SECS;
+    let asked = std::sync::atomic::AtomicUsize::new(0);
+    let stop_after_twenty = || asked.fetch_add(1, Ordering::Relaxed) >= 20;
+    assert_eq!(
+        cache.renew_due(&s, due, Duration::ZERO, &stop_after_twenty),
+        20
+    );
+    for (i, before) in crowd.iter().enumerate() {
+        assert_ne!(
+            &current(format!("crowd-{i}"), due),
+            before,
+            "crowd-{i} renewed"
+        );
+    }
+    for (i, before) in later.iter().enumerate() {
+        assert_eq!(
+            &current(format!("later-{i}"), due),
+            before,
+            "later-{i} left for later"
+        );
+    }
+    // The next run signs the other ten, spread over the time it is given: the last one's turn
+    // comes at 9/10 of it. Signing ten at once takes a few milliseconds.
+    let spread = Duration::from_millis(400);
+    let began = Instant::now();
+    assert_eq!(cache.renew_due(&s, due, spread, &|| false), 10);
+    let took = began.elapsed();
+    assert!(
+        took >= spread * 9 / 10,
+        "ten signatures in {took:?}, not spread over {spread:?}"
+    );
+    for (i, before) in later.iter().enumerate() {
+        let jwt = current(format!("later-{i}"), due);
+        assert_ne!(&jwt, before, "later-{i} renewed");
+        assert!(verify(&s, jwt.to_str().unwrap()).exp - due > ASSERTION_REUSE_MARGIN_SECS);
+    }
+    assert_eq!(cache.signatures_on_request_path(), 30);
 }
