@@ -437,11 +437,11 @@ impl AssertionCache {
     ///
     /// The signatures are spread evenly over `spread`, those that expire first first. Sessions
     /// that start together (a crowd signing in, a load test) come due together, every cycle;
-    /// signed back to back, thousands of them would hold a CPU for a good part of a second and
+    /// signed back to back they would hold a CPU (a fifth of a second for ten thousand), and
     /// the requests queued behind it would wait. Each is dated when it is signed (`now_unix`
     /// plus the time since the run began). With `Duration::ZERO` they are signed at once. The
-    /// run ends early, returning what it signed so far, once `stop` says so (checked before
-    /// each signature): a shutdown does not wait for the spread.
+    /// run ends early, returning what it signed so far, once `stop` says so (asked before each
+    /// signature and every 100 ms between them): a shutdown does not wait for the spread.
     pub fn renew_due(
         &self,
         signer: &AssertionSigner,
@@ -473,10 +473,9 @@ impl AssertionCache {
         let began = Instant::now();
         let mut renewed = 0;
         for (turn, (_, entry)) in due.iter().enumerate() {
-            if stop() {
+            let Some(elapsed) = wait_for_turn(began, spread, turn, due.len(), stop) else {
                 break;
-            }
-            let elapsed = wait_for_turn(began, spread, turn, due.len());
+            };
             let at = now_unix.saturating_add(i64::try_from(elapsed.as_secs()).unwrap_or(0));
             if entry.sign_again(signer, at).is_ok() {
                 self.in_background.fetch_add(1, Ordering::Relaxed);
@@ -538,25 +537,36 @@ fn write(shard: &RwLock<Shard>) -> RwLockWriteGuard<'_, Shard> {
 }
 
 /// Sleeps until turn `turn` of `turns`, spread evenly over `spread` from `began`; returns the
-/// time since `began`. A turn less than [`MIN_PACING_SLEEP`] away is taken at once, so that
-/// close turns share one sleep rather than each paying for a short one.
-fn wait_for_turn(began: Instant, spread: Duration, turn: usize, turns: usize) -> Duration {
-    let elapsed = began.elapsed();
-    if spread.is_zero() || turns == 0 {
-        return elapsed;
-    }
-    let at = spread.mul_f64(turn as f64 / turns as f64);
-    match at.checked_sub(elapsed) {
-        Some(ahead) if ahead >= MIN_PACING_SLEEP => {
-            std::thread::sleep(ahead);
-            began.elapsed()
+/// time since `began`, or `None` once `stop` says so (asked before the turn is taken, and at
+/// least every [`STOP_CHECK_EVERY`] while waiting). A turn less than [`MIN_PACING_SLEEP`] away
+/// is taken at once, so that close turns share one sleep rather than each paying for a short
+/// one.
+fn wait_for_turn(
+    began: Instant,
+    spread: Duration,
+    turn: usize,
+    turns: usize,
+    stop: &dyn Fn() -> bool,
+) -> Option<Duration> {
+    let at = spread.mul_f64(turn as f64 / turns.max(1) as f64);
+    loop {
+        if stop() {
+            return None;
         }
-        _ => elapsed,
+        let elapsed = began.elapsed();
+        match at.checked_sub(elapsed) {
+            Some(ahead) if ahead >= MIN_PACING_SLEEP => {
+                std::thread::sleep(ahead.min(STOP_CHECK_EVERY));
+            }
+            _ => return Some(elapsed),
+        }
     }
 }
 
 /// The shortest sleep [`wait_for_turn`] takes.
 const MIN_PACING_SLEEP: Duration = Duration::from_millis(1);
+/// The longest sleep [`wait_for_turn`] takes before it asks `stop` again.
+const STOP_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// No request asked for it for one assertion lifetime: it is no longer renewed, and goes.
 fn is_idle(entry: &Entry, now_unix: i64) -> bool {

@@ -557,3 +557,26 @@ fn a_crowd_that_comes_due_together_is_renewed_spread_out_soonest_first() {
     }
     assert_eq!(cache.signatures_on_request_path(), 30);
 }
+
+#[test]
+fn a_stop_ends_a_spread_run_without_waiting_out_the_spread() {
+    let s = AssertionSigner::from_pem(SEC1).unwrap();
+    let cache = AssertionCache::default();
+    let t = now();
+    for id in ["first", "second"] {
+        cache
+            .get_or_sign(&s, id, "app", 0, t, || claims(t))
+            .unwrap();
+    }
+    let due = t + ASSERTION_LIFETIME_SECS - ASSERTION_RENEW_AHEAD_SECS;
+    // Two signatures over a minute: the second's turn is thirty seconds off. A shutdown a
+    // moment in ends the run within a check interval, with only the first signed.
+    let began = Instant::now();
+    let stopped = || began.elapsed() > Duration::from_millis(50);
+    assert_eq!(
+        cache.renew_due(&s, due, Duration::from_secs(60), &stopped),
+        1
+    );
+    let took = began.elapsed();
+    assert!(took < Duration::from_secs(5), "the stop waited {took:?}");
+}
