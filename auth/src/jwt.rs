@@ -54,9 +54,9 @@ const SIGNING_KEY_INFO: &str = "portcullis-signing-key";
 /// Signs identity assertions with an EC P-256 key.
 ///
 /// The key pair is prepared once, with ring, whose P-256 uses precomputed tables for the base
-/// point: a signature costs tens of microseconds. (`jsonwebtoken::encode` parses the key again
-/// for every signature, which with its RustCrypto backend cost about 385 µs; see the README.)
-/// The JWT's header is the same for every assertion, so it is encoded once too.
+/// point, so a signature costs tens of microseconds. `jsonwebtoken::encode` is not used for
+/// signing: it parses the PEM key again for every signature, which costs an order of magnitude
+/// more. The JWT's header is the same for every assertion, so it is encoded once too.
 pub struct AssertionSigner {
     key_pair: EcdsaKeyPair,
     /// `base64url({"typ":"JWT","alg":"ES256","kid":…})`.
@@ -101,8 +101,8 @@ pub struct IdentityClaims {
 ///
 /// A plain map in lock shards, by session id, each session holding its assertions (one per
 /// route host it used): a lookup is one hash of the id and a read lock, with no bookkeeping
-/// per read. (A moka cache did LRU bookkeeping on every read; with ten thousand sessions in
-/// turn, that was about half of what a session lookup cost.) Entries that no request used for
+/// per read. Not an LRU cache such as moka: its per-read bookkeeping would be a large share of
+/// a session lookup when many sessions take turns. Entries that no request used for
 /// an assertion lifetime go at the next [`AssertionCache::renew_due`]; a sign-out drops its
 /// session's at once.
 pub struct AssertionCache {
@@ -437,11 +437,12 @@ impl AssertionCache {
     ///
     /// The signatures are spread evenly over `spread`, those that expire first first. Sessions
     /// that start together (a crowd signing in, a load test) come due together, every cycle;
-    /// signed back to back they would hold a CPU (a fifth of a second for ten thousand), and
-    /// the requests queued behind it would wait. Each is dated when it is signed (`now_unix`
-    /// plus the time since the run began). With `Duration::ZERO` they are signed at once. The
-    /// run ends early, returning what it signed so far, once `stop` says so (asked before each
-    /// signature and every 100 ms between them): a shutdown does not wait for the spread.
+    /// signed back to back they would hold a CPU for as long as the crowd takes to sign (tens
+    /// of microseconds each), and the requests queued behind it would wait. Each is dated when
+    /// it is signed (`now_unix` plus the time since the run began). With `Duration::ZERO` they
+    /// are signed at once. The run ends early, returning what it signed so far, once `stop`
+    /// says so (asked before each signature and every 100 ms between them): a shutdown does
+    /// not wait for the spread.
     pub fn renew_due(
         &self,
         signer: &AssertionSigner,

@@ -1,12 +1,13 @@
 //! `--instructions`: what each Portcullis scenario costs the proxy in instructions per request,
 //! counted by valgrind's callgrind.
 //!
-//! Requests per second on a shared 2-CPU machine move by 10–25% from one round to the next;
-//! an instruction count does not. The proxy runs under callgrind with counting off. For each
-//! scenario, counting is switched on (`callgrind_control -i on`) for a fixed number of requests,
-//! switched off and dumped, and the dump's total is divided by the requests answered. Everything
-//! the proxy process runs in that window counts: Pingora, tokio, the allocator, the access log,
-//! the background renewal of identity assertions. The kernel's share (the syscalls) does not.
+//! Requests per second on a shared machine move from one round to the next by more than most
+//! code changes save; an instruction count does not. The proxy runs under callgrind with
+//! counting off. For each scenario, counting is switched on (`callgrind_control -i on`) for a
+//! fixed number of requests, switched off and dumped, and the dump's total is divided by the
+//! requests answered. Everything the proxy process runs in that window counts: Pingora, tokio,
+//! the allocator, the access log, the background renewal of identity assertions. The kernel's
+//! share (the syscalls) does not.
 //!
 //! Two cautions. A copy done with `rep movsb` counts one instruction per byte (Pingora moves its
 //! request futures, some 14 KiB, that way), so the totals overstate copies against time. And

@@ -277,7 +277,7 @@ impl Report {
                 );
             }
         }
-        let _ = writeln!(s, "\nTargets (issue 6):");
+        let _ = writeln!(s, "\nTargets:");
         let auth = self.find("portcullis-auth").map(ScenarioResult::median_rps);
         let apache = self.find("apache-oidc").map(ScenarioResult::median_rps);
         let mut target = |n: u8, what: &str, value: Option<f64>, goal: f64, base: &str| {
