@@ -64,7 +64,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub show_error_details: bool,
     /// How often a live websocket or streamed response is authorized again
-    /// (`stream_recheck_interval`); see [`crate::streams`].
+    /// (`stream_recheck_interval`), by the stream re-check.
     pub stream_recheck_interval: Duration,
     pub routes: Vec<Route>,
 }
