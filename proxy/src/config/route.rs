@@ -1,42 +1,117 @@
-//! Converts one `[[routes]]` table into a [`Route`].
+//! Converts one `[[routes]]` table into a [`Route`], one function per group of keys.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use http::header::HeaderValue;
+use http::header::{HeaderName, HeaderValue};
 use portcullis_policy::Policy;
 use regex::Regex;
 
 use super::errors::Errors;
-use super::runtime::{HeaderTemplate, HealthCheck, PathMatcher, Route};
+use super::runtime::{FromMatcher, HeaderTemplate, HealthCheck, PathMatcher, Route, Upstream};
 use super::schema::{self, Field, OneOrMany, ROUTE_KEYS};
-use super::tls::{upstream_tls, TlsFields};
+use super::tls::upstream_tls;
 use super::values::{duration, from_matcher, header_name, regex_substitution, upstream};
 
+/// The route at `index` (`path` is its key path, `routes[index]`). The keys are read in the
+/// order `portcullis check` has always reported their errors.
 pub(super) fn build_route(
     index: usize,
     path: &str,
-    raw: schema::Route,
+    mut raw: schema::Route,
     base: &Path,
     errors: &mut Errors,
 ) -> Option<Route> {
     let key = |k: &str| format!("{path}.{k}");
-    errors.unknown(path, raw.unknown.into_keys(), ROUTE_KEYS);
+    errors.unknown(
+        path,
+        std::mem::take(&mut raw.unknown).into_keys(),
+        ROUTE_KEYS,
+    );
 
-    let from_raw = errors.required(&key("from"), raw.from);
-    let from = from_raw
-        .as_deref()
-        .and_then(|f| from_matcher(errors, &key("from"), f));
+    let (name, from) = from(errors, path, &mut raw);
+    let mut upstreams = upstreams(errors, path, &mut raw);
+    let path_matcher = path_matcher(errors, path, &mut raw);
+    let (prefix_rewrite, regex_rewrite) = rewrites(errors, path, &mut raw);
+    let tls_settings = upstream_tls(errors, path, base, &mut raw);
+    for u in &mut upstreams {
+        if u.tls {
+            u.tls_settings = tls_settings.clone();
+        }
+    }
+    let health_check = errors
+        .opt(&key("health_check"), raw.health_check.take())
+        .and_then(|v| health_check(errors, &key("health_check"), v));
+    let (preserve_host_header, host_rewrite) = host_header(errors, path, &mut raw);
+    let set_request_headers = set_request_headers(errors, path, &mut raw);
+    let remove_request_headers = remove_request_headers(errors, path, &mut raw);
+    let set_response_headers = set_response_headers(errors, path, &mut raw);
+    let timeout = duration(errors, &key("timeout"), raw.timeout.take(), "30s");
+    let idle_timeout = duration(errors, &key("idle_timeout"), raw.idle_timeout.take(), "5m");
+    let allow_websockets = errors.or(&key("allow_websockets"), raw.allow_websockets.take(), false);
+    let public = errors.or(
+        &key("allow_public_unauthenticated_access"),
+        raw.allow_public_unauthenticated_access.take(),
+        false,
+    );
+    let any_user = errors.or(
+        &key("allow_any_authenticated_user"),
+        raw.allow_any_authenticated_user.take(),
+        false,
+    );
+    let pass_identity_headers = errors.or(
+        &key("pass_identity_headers"),
+        raw.pass_identity_headers.take(),
+        false,
+    );
+    let policy = policy(errors, path, raw.policy.take(), public, any_user);
 
+    Some(Route {
+        index,
+        name: name?,
+        from: from?,
+        path: path_matcher,
+        upstreams,
+        prefix_rewrite,
+        regex_rewrite,
+        preserve_host_header,
+        host_rewrite,
+        set_request_headers,
+        remove_request_headers,
+        set_response_headers,
+        timeout,
+        idle_timeout,
+        allow_websockets,
+        pass_identity_headers,
+        health_check,
+        policy,
+    })
+}
+
+/// `from`: the route's name (the URL as written) and its host matcher.
+fn from(
+    errors: &mut Errors,
+    path: &str,
+    raw: &mut schema::Route,
+) -> (Option<String>, Option<FromMatcher>) {
+    let key = format!("{path}.from");
+    let name = errors.required(&key, raw.from.take());
+    let from = name.as_deref().and_then(|f| from_matcher(errors, &key, f));
+    (name, from)
+}
+
+/// `to`: one upstream URL or a list of them.
+fn upstreams(errors: &mut Errors, path: &str, raw: &mut schema::Route) -> Vec<Upstream> {
+    let key = format!("{path}.to");
     let mut upstreams = Vec::new();
-    match errors.required(&key("to"), raw.to) {
+    match errors.required(&key, raw.to.take()) {
         Some(OneOrMany::One(s)) => {
-            upstreams.extend(upstream(errors, &key("to"), &s));
+            upstreams.extend(upstream(errors, &key, &s));
         }
         Some(OneOrMany::Many(list)) => {
             if list.is_empty() {
-                errors.push(key("to"), "must name at least one upstream");
+                errors.push(&key, "must name at least one upstream");
             }
             for (i, s) in list.iter().enumerate() {
                 upstreams.extend(upstream(errors, &format!("{path}.to[{i}]"), s));
@@ -44,11 +119,16 @@ pub(super) fn build_route(
         }
         None => {}
     }
+    upstreams
+}
 
-    let prefix = errors.opt(&key("prefix"), raw.prefix);
-    let exact = errors.opt(&key("path"), raw.path);
-    let regex = errors.opt(&key("regex"), raw.regex);
-    let path_matcher = match (prefix, exact, regex) {
+/// `prefix`, `path` or `regex` (at most one): which request paths the route serves.
+fn path_matcher(errors: &mut Errors, path: &str, raw: &mut schema::Route) -> PathMatcher {
+    let key = |k: &str| format!("{path}.{k}");
+    let prefix = errors.opt(&key("prefix"), raw.prefix.take());
+    let exact = errors.opt(&key("path"), raw.path.take());
+    let regex = errors.opt(&key("regex"), raw.regex.take());
+    match (prefix, exact, regex) {
         (None, None, None) => PathMatcher::Prefix("/".into()),
         (Some(p), None, None) => {
             if !p.starts_with('/') {
@@ -76,19 +156,28 @@ pub(super) fn build_route(
             );
             PathMatcher::Prefix("/".into())
         }
-    };
+    }
+}
 
-    let prefix_rewrite = errors.opt(&key("prefix_rewrite"), raw.prefix_rewrite);
+/// `prefix_rewrite`, or `regex_rewrite_pattern` with `regex_rewrite_substitution`.
+type Rewrites = (Option<String>, Option<(Regex, String)>);
+
+fn rewrites(errors: &mut Errors, path: &str, raw: &mut schema::Route) -> Rewrites {
+    let key = |k: &str| format!("{path}.{k}");
+    let prefix_rewrite = errors.opt(&key("prefix_rewrite"), raw.prefix_rewrite.take());
     if let Some(p) = &prefix_rewrite {
         if !p.starts_with('/') {
             errors.push(key("prefix_rewrite"), "must start with /");
         }
     }
     let regex_rewrite = match (
-        errors.opt(&key("regex_rewrite_pattern"), raw.regex_rewrite_pattern),
+        errors.opt(
+            &key("regex_rewrite_pattern"),
+            raw.regex_rewrite_pattern.take(),
+        ),
         errors.opt(
             &key("regex_rewrite_substitution"),
-            raw.regex_rewrite_substitution,
+            raw.regex_rewrite_substitution.take(),
         ),
     ) {
         (None, None) => None,
@@ -128,45 +217,36 @@ pub(super) fn build_route(
             }
         },
     };
-    let tls_settings = upstream_tls(
-        errors,
-        path,
-        base,
-        TlsFields {
-            skip_verify: raw.tls_skip_verify,
-            custom_ca_file: raw.tls_custom_ca_file,
-            server_name: raw.tls_server_name,
-            client_cert_file: raw.tls_client_cert_file,
-            client_key_file: raw.tls_client_key_file,
-        },
-    );
-    for u in &mut upstreams {
-        if u.tls {
-            u.tls_settings = tls_settings.clone();
-        }
-    }
+    (prefix_rewrite, regex_rewrite)
+}
 
-    let health_check = errors
-        .opt(&key("health_check"), raw.health_check)
-        .and_then(|v| health_check(errors, &key("health_check"), v));
-
+/// `preserve_host_header` or `host_rewrite`: the `Host` the upstream sees.
+fn host_header(errors: &mut Errors, path: &str, raw: &mut schema::Route) -> (bool, Option<String>) {
+    let key = |k: &str| format!("{path}.{k}");
     let preserve_host_header = errors.or(
         &key("preserve_host_header"),
-        raw.preserve_host_header,
+        raw.preserve_host_header.take(),
         false,
     );
-    let host_rewrite = errors.opt(&key("host_rewrite"), raw.host_rewrite);
+    let host_rewrite = errors.opt(&key("host_rewrite"), raw.host_rewrite.take());
     if preserve_host_header && host_rewrite.is_some() {
         errors.push(
             key("host_rewrite"),
             "cannot be combined with preserve_host_header",
         );
     }
+    (preserve_host_header, host_rewrite)
+}
 
-    let mut set_request_headers = Vec::new();
+fn set_request_headers(
+    errors: &mut Errors,
+    path: &str,
+    raw: &mut schema::Route,
+) -> Vec<(HeaderName, HeaderTemplate)> {
+    let mut headers = Vec::new();
     for (name, value) in errors.or(
-        &key("set_request_headers"),
-        raw.set_request_headers,
+        &format!("{path}.set_request_headers"),
+        raw.set_request_headers.take(),
         BTreeMap::new(),
     ) {
         let p = format!("{path}.set_request_headers.{name}");
@@ -181,25 +261,38 @@ pub(super) fn build_route(
                         continue;
                     }
                 }
-                set_request_headers.push((h, t));
+                headers.push((h, t));
             }
             Err(e) => errors.push(p, e),
         }
     }
-    let mut remove_request_headers = Vec::new();
-    for name in errors.or(
-        &key("remove_request_headers"),
-        raw.remove_request_headers,
-        Vec::new(),
-    ) {
-        if let Some(h) = header_name(errors, &key("remove_request_headers"), &name) {
-            remove_request_headers.push(h);
+    headers
+}
+
+fn remove_request_headers(
+    errors: &mut Errors,
+    path: &str,
+    raw: &mut schema::Route,
+) -> Vec<HeaderName> {
+    let key = format!("{path}.remove_request_headers");
+    let mut headers = Vec::new();
+    for name in errors.or(&key, raw.remove_request_headers.take(), Vec::new()) {
+        if let Some(h) = header_name(errors, &key, &name) {
+            headers.push(h);
         }
     }
-    let mut set_response_headers = Vec::new();
+    headers
+}
+
+fn set_response_headers(
+    errors: &mut Errors,
+    path: &str,
+    raw: &mut schema::Route,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut headers = Vec::new();
     for (name, value) in errors.or(
-        &key("set_response_headers"),
-        raw.set_response_headers,
+        &format!("{path}.set_response_headers"),
+        raw.set_response_headers.take(),
         BTreeMap::new(),
     ) {
         let p = format!("{path}.set_response_headers.{name}");
@@ -207,31 +300,24 @@ pub(super) fn build_route(
             continue;
         };
         match HeaderValue::from_str(&value) {
-            Ok(v) => set_response_headers.push((h, v)),
+            Ok(v) => headers.push((h, v)),
             Err(_) => errors.push(p, "is not a valid header value"),
         }
     }
+    headers
+}
 
-    let timeout = duration(errors, &key("timeout"), raw.timeout, "30s");
-    let idle_timeout = duration(errors, &key("idle_timeout"), raw.idle_timeout, "5m");
-    let allow_websockets = errors.or(&key("allow_websockets"), raw.allow_websockets, false);
-    let public = errors.or(
-        &key("allow_public_unauthenticated_access"),
-        raw.allow_public_unauthenticated_access,
-        false,
-    );
-    let any_user = errors.or(
-        &key("allow_any_authenticated_user"),
-        raw.allow_any_authenticated_user,
-        false,
-    );
-    let pass_identity_headers = errors.or(
-        &key("pass_identity_headers"),
-        raw.pass_identity_headers,
-        false,
-    );
-
-    let parsed_policy = match errors.opt(&key("policy"), raw.policy) {
+/// `policy`, `allow_public_unauthenticated_access` and `allow_any_authenticated_user`
+/// combined into the route's policy (deny all when none is given).
+fn policy(
+    errors: &mut Errors,
+    path: &str,
+    raw: Field<toml::Value>,
+    public: bool,
+    any_user: bool,
+) -> Policy {
+    let key = |k: &str| format!("{path}.{k}");
+    let parsed = match errors.opt(&key("policy"), raw) {
         Some(value) => match Policy::parse(&value, &key("policy")) {
             Ok(p) => Some(p),
             Err(list) => {
@@ -243,8 +329,8 @@ pub(super) fn build_route(
         },
         None => None,
     };
-    let policy = if public {
-        if any_user || parsed_policy.is_some() {
+    if public {
+        if any_user || parsed.is_some() {
             errors.push(
                 key("allow_public_unauthenticated_access"),
                 "cannot be combined with allow_any_authenticated_user or policy (a public route has no policy)",
@@ -252,36 +338,14 @@ pub(super) fn build_route(
         }
         Policy::public()
     } else {
-        let p = parsed_policy.unwrap_or_else(Policy::deny_all);
+        let p = parsed.unwrap_or_else(Policy::deny_all);
         if any_user {
             p.allow_any_authenticated_user()
         } else {
             p
         }
-    };
-
-    Some(Route {
-        index,
-        name: from_raw?,
-        from: from?,
-        path: path_matcher,
-        upstreams,
-        prefix_rewrite,
-        regex_rewrite,
-        preserve_host_header,
-        host_rewrite,
-        set_request_headers,
-        remove_request_headers,
-        set_response_headers,
-        timeout,
-        idle_timeout,
-        allow_websockets,
-        pass_identity_headers,
-        health_check,
-        policy,
-    })
+    }
 }
-
 fn health_check(errors: &mut Errors, path: &str, value: toml::Value) -> Option<HealthCheck> {
     const KEYS: &[&str] = &[
         "path",

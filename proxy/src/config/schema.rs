@@ -264,6 +264,12 @@ impl<T> Field<T> {
     pub fn is_present(&self) -> bool {
         !matches!(self, Field::Missing)
     }
+
+    /// Moves the field out, leaving it missing: the build functions take their keys out of
+    /// the file one section at a time.
+    pub fn take(&mut self) -> Field<T> {
+        std::mem::take(self)
+    }
 }
 
 /// The closest known key to `unknown`, when one is close enough to suggest.

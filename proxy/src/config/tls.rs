@@ -1,5 +1,7 @@
 //! PEM material: upstream TLS settings of a route and the identity-JWT signing key.
 
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash as _, Hasher as _};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -8,31 +10,24 @@ use pingora::utils::tls::{CertKey, WrappedX509};
 
 use super::errors::Errors;
 use super::runtime::UpstreamTls;
-use super::schema::Field;
-
-/// The `tls_*` keys of a route.
-pub(super) struct TlsFields {
-    pub(super) skip_verify: Field<bool>,
-    pub(super) custom_ca_file: Field<String>,
-    pub(super) server_name: Field<String>,
-    pub(super) client_cert_file: Field<String>,
-    pub(super) client_key_file: Field<String>,
-}
+use super::schema;
 
 /// Loads a route's upstream TLS settings (`None` when it sets none of the `tls_*` keys).
 pub(super) fn upstream_tls(
     errors: &mut Errors,
     path: &str,
     base: &Path,
-    f: TlsFields,
+    raw: &mut schema::Route,
 ) -> Option<Arc<UpstreamTls>> {
-    use std::hash::{Hash as _, Hasher as _};
     let key = |k: &str| format!("{path}.{k}");
-    let skip_verify = errors.or(&key("tls_skip_verify"), f.skip_verify, false);
-    let ca_file = errors.opt(&key("tls_custom_ca_file"), f.custom_ca_file);
-    let server_name = errors.opt(&key("tls_server_name"), f.server_name);
-    let cert_file = errors.opt(&key("tls_client_cert_file"), f.client_cert_file);
-    let key_file = errors.opt(&key("tls_client_key_file"), f.client_key_file);
+    let skip_verify = errors.or(&key("tls_skip_verify"), raw.tls_skip_verify.take(), false);
+    let ca_file = errors.opt(&key("tls_custom_ca_file"), raw.tls_custom_ca_file.take());
+    let server_name = errors.opt(&key("tls_server_name"), raw.tls_server_name.take());
+    let cert_file = errors.opt(
+        &key("tls_client_cert_file"),
+        raw.tls_client_cert_file.take(),
+    );
+    let key_file = errors.opt(&key("tls_client_key_file"), raw.tls_client_key_file.take());
     if !skip_verify
         && ca_file.is_none()
         && server_name.is_none()
@@ -41,7 +36,7 @@ pub(super) fn upstream_tls(
     {
         return None;
     }
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut hasher = DefaultHasher::new();
     skip_verify.hash(&mut hasher);
     server_name.hash(&mut hasher);
 
@@ -53,60 +48,8 @@ pub(super) fn upstream_tls(
             );
         }
     }
-    let ca = ca_file.and_then(|file| {
-        let k = key("tls_custom_ca_file");
-        let pem = read_pem_file(errors, &k, base, &file)?;
-        pem.hash(&mut hasher);
-        let ders = pem_certificates(errors, &k, &pem)?;
-        let list: Vec<WrappedX509> = ders
-            .into_iter()
-            .map(|der| WrappedX509::new(der, pingora::utils::tls::parse_x509))
-            .collect();
-        Some(Arc::<CaType>::from(list))
-    });
-    let client_cert = match (cert_file, key_file) {
-        (None, None) => None,
-        (Some(_), None) => {
-            errors.push(
-                key("tls_client_key_file"),
-                "is required when tls_client_cert_file is set",
-            );
-            None
-        }
-        (None, Some(_)) => {
-            errors.push(
-                key("tls_client_cert_file"),
-                "is required when tls_client_key_file is set",
-            );
-            None
-        }
-        (Some(cert), Some(private)) => {
-            let ck = key("tls_client_cert_file");
-            let kk = key("tls_client_key_file");
-            let certs = read_pem_file(errors, &ck, base, &cert)
-                .and_then(|pem| pem_certificates(errors, &ck, &pem));
-            let private = read_pem_file(errors, &kk, base, &private).and_then(|pem| {
-                match rustls_pemfile::private_key(&mut pem.as_slice()) {
-                    Ok(Some(k)) => Some(k.secret_der().to_vec()),
-                    Ok(None) => {
-                        errors.push(&kk, "holds no PEM private key");
-                        None
-                    }
-                    Err(e) => {
-                        errors.push(&kk, format!("invalid PEM: {e}"));
-                        None
-                    }
-                }
-            });
-            match (certs, private) {
-                (Some(certs), Some(private)) => {
-                    certs.hash(&mut hasher);
-                    Some(Arc::new(CertKey::new(certs, private)))
-                }
-                _ => None,
-            }
-        }
-    };
+    let ca = ca_file.and_then(|file| custom_ca(errors, path, base, &file, &mut hasher));
+    let client_cert = client_cert(errors, path, base, cert_file, key_file, &mut hasher);
     Some(Arc::new(UpstreamTls {
         skip_verify,
         server_name,
@@ -114,6 +57,62 @@ pub(super) fn upstream_tls(
         client_cert,
         group_key: hasher.finish(),
     }))
+}
+
+/// `tls_custom_ca_file`: the certificates trusted instead of the system roots.
+fn custom_ca(
+    errors: &mut Errors,
+    path: &str,
+    base: &Path,
+    file: &str,
+    hasher: &mut DefaultHasher,
+) -> Option<Arc<CaType>> {
+    let k = format!("{path}.tls_custom_ca_file");
+    let pem = read_pem_file(errors, &k, base, file)?;
+    pem.hash(hasher);
+    let ders = pem_certificates(errors, &k, &pem)?;
+    let list: Vec<WrappedX509> = ders
+        .into_iter()
+        .map(|der| WrappedX509::new(der, pingora::utils::tls::parse_x509))
+        .collect();
+    Some(Arc::<CaType>::from(list))
+}
+
+/// `tls_client_cert_file` + `tls_client_key_file`: the client certificate (both or neither).
+fn client_cert(
+    errors: &mut Errors,
+    path: &str,
+    base: &Path,
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    hasher: &mut DefaultHasher,
+) -> Option<Arc<CertKey>> {
+    let ck = format!("{path}.tls_client_cert_file");
+    let kk = format!("{path}.tls_client_key_file");
+    match (cert_file, key_file) {
+        (None, None) => None,
+        (Some(_), None) => {
+            errors.push(kk, "is required when tls_client_cert_file is set");
+            None
+        }
+        (None, Some(_)) => {
+            errors.push(ck, "is required when tls_client_key_file is set");
+            None
+        }
+        (Some(cert), Some(private)) => {
+            let certs = read_pem_file(errors, &ck, base, &cert)
+                .and_then(|pem| pem_certificates(errors, &ck, &pem));
+            let private = read_pem_file(errors, &kk, base, &private)
+                .and_then(|pem| pem_private_key(errors, &kk, &pem));
+            match (certs, private) {
+                (Some(certs), Some(private)) => {
+                    certs.hash(hasher);
+                    Some(Arc::new(CertKey::new(certs, private)))
+                }
+                _ => None,
+            }
+        }
+    }
 }
 
 fn read_pem_file(errors: &mut Errors, path: &str, base: &Path, file: &str) -> Option<Vec<u8>> {
@@ -151,6 +150,21 @@ fn pem_certificates(errors: &mut Errors, path: &str, pem: &[u8]) -> Option<Vec<V
         return None;
     }
     Some(out)
+}
+
+/// The DER private key of a PEM file.
+fn pem_private_key(errors: &mut Errors, path: &str, pem: &[u8]) -> Option<Vec<u8>> {
+    match rustls_pemfile::private_key(&mut &pem[..]) {
+        Ok(Some(k)) => Some(k.secret_der().to_vec()),
+        Ok(None) => {
+            errors.push(path, "holds no PEM private key");
+            None
+        }
+        Err(e) => {
+            errors.push(path, format!("invalid PEM: {e}"));
+            None
+        }
+    }
 }
 
 pub(super) fn signing_key(errors: &mut Errors, base: &Path, raw: String) -> Option<String> {
