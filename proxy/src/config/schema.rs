@@ -235,7 +235,6 @@ pub const STRING_KEYS: &[&str] = &[
     "databroker_service_url",
     "grpc_address",
     "databroker_cache_staleness",
-    "session_cache_max_mib",
     "log_level",
     "log_format",
     "stream_recheck_interval",
