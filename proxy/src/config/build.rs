@@ -14,7 +14,7 @@ use super::runtime::{
     Config, CookieSettings, DatabrokerSettings, IdpSettings, LogFormat, Route, SameSite,
     ServiceUrl, Services, StorageType,
 };
-use super::schema::{self, TOP_LEVEL_KEYS};
+use super::schema::{self, top_level_keys};
 use super::tls::signing_key;
 use super::values::{duration, header_name, secret, service_url, socket_addr};
 
@@ -24,7 +24,7 @@ pub(super) fn build(mut file: schema::File, base: &Path, errors: &mut Errors) ->
     errors.unknown(
         "",
         std::mem::take(&mut file.unknown).into_keys(),
-        TOP_LEVEL_KEYS,
+        top_level_keys(),
     );
 
     let listener = listener(&mut file, base, errors);

@@ -1,7 +1,7 @@
 //! `PORTCULLIS_<KEY>` environment overrides, applied to the parsed file before conversion.
 
 use super::errors::Errors;
-use super::schema::{STRING_KEYS, TOP_LEVEL_KEYS};
+use super::schema::{top_level_keys, STRING_KEYS};
 
 pub(super) fn apply_env(
     table: &mut toml::Table,
@@ -13,7 +13,7 @@ pub(super) fn apply_env(
             continue;
         };
         let key = key.to_ascii_lowercase();
-        if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
+        if !top_level_keys().contains(&key.as_str()) {
             // Not ours to judge: other PORTCULLIS_* variables (the harness, the shell) may exist.
             continue;
         }

@@ -60,20 +60,12 @@ impl Config {
         })?;
         let mut errors = Errors::default();
         apply_env(&mut table, env, &mut errors);
-        // The routes are moved out rather than deserialized with the rest: a copy of every
-        // route's values would cost more than all the rest of loading a large file.
-        let raw_routes = table.remove("routes");
-        let mut file: schema::File = match toml::Value::Table(table).try_into() {
+        let file = match schema::File::from_table(table) {
             Ok(f) => f,
             Err(e) => {
                 errors.push("config", e.to_string());
                 return Err(errors.into_result());
             }
-        };
-        file.routes = match raw_routes {
-            None => schema::Field::Missing,
-            Some(toml::Value::Array(items)) => schema::Field::Value(items),
-            Some(other) => schema::Field::from_value(other),
         };
         let config = build(file, base, &mut errors);
         if errors.0.is_empty() {

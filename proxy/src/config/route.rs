@@ -10,7 +10,7 @@ use regex::Regex;
 
 use super::errors::Errors;
 use super::runtime::{FromMatcher, HeaderTemplate, HealthCheck, PathMatcher, Route, Upstream};
-use super::schema::{self, Field, OneOrMany, ROUTE_KEYS};
+use super::schema::{self, health_check_keys, route_keys, Field, OneOrMany};
 use super::tls::upstream_tls;
 use super::values::{duration, from_matcher, header_name, regex_substitution, upstream};
 
@@ -27,7 +27,7 @@ pub(super) fn build_route(
     errors.unknown(
         path,
         std::mem::take(&mut raw.unknown).into_keys(),
-        ROUTE_KEYS,
+        route_keys(),
     );
 
     let (name, from) = from(errors, path, &mut raw);
@@ -346,15 +346,9 @@ fn policy(
         }
     }
 }
+/// `health_check = "/path"` or a table of [`schema::HealthCheck`] keys.
 fn health_check(errors: &mut Errors, path: &str, value: toml::Value) -> Option<HealthCheck> {
-    const KEYS: &[&str] = &[
-        "path",
-        "interval",
-        "timeout",
-        "healthy_threshold",
-        "unhealthy_threshold",
-    ];
-    let mut table = match value {
+    let table = match value {
         toml::Value::String(p) => {
             let mut t = toml::Table::new();
             t.insert("path".into(), toml::Value::String(p));
@@ -366,50 +360,57 @@ fn health_check(errors: &mut Errors, path: &str, value: toml::Value) -> Option<H
             return None;
         }
     };
+    let known = health_check_keys();
     let unknown: Vec<String> = table
         .keys()
-        .filter(|k| !KEYS.contains(&k.as_str()))
+        .filter(|k| !known.contains(&k.as_str()))
         .cloned()
         .collect();
-    errors.unknown(path, unknown, KEYS);
+    errors.unknown(path, unknown, known);
+    let raw: schema::HealthCheck = match toml::Value::Table(table).try_into() {
+        Ok(raw) => raw,
+        Err(e) => {
+            errors.push(path, e.to_string());
+            return None;
+        }
+    };
     let key = |k: &str| format!("{path}.{k}");
-    let check_path = match table.remove("path") {
-        Some(toml::Value::String(p))
+    let check_path = match raw.path {
+        Field::Value(p)
             if p.starts_with('/') && http::uri::PathAndQuery::try_from(p.as_str()).is_ok() =>
         {
             p
         }
-        Some(_) => {
+        Field::Value(_) | Field::Invalid(_) => {
             errors.push(key("path"), "must be a path starting with /");
             return None;
         }
-        None => {
+        Field::Missing => {
             errors.push(key("path"), "is required");
             return None;
         }
     };
-    let mut dur = |k: &str, default: &str| -> Duration {
-        let field = match table.remove(k) {
-            None => Field::Missing,
-            Some(toml::Value::String(s)) => Field::Value(s),
-            Some(_) => Field::Invalid("must be a duration string like \"5s\"".into()),
+    let mut dur = |k: &str, field: Field<String>, default: &str| -> Duration {
+        let field = match field {
+            Field::Invalid(_) => Field::Invalid("must be a duration string like \"5s\"".into()),
+            other => other,
         };
         duration(errors, &key(k), field, default)
     };
-    let interval = dur("interval", "10s");
-    let timeout = dur("timeout", "2s");
-    let mut threshold = |k: &str, default: u32| -> u32 {
-        match table.remove(k) {
-            None => default,
-            Some(toml::Value::Integer(n)) if (1..=100).contains(&n) => n as u32,
-            Some(_) => {
+    let interval = dur("interval", raw.interval, "10s");
+    let timeout = dur("timeout", raw.timeout, "2s");
+    let mut threshold = |k: &str, field: Field<i64>, default: u32| -> u32 {
+        match field {
+            Field::Missing => default,
+            Field::Value(n) if (1..=100).contains(&n) => n as u32,
+            Field::Value(_) | Field::Invalid(_) => {
                 errors.push(key(k), "must be a whole number from 1 to 100");
                 default
             }
         }
     };
-    let healthy_threshold = threshold("healthy_threshold", 2);
-    let unhealthy_threshold = threshold("unhealthy_threshold", 3);
+    let healthy_threshold = threshold("healthy_threshold", raw.healthy_threshold, 2);
+    let unhealthy_threshold = threshold("unhealthy_threshold", raw.unhealthy_threshold, 3);
     Some(HealthCheck {
         path: check_path,
         interval,
