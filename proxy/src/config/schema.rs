@@ -1,14 +1,19 @@
 //! The configuration file as written: a serde schema that mirrors the TOML file.
 //!
 //! Every field is a [`Field`], which never fails to deserialize: a value of the wrong type is
-//! kept as an error message, so that [`super::Config::try_from`] can report every bad key at
-//! once (with its path) instead of stopping at the first. Keys this schema does not know land
-//! in `unknown` and are reported with a "did you mean".
+//! kept as an error message, so that the conversion into a [`super::Config`] can report every
+//! bad key at once (with its path) instead of stopping at the first. Keys this schema does not
+//! know land in `unknown` and are reported with a "did you mean".
+//!
+//! The lists of accepted keys ([`top_level_keys`], [`route_keys`], [`health_check_keys`]) are
+//! the field names serde sees in these structs, so a new field is a new key without more.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
+use serde_aux::serde_introspection::serde_introspect;
 
 /// A key of the file: absent, present with a usable value, or present but of the wrong shape.
 #[derive(Debug, Clone, Default)]
@@ -35,7 +40,8 @@ pub struct CertificatePair {
     pub key: String,
 }
 
-/// The top level of the file.
+/// The top level of the file. No `#[serde(flatten)]` here or in [`Route`]: serde would then
+/// not name the fields, and the key lists are read from those names.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct File {
@@ -74,7 +80,8 @@ pub struct File {
     pub show_error_details: Field<bool>,
     pub stream_recheck_interval: Field<String>,
     pub routes: Field<Vec<toml::Value>>,
-    #[serde(flatten)]
+    /// Keys that are not top-level keys (for "did you mean"); filled by [`File::from_table`].
+    #[serde(skip)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
 
@@ -113,26 +120,47 @@ pub struct Route {
     pub unknown: BTreeMap<String, toml::Value>,
 }
 
+/// A `health_check` table (`health_check = "/path"` is short for `{ path = "/path" }`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct HealthCheck {
+    pub path: Field<String>,
+    pub interval: Field<String>,
+    pub timeout: Field<String>,
+    pub healthy_threshold: Field<i64>,
+    pub unhealthy_threshold: Field<i64>,
+}
+
+// === impl File ===
+
+impl File {
+    /// Deserializes the top level of the file. The routes are moved out rather than
+    /// deserialized with the rest (a copy of every route's values would cost more than all
+    /// the rest of loading a large file), and unknown keys are set aside.
+    pub fn from_table(mut table: toml::Table) -> Result<File, toml::de::Error> {
+        let routes = table.remove("routes");
+        let unknown = set_aside_unknown(&mut table, top_level_keys());
+        let mut file: File = toml::Value::Table(table).try_into()?;
+        file.routes = match routes {
+            None => Field::Missing,
+            Some(toml::Value::Array(items)) => Field::Value(items),
+            Some(other) => Field::from_value(other),
+        };
+        file.unknown = unknown;
+        Ok(file)
+    }
+}
+
+// === impl Route ===
+
 impl Route {
     /// Deserializes one `[[routes]]` table, moving rather than copying what need not go
     /// through serde: `policy` and `health_check` (any TOML, checked later) are taken as they
-    /// are and unknown keys are set aside, so only the typed keys are deserialized. (A
-    /// `#[serde(flatten)]` map and `Field<toml::Value>` would copy every value two or three
-    /// times, which dominated loading 10,000 routes.)
+    /// are and unknown keys are set aside, so only the typed keys are deserialized.
     pub fn from_table(mut table: toml::Table) -> Result<Route, toml::de::Error> {
         let policy = table.remove("policy");
         let health_check = table.remove("health_check");
-        let unknown_keys: Vec<String> = table
-            .keys()
-            .filter(|k| !ROUTE_KEYS.contains(&k.as_str()))
-            .cloned()
-            .collect();
-        let mut unknown = BTreeMap::new();
-        for key in unknown_keys {
-            if let Some(value) = table.remove(&key) {
-                unknown.insert(key, value);
-            }
-        }
+        let unknown = set_aside_unknown(&mut table, route_keys());
         let mut route: Route = toml::Value::Table(table).try_into()?;
         route.policy = policy.map_or(Field::Missing, Field::Value);
         route.health_check = health_check.map_or(Field::Missing, Field::Value);
@@ -141,76 +169,42 @@ impl Route {
     }
 }
 
+/// Moves the keys of `table` that are not in `known` into a map of their own.
+fn set_aside_unknown(table: &mut toml::Table, known: &[&str]) -> BTreeMap<String, toml::Value> {
+    let unknown_keys: Vec<String> = table
+        .keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    let mut unknown = BTreeMap::new();
+    for key in unknown_keys {
+        if let Some(value) = table.remove(&key) {
+            unknown.insert(key, value);
+        }
+    }
+    unknown
+}
+
 /// The top-level keys, for "did you mean" and for environment overrides.
-pub const TOP_LEVEL_KEYS: &[&str] = &[
-    "services",
-    "address",
-    "insecure_server",
-    "certificate_file",
-    "certificate_key_file",
-    "certificates",
-    "authenticate_service_url",
-    "shared_secret",
-    "cookie_secret",
-    "cookie_name",
-    "cookie_expire",
-    "cookie_domain",
-    "cookie_secure",
-    "cookie_http_only",
-    "cookie_same_site",
-    "signing_key",
-    "idp_provider",
-    "idp_provider_url",
-    "idp_client_id",
-    "idp_client_secret",
-    "idp_scopes",
-    "jwt_claims_headers",
-    "jwt_assertion_header",
-    "metrics_address",
-    "databroker_storage_type",
-    "databroker_storage_connection_string",
-    "databroker_service_url",
-    "grpc_address",
-    "databroker_cache_staleness",
-    "session_cache_max_mib",
-    "log_level",
-    "log_format",
-    "show_error_details",
-    "stream_recheck_interval",
-    "routes",
-];
+pub fn top_level_keys() -> &'static [&'static str] {
+    static KEYS: LazyLock<&[&str]> = LazyLock::new(serde_introspect::<File>);
+    &KEYS
+}
 
 /// The route keys, for "did you mean".
-pub const ROUTE_KEYS: &[&str] = &[
-    "from",
-    "to",
-    "prefix",
-    "path",
-    "regex",
-    "prefix_rewrite",
-    "regex_rewrite_pattern",
-    "regex_rewrite_substitution",
-    "preserve_host_header",
-    "host_rewrite",
-    "set_request_headers",
-    "remove_request_headers",
-    "set_response_headers",
-    "timeout",
-    "idle_timeout",
-    "allow_websockets",
-    "allow_public_unauthenticated_access",
-    "allow_any_authenticated_user",
-    "pass_identity_headers",
-    "tls_skip_verify",
-    "tls_custom_ca_file",
-    "tls_server_name",
-    "tls_client_cert_file",
-    "tls_client_key_file",
-    "health_check",
-    "policy",
-];
+pub fn route_keys() -> &'static [&'static str] {
+    static KEYS: LazyLock<&[&str]> = LazyLock::new(serde_introspect::<Route>);
+    &KEYS
+}
 
-/// Keys whose environment value is always taken as a string, never parsed as TOML.
+/// The keys of a `health_check` table, for "did you mean".
+pub fn health_check_keys() -> &'static [&'static str] {
+    static KEYS: LazyLock<&[&str]> = LazyLock::new(serde_introspect::<HealthCheck>);
+    &KEYS
+}
+
+/// Top-level keys whose environment value is always taken as a string, never parsed as TOML:
+/// exactly the fields of [`File`] that hold a string (a unit test holds the two together).
 pub const STRING_KEYS: &[&str] = &[
     "services",
     "address",
@@ -235,7 +229,6 @@ pub const STRING_KEYS: &[&str] = &[
     "databroker_service_url",
     "grpc_address",
     "databroker_cache_staleness",
-    "session_cache_max_mib",
     "log_level",
     "log_format",
     "stream_recheck_interval",
@@ -264,6 +257,12 @@ impl<T> Field<T> {
     pub fn is_present(&self) -> bool {
         !matches!(self, Field::Missing)
     }
+
+    /// Moves the field out, leaving it missing: the build functions take their keys out of
+    /// the file one section at a time.
+    pub fn take(&mut self) -> Field<T> {
+        std::mem::take(self)
+    }
 }
 
 /// The closest known key to `unknown`, when one is close enough to suggest.
@@ -274,4 +273,56 @@ pub fn did_you_mean<'a>(unknown: &str, known: &[&'a str]) -> Option<&'a str> {
         .filter(|(score, _)| *score >= 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, k)| k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_lists_are_the_fields_serde_sees() {
+        let top = top_level_keys();
+        assert_eq!(top.first(), Some(&"services"));
+        assert_eq!(top.last(), Some(&"routes"));
+        let route = route_keys();
+        assert_eq!(route.first(), Some(&"from"));
+        assert_eq!(route.last(), Some(&"policy"));
+        assert_eq!(
+            health_check_keys(),
+            [
+                "path",
+                "interval",
+                "timeout",
+                "healthy_threshold",
+                "unhealthy_threshold"
+            ]
+        );
+        // `unknown` is where unknown keys go, not a key.
+        assert!(!top.contains(&"unknown") && !route.contains(&"unknown"));
+    }
+
+    /// Every top-level field that takes a string must be in `STRING_KEYS`, or an environment
+    /// value such as `PORTCULLIS_LOG_LEVEL=123` would be parsed as a number and refused; and
+    /// no other field may be there, or `PORTCULLIS_COOKIE_SECURE=false` would stay a string.
+    #[test]
+    fn string_keys_are_the_fields_that_take_a_string() {
+        for key in top_level_keys() {
+            let mut table = toml::Table::new();
+            table.insert(key.to_string(), toml::Value::String("text".into()));
+            let file = File::from_table(table).expect("fields never fail");
+            let takes_string = !format!("{file:?}").contains("Invalid(");
+            assert_eq!(
+                takes_string,
+                STRING_KEYS.contains(key),
+                "{key}: takes a string is {takes_string}, but in STRING_KEYS is {}",
+                !takes_string
+            );
+        }
+        for key in STRING_KEYS {
+            assert!(
+                top_level_keys().contains(key),
+                "{key} is not a top-level key"
+            );
+        }
+    }
 }

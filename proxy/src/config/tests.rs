@@ -1,4 +1,5 @@
 use std::path::Path;
+use std::time::Duration;
 
 use super::*;
 
@@ -335,4 +336,15 @@ fn session_cache_bound_is_in_mib_and_checked() {
         e.iter().any(|e| e.starts_with("session_cache_max_mib")),
         "{e:?}"
     );
+}
+
+#[test]
+fn session_cache_bound_can_come_from_the_environment() {
+    let route = "[[routes]]\nfrom = \"https://app.example.com\"\nto = \"http://127.0.0.1:9\"\nallow_any_authenticated_user = true\n";
+    let c = load_env(
+        &format!("{}\n{route}", base()),
+        &[("PORTCULLIS_SESSION_CACHE_MAX_MIB", "64")],
+    )
+    .unwrap();
+    assert_eq!(c.databroker.session_cache_bytes, 64 << 20);
 }

@@ -1,7 +1,9 @@
 //! Route keys for rewrites and upstreams: `regex_rewrite_*`, `tls_*`, `h2c://`, health checks.
 
 use std::path::Path;
+use std::time::Duration;
 
+use super::values::regex_substitution;
 use super::*;
 
 const SECRET: &str = "q2Yd7n0cZ2Jm0Zy3bWl4ZC1zZWNyZXQtb2YtMzItYnk=";

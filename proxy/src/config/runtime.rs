@@ -1,0 +1,281 @@
+//! The validated runtime configuration: what the proxy reads while serving.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use pingora::protocols::tls::CaType;
+use pingora::utils::tls::CertKey;
+use portcullis_auth::Secret;
+use portcullis_policy::Policy;
+use regex::Regex;
+use url::Url;
+
+/// Which services this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Services {
+    All,
+    Proxy,
+    Databroker,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Lax,
+    Strict,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageType {
+    Memory,
+    Postgres,
+}
+
+/// The validated runtime configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub services: Services,
+    pub address: SocketAddr,
+    pub insecure_server: bool,
+    /// (certificate chain, key) PEM files; the first is the default for unknown SNI.
+    pub certificates: Vec<(PathBuf, PathBuf)>,
+    pub authenticate: ServiceUrl,
+    pub shared_secret: Secret,
+    pub cookie_secret: Secret,
+    pub cookie: CookieSettings,
+    /// PEM text of the identity-JWT signing key, when configured.
+    pub signing_key: Option<String>,
+    pub idp: Option<IdpSettings>,
+    pub jwt_claims_headers: Vec<(HeaderName, String)>,
+    pub jwt_assertion_header: HeaderName,
+    pub metrics_address: Option<SocketAddr>,
+    pub databroker: DatabrokerSettings,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub show_error_details: bool,
+    /// How often a live websocket or streamed response is authorized again
+    /// (`stream_recheck_interval`), by the stream re-check.
+    pub stream_recheck_interval: Duration,
+    pub routes: Vec<Route>,
+}
+
+/// An external URL of a service (the authenticate service).
+#[derive(Debug, Clone)]
+pub struct ServiceUrl {
+    pub url: Url,
+    /// Lowercase host name, no port.
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CookieSettings {
+    pub name: String,
+    pub expire: Duration,
+    pub domain: Option<String>,
+    pub secure: bool,
+    pub http_only: bool,
+    pub same_site: SameSite,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdpSettings {
+    pub provider_url: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabrokerSettings {
+    pub storage_type: StorageType,
+    pub connection_string: Option<String>,
+    pub service_url: Option<Url>,
+    pub grpc_address: SocketAddr,
+    /// How long cached sessions keep working after the databroker was last reached
+    /// (`databroker_cache_staleness`).
+    pub cache_staleness: Duration,
+    /// The proxy's session cache bound in bytes (`session_cache_max_mib`).
+    pub session_cache_bytes: u64,
+}
+
+/// One route, compiled.
+#[derive(Debug)]
+pub struct Route {
+    /// Position in the file; first match wins.
+    pub index: usize,
+    /// The `from` URL as written, for logs and metrics.
+    pub name: String,
+    pub from: FromMatcher,
+    pub path: PathMatcher,
+    pub upstreams: Vec<Upstream>,
+    pub prefix_rewrite: Option<String>,
+    /// `regex_rewrite_pattern` and its substitution (in `regex` crate syntax: `${1}`).
+    pub regex_rewrite: Option<(Regex, String)>,
+    pub preserve_host_header: bool,
+    pub host_rewrite: Option<String>,
+    pub set_request_headers: Vec<(HeaderName, HeaderTemplate)>,
+    pub remove_request_headers: Vec<HeaderName>,
+    pub set_response_headers: Vec<(HeaderName, HeaderValue)>,
+    pub timeout: Duration,
+    pub idle_timeout: Duration,
+    pub allow_websockets: bool,
+    pub pass_identity_headers: bool,
+    /// Active HTTP health checks of the route's upstreams (`health_check`).
+    pub health_check: Option<HealthCheck>,
+    pub policy: Policy,
+}
+
+/// `health_check = "/path"` or `{ path, interval, timeout, healthy_threshold,
+/// unhealthy_threshold }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that bring an unhealthy backend back.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that take a backend out.
+    pub unhealthy_threshold: u32,
+}
+
+/// The host part of `from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FromMatcher {
+    pub tls: bool,
+    pub host: HostPattern,
+    /// When absent, the route matches on the listener's port.
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// A lowercase host name.
+    Exact(String),
+    /// `*.example.com`, stored as the suffix `.example.com`.
+    Wildcard(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum PathMatcher {
+    Prefix(String),
+    Exact(String),
+    Regex(Regex),
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub url: Url,
+    pub addr: SocketAddr,
+    pub tls: bool,
+    /// `h2c://`: cleartext HTTP/2 with prior knowledge.
+    pub h2c: bool,
+    /// The route's upstream TLS settings (for `https://` upstreams).
+    pub tls_settings: Option<Arc<UpstreamTls>>,
+    /// `host[:port]` as the upstream expects it in `Host`.
+    pub authority: String,
+    /// Host name for SNI and certificate verification.
+    pub sni: String,
+    pub weight: u32,
+    /// A path on the `to` URL acts as a prefix rewrite ("" when none).
+    pub base_path: String,
+}
+
+/// A route's upstream TLS options, loaded from their files at configuration time.
+pub struct UpstreamTls {
+    /// `tls_skip_verify`: no certificate or name verification at all.
+    pub skip_verify: bool,
+    /// `tls_server_name`: SNI and the name verified, instead of the upstream's host.
+    pub server_name: Option<String>,
+    /// `tls_custom_ca_file`: trusted instead of the system roots.
+    pub ca: Option<Arc<CaType>>,
+    /// `tls_client_cert_file` + `tls_client_key_file`: the client certificate (mTLS).
+    pub client_cert: Option<Arc<CertKey>>,
+    /// Keeps pooled connections made with different TLS settings apart.
+    pub group_key: u64,
+}
+
+impl fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("skip_verify", &self.skip_verify)
+            .field("server_name", &self.server_name)
+            .field("custom_ca", &self.ca.as_ref().map(|c| c.len()))
+            .field("client_cert", &self.client_cert.is_some())
+            .finish()
+    }
+}
+
+/// A `set_request_headers` value with its `${portcullis.*}` substitutions parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderTemplate(pub Vec<TemplatePart>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart {
+    Literal(String),
+    AccessToken,
+    IdToken,
+    Jwt,
+}
+
+// === impl HeaderTemplate ===
+
+impl HeaderTemplate {
+    pub(super) fn parse(raw: &str) -> Result<HeaderTemplate, String> {
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut rest = raw;
+        while let Some(pos) = rest.find('$') {
+            literal.push_str(&rest[..pos]);
+            rest = &rest[pos..];
+            if let Some(after) = rest.strip_prefix("$$") {
+                literal.push('$');
+                rest = after;
+            } else if let Some(after) = rest.strip_prefix("${") {
+                let end = after
+                    .find('}')
+                    .ok_or_else(|| format!("unterminated substitution in {raw:?}"))?;
+                let part = match &after[..end] {
+                    "portcullis.access_token" | "pomerium.access_token" => TemplatePart::AccessToken,
+                    "portcullis.id_token" | "pomerium.id_token" => TemplatePart::IdToken,
+                    "portcullis.jwt" | "pomerium.jwt" => TemplatePart::Jwt,
+                    other => return Err(format!(
+                        "unknown substitution ${{{other}}} (known: ${{portcullis.access_token}}, ${{portcullis.id_token}}, ${{portcullis.jwt}}; $$ for a literal $)"
+                    )),
+                };
+                if !literal.is_empty() {
+                    parts.push(TemplatePart::Literal(std::mem::take(&mut literal)));
+                }
+                parts.push(part);
+                rest = &after[end + 1..];
+            } else {
+                literal.push('$');
+                rest = &rest[1..];
+            }
+        }
+        literal.push_str(rest);
+        if !literal.is_empty() {
+            parts.push(TemplatePart::Literal(literal));
+        }
+        Ok(HeaderTemplate(parts))
+    }
+
+    /// Whether the value depends on the session (and so cannot be sent for anonymous requests).
+    pub fn is_static(&self) -> Option<&str> {
+        match self.0.as_slice() {
+            [] => Some(""),
+            [TemplatePart::Literal(s)] => Some(s),
+            _ => None,
+        }
+    }
+}
