@@ -10,6 +10,8 @@ use portcullis_auth::{
 };
 
 const NOW: i64 = 1_700_000_000;
+/// The route host authority the benched cookie was issued for.
+const SCOPE: &str = "app.example.com:443";
 
 fn claims() -> IdentityClaims {
     IdentityClaims {
@@ -31,6 +33,7 @@ fn cookie(c: &mut Criterion) {
     let cipher = Cipher::new(&Secret::random());
     let value = SessionCookie {
         session_id: "Zm9vYmFyYmF6cXV4cXV1eA".into(),
+        scope: SCOPE.into(),
         issued_at: NOW,
         expires_at: NOW + 14 * 3600,
     }
@@ -38,12 +41,12 @@ fn cookie(c: &mut Criterion) {
     let header = format!("_ga=GA1.2.3; _portcullis_csrf=abc; _portcullis={value}; theme=dark");
 
     c.bench_function("session_cookie_open", |b| {
-        b.iter(|| SessionCookie::open(&cipher, black_box(&value), NOW))
+        b.iter(|| SessionCookie::open(&cipher, black_box(&value), NOW, SCOPE))
     });
     c.bench_function("session_cookie_find_and_open", |b| {
         b.iter(|| {
             let v = find_cookie(std::iter::once(black_box(header.as_str())), "_portcullis");
-            v.and_then(|v| SessionCookie::open(&cipher, v, NOW))
+            v.and_then(|v| SessionCookie::open(&cipher, v, NOW, SCOPE))
         })
     });
 }

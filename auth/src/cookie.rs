@@ -1,27 +1,51 @@
 //! The session cookie: its sealed payload, its `Set-Cookie` rendering, and the `Cookie:`
 //! header parsing the proxy uses to find it and to strip it before going upstream.
 //!
-//! The cookie holds only a session id and its validity window; the session itself lives in
-//! the databroker. The payload is sealed with purpose [`SESSION_PURPOSE`], so no other sealed
-//! token of this crate can be presented as a session cookie.
+//! The cookie holds only a session id, the scope it was issued for and its validity window;
+//! the session itself lives in the databroker. The payload is sealed with purpose
+//! [`SESSION_PURPOSE`], so no other sealed token of this crate can be presented as a session
+//! cookie.
+//!
+//! **Scope.** A cookie (or the same value as a `Bearer Portcullis-…` token) names the scope it
+//! was issued for: the route host's authority (`host:port`), or the configured cookie domain
+//! when one is shared by several hosts. The scope is inside the sealed payload, so it cannot be
+//! edited, and [`SessionCookie::open`] takes the scope of the request it is presented to: a
+//! value issued for another host is no session here. The caller normalizes scopes (the crate
+//! compares them byte for byte); an empty scope never opens.
+//!
+//! **Format.** The purpose names the payload's version. Cookies of the first form, which had
+//! no scope, were sealed with `portcullis-session` and do not open with [`SESSION_PURPOSE`]:
+//! their holder is simply not signed in on this host and goes through the authenticate host
+//! again.
 
 use std::borrow::Cow;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq as _;
 
-use crate::{Cipher, Session};
+use crate::{BrowserBinding, Cipher, Session};
 
-/// AEAD purpose (associated data) of the session cookie.
-pub const SESSION_PURPOSE: &[u8] = b"portcullis-session";
+/// AEAD purpose (associated data) of the session cookie, version 2 (with a scope).
+pub const SESSION_PURPOSE: &[u8] = b"portcullis-session/2";
 /// AEAD purpose of the login-state cookie that binds an OIDC flow to the browser.
 pub const LOGIN_STATE_PURPOSE: &[u8] = b"portcullis-login-state";
+
+/// Appended to the session cookie's name to name the browser-binding cookie
+/// (`_portcullis_csrf`, as Pomerium's `_pomerium_csrf`).
+pub const BINDING_COOKIE_SUFFIX: &str = "_csrf";
+/// Path of the browser-binding cookie: only the route host's callback reads it, and nothing
+/// under this path is proxied, so the cookie never reaches an upstream.
+pub const BINDING_COOKIE_PATH: &str = "/.portcullis/";
 
 /// What the session cookie carries.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct SessionCookie {
     /// The databroker session id.
     pub session_id: String,
+    /// Where the cookie is a session: the authority (`host:port`) of the host it was issued
+    /// on, or the shared cookie domain (see the module documentation).
+    pub scope: String,
     /// Unix seconds when the cookie was issued.
     pub issued_at: i64,
     /// Unix seconds after which the cookie is refused.
@@ -60,10 +84,11 @@ pub struct CookieOptions {
 // === impl SessionCookie ===
 
 impl SessionCookie {
-    /// The cookie for `session`: its id, valid over the session's own window.
-    pub fn for_session(session: &Session) -> Self {
+    /// The cookie for `session` on `scope`: its id, valid over the session's own window.
+    pub fn for_session(session: &Session, scope: impl Into<String>) -> Self {
         Self {
             session_id: session.id.clone(),
+            scope: scope.into(),
             issued_at: session.issued_at,
             expires_at: session.expires_at,
         }
@@ -75,10 +100,18 @@ impl SessionCookie {
         cipher.seal_json(SESSION_PURPOSE, self).unwrap_or_default()
     }
 
-    /// Opens a session cookie value; `None` if it does not open or has expired at `now_unix`.
-    pub fn open(cipher: &Cipher, value: &str, now_unix: i64) -> Option<SessionCookie> {
+    /// Opens a session cookie value presented where the scope is `scope`; `None` if it does
+    /// not open, was issued for another scope, or has expired at `now_unix`. Scopes are
+    /// compared in constant time; an empty `scope` opens nothing.
+    pub fn open(cipher: &Cipher, value: &str, now_unix: i64, scope: &str) -> Option<SessionCookie> {
         let c: SessionCookie = cipher.open_json(SESSION_PURPOSE, value)?;
-        (now_unix < c.expires_at && !c.session_id.is_empty()).then_some(c)
+        let valid = now_unix < c.expires_at && !c.session_id.is_empty() && c.is_for(scope);
+        valid.then_some(c)
+    }
+
+    /// Whether the cookie was issued for `scope` (constant time; never for an empty scope).
+    fn is_for(&self, scope: &str) -> bool {
+        !scope.is_empty() && bool::from(self.scope.as_bytes().ct_eq(scope.as_bytes()))
     }
 }
 
@@ -122,8 +155,52 @@ impl CookieOptions {
         self.render("", 0, true)
     }
 
+    /// The name of the browser-binding cookie that goes with this session cookie.
+    pub fn binding_cookie_name(&self) -> String {
+        format!("{}{BINDING_COOKIE_SUFFIX}", self.name)
+    }
+
+    /// A `Set-Cookie` value that sets the browser-binding cookie to `binding` for `ttl` (the
+    /// sign-in's lifetime). Whatever the session cookie's attributes, it is host-only (no
+    /// `Domain`: a sibling host can neither read it nor be sent it), `HttpOnly`, limited to
+    /// [`BINDING_COOKIE_PATH`], and `SameSite=Lax`, which still sends it on the top-level
+    /// redirect back from the authenticate host (`Strict` would not). `Secure` follows the
+    /// session cookie's.
+    pub fn set_binding_cookie(&self, binding: &BrowserBinding, ttl: Duration) -> String {
+        self.binding_options(ttl).render_at(
+            BINDING_COOKIE_PATH,
+            binding.cookie_value(),
+            ttl.as_secs(),
+            false,
+        )
+    }
+
+    /// A `Set-Cookie` value that deletes the browser-binding cookie (once its handoff is used).
+    pub fn clear_binding_cookie(&self) -> String {
+        self.binding_options(Duration::ZERO)
+            .render_at(BINDING_COOKIE_PATH, "", 0, true)
+    }
+
+    fn binding_options(&self, ttl: Duration) -> CookieOptions {
+        CookieOptions {
+            name: self.binding_cookie_name(),
+            domain: None,
+            secure: self.secure,
+            http_only: true,
+            same_site: SameSite::Lax,
+            max_age: ttl,
+        }
+    }
+
     fn render(&self, value: &str, max_age: u64, expired: bool) -> String {
-        let mut s = format!("{}={}; Path=/; Max-Age={}", self.name, value, max_age);
+        self.render_at("/", value, max_age, expired)
+    }
+
+    fn render_at(&self, path: &str, value: &str, max_age: u64, expired: bool) -> String {
+        let mut s = format!(
+            "{}={}; Path={}; Max-Age={}",
+            self.name, value, path, max_age
+        );
         if expired {
             s.push_str("; Expires=Thu, 01 Jan 1970 00:00:00 GMT");
         }

@@ -12,18 +12,23 @@
 //! - [`session`]: the session record kept by the databroker;
 //! - [`handoff`]: the single-use token that carries a session from the authenticate host to a
 //!   route host;
+//! - [`binding`]: what binds a sign-in to the browser that started it, and the login-state
+//!   cookie's [`SignInFlow`];
 //! - [`oidc`]: the OpenID Connect authorization-code flow (PKCE, nonce, RFC 9207 `iss`).
 //!
-//! A typical sign-in: the proxy redirects to a [`UrlSigner`]-signed sign-in URL; the
+//! A typical sign-in: the route host sets a [`BrowserBinding`] cookie and redirects to a
+//! [`UrlSigner`]-signed sign-in URL that carries the binding's [`BindingDigest`]; the
 //! authenticate host checks it, calls [`OidcProvider::authorize_url`] and seals the
-//! [`LoginState`] in a cookie with [`Cipher::seal_json`]; on the IdP callback it opens that
-//! cookie and calls [`OidcProvider::exchange`], stores the [`Session`], and redirects to the
-//! route host with a sealed [`Handoff`]; the route host opens it once ([`ReplayGuard`]) and sets
-//! its own [`SessionCookie`].
+//! [`LoginState`] with where to return in a [`SignInFlow`] cookie; on the IdP callback it opens
+//! that cookie and calls [`OidcProvider::exchange`], stores the [`Session`], and redirects to
+//! the route host with a sealed [`Handoff`] bound to that host and that browser; the route host
+//! redeems it once ([`Handoff::redeem`], [`ReplayGuard`]) and sets its own [`SessionCookie`],
+//! scoped to itself.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod binding;
 pub mod cipher;
 pub mod cookie;
 mod error;
@@ -35,13 +40,14 @@ pub mod secret;
 pub mod session;
 pub mod signed_url;
 
+pub use binding::{BindingDigest, BrowserBinding, SignInFlow, SignInReturn};
 pub use cipher::Cipher;
 pub use cookie::{
     find_cookie, find_cookie_bytes, strip_cookie, strip_cookies, CookieOptions, SameSite,
     SessionCookie,
 };
 pub use error::AuthError;
-pub use handoff::{Handoff, ReplayGuard};
+pub use handoff::{Handoff, HandoffRefusal, ReplayGuard};
 pub use jwt::{AssertionCache, AssertionSigner, AssertionSlot, IdentityClaims};
 pub use oidc::{LoginState, OidcConfig, OidcProvider, RefreshedTokens};
 pub use redirect::validate_redirect;

@@ -85,7 +85,9 @@ fn cookie_to_session(c: &mut Criterion) {
     let cipher = Cipher::new(&Secret::from_bytes([7; 32]));
     let values: Vec<String> = sessions
         .iter()
-        .map(|s| SessionCookie::for_session(s).seal(&cipher))
+        .map(|s| {
+            SessionCookie::for_session(s, portcullis::sessions::INTERIM_SESSION_SCOPE).seal(&cipher)
+        })
         .collect();
     let memo = OpenedCookies::new(32_768);
     // As the proxy does on a client's first request: open, look up, attach.

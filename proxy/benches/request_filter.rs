@@ -75,7 +75,10 @@ fn proxy(rt: &tokio::runtime::Runtime) -> (Proxy, Vec<String>, Vec<String>) {
         .partition(|s| s.groups.iter().any(|g| g == "users"));
     let seal = |s: Vec<&StoredSession>| -> Vec<String> {
         s.into_iter()
-            .map(|s| SessionCookie::for_session(s).seal(&cipher))
+            .map(|s| {
+                SessionCookie::for_session(s, portcullis::sessions::INTERIM_SESSION_SCOPE)
+                    .seal(&cipher)
+            })
             .collect()
     };
     let (allowed, denied) = (seal(allowed), seal(denied));

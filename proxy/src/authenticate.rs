@@ -15,13 +15,16 @@ use http::header;
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use portcullis_auth::cookie::LOGIN_STATE_PURPOSE;
-use portcullis_auth::{find_cookie, validate_redirect, Handoff, LoginState, SessionCookie};
+use portcullis_auth::{
+    find_cookie, validate_redirect, BrowserBinding, Handoff, LoginState, SessionCookie,
+};
 use tracing::{info, warn};
 use url::Url;
 
 use crate::pages;
 use crate::respond::{Refusal, Reply};
 use crate::service::{load_session, Ctx, Flow};
+use crate::sessions::INTERIM_SESSION_SCOPE;
 use crate::state::{now_unix, Runtime, State};
 
 pub const JWKS_PATH: &str = "/.well-known/portcullis/jwks.json";
@@ -303,6 +306,7 @@ async fn oauth_callback(
     let expires_at = session.expires_at;
     let sealed_session = SessionCookie {
         session_id: session.id.clone(),
+        scope: INTERIM_SESSION_SCOPE.to_owned(),
         issued_at: now,
         expires_at,
     }
@@ -342,7 +346,19 @@ fn return_to(state: &State, runtime: &Runtime, session_id: &str, target: &Url, n
     {
         return Reply::redirect(target.as_str());
     }
-    let handoff = Handoff::new(session_id.to_owned(), target.as_str(), now).seal(&state.cipher);
+    let authority = format!(
+        "{}:{}",
+        target.host_str().unwrap_or_default().trim_end_matches('.'),
+        target.port().unwrap_or(if state.tls { 443 } else { 80 })
+    );
+    let handoff = Handoff::new(
+        session_id.to_owned(),
+        target.as_str(),
+        authority,
+        BrowserBinding::new().digest(),
+        now,
+    )
+    .seal(&state.cipher);
     let mut next = target.clone();
     next.set_path(HOST_CALLBACK_PATH);
     next.set_query(None);
@@ -364,7 +380,13 @@ fn host_callback(
         )
     };
     let token = query_param(req, HANDOFF_PARAM)?.ok_or_else(invalid)?;
-    let handoff = Handoff::open(&state.cipher, &token, now).ok_or_else(invalid)?;
+    let handoff = Handoff::open(
+        &state.cipher,
+        &token,
+        now,
+        &format!("{}:{}", ctx.host, ctx.port),
+    )
+    .ok_or_else(invalid)?;
     let target = Url::parse(&handoff.redirect_uri).map_err(|_| invalid())?;
     // A token minted for one host never sets a cookie on another.
     let target_host = target
@@ -383,6 +405,7 @@ fn host_callback(
     }
     let cookie = SessionCookie {
         session_id: handoff.session_id,
+        scope: INTERIM_SESSION_SCOPE.to_owned(),
         issued_at: now,
         expires_at: now + runtime.config.cookie.expire.as_secs() as i64,
     }
@@ -417,7 +440,7 @@ async fn sign_out(
             req.headers.get_all(header::COOKIE),
             &runtime.config.cookie.name,
         )?;
-        SessionCookie::open(&state.cipher, cookie, now).map(|c| c.session_id)
+        SessionCookie::open(&state.cipher, cookie, now, INTERIM_SESSION_SCOPE).map(|c| c.session_id)
     });
     // The cache holds no tokens: read the ID token from the store before the deletion.
     let id_token = match &current {

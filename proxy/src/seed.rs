@@ -66,7 +66,7 @@ pub fn seed(config: &Config, options: &SeedOptions, out: &mut dyn Write) -> Resu
             .collect();
         put(&rt, &store, &sessions)?;
         for s in &sessions {
-            let cookie = SessionCookie::for_session(s);
+            let cookie = SessionCookie::for_session(s, crate::sessions::INTERIM_SESSION_SCOPE);
             writeln!(out, "{}", cookie.seal(&cipher)).map_err(|e| format!("write: {e}"))?;
         }
         written += n;

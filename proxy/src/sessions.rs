@@ -30,6 +30,11 @@ use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 
+/// The scope every session cookie is sealed and opened with until the proxy passes each
+/// request's own (issue #23: the route authority, or the cookie domain); with one scope for
+/// all, a cookie is not yet bound to its host.
+pub const INTERIM_SESSION_SCOPE: &str = "portcullis-interim-unbound";
+
 /// The longest wait between two attempts to reach the store again.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -569,6 +574,7 @@ mod tests {
         let cipher = Cipher::new(&Secret::from_bytes([7; 32]));
         let value = SessionCookie {
             session_id: id.into(),
+            scope: super::INTERIM_SESSION_SCOPE.into(),
             issued_at: NOW - 60,
             expires_at: NOW + 3600,
         }

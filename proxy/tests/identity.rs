@@ -47,6 +47,7 @@ fn seal(cookie_secret: &str, session_id: &str, expires_in: i64) -> String {
     let cipher = Cipher::new(&Secret::from_base64(cookie_secret).unwrap());
     SessionCookie {
         session_id: session_id.to_owned(),
+        scope: portcullis::sessions::INTERIM_SESSION_SCOPE.to_owned(),
         issued_at: now - 10,
         expires_at: now + expires_in,
     }

@@ -105,6 +105,7 @@ fn cookie_for(cookie_secret: &str, id: &str) -> String {
     let now = now_unix();
     SessionCookie {
         session_id: id.to_owned(),
+        scope: portcullis::sessions::INTERIM_SESSION_SCOPE.to_owned(),
         issued_at: now,
         expires_at: now + 3600,
     }

@@ -5,9 +5,12 @@ fn cipher() -> Cipher {
     Cipher::new(&Secret::from_bytes([9; 32]))
 }
 
+const SCOPE: &str = "app.example:443";
+
 fn cookie() -> SessionCookie {
     SessionCookie {
         session_id: "sid-123".into(),
+        scope: SCOPE.into(),
         issued_at: 1_000,
         expires_at: 2_000,
     }
@@ -17,10 +20,10 @@ fn cookie() -> SessionCookie {
 fn session_cookie_round_trip_and_expiry() {
     let c = cipher();
     let v = cookie().seal(&c);
-    assert_eq!(SessionCookie::open(&c, &v, 1_500), Some(cookie()));
-    assert_eq!(SessionCookie::open(&c, &v, 1_999), Some(cookie()));
-    assert_eq!(SessionCookie::open(&c, &v, 2_000), None);
-    assert_eq!(SessionCookie::open(&c, &v, 9_999), None);
+    assert_eq!(SessionCookie::open(&c, &v, 1_500, SCOPE), Some(cookie()));
+    assert_eq!(SessionCookie::open(&c, &v, 1_999, SCOPE), Some(cookie()));
+    assert_eq!(SessionCookie::open(&c, &v, 2_000, SCOPE), None);
+    assert_eq!(SessionCookie::open(&c, &v, 9_999, SCOPE), None);
 }
 
 #[test]
@@ -31,10 +34,13 @@ fn session_cookie_tampering_fails() {
     for i in 0..raw.len() {
         let mut m = raw.clone();
         m[i] ^= 0x04;
-        assert_eq!(SessionCookie::open(&c, &crate::b64url(&m), 1_500), None);
+        assert_eq!(
+            SessionCookie::open(&c, &crate::b64url(&m), 1_500, SCOPE),
+            None
+        );
     }
     for n in 0..v.len() {
-        assert_eq!(SessionCookie::open(&c, &v[..n], 1_500), None);
+        assert_eq!(SessionCookie::open(&c, &v[..n], 1_500, SCOPE), None);
     }
 }
 
@@ -45,13 +51,100 @@ fn other_purposes_are_not_session_cookies() {
     for purpose in [
         LOGIN_STATE_PURPOSE,
         crate::handoff::HANDOFF_PURPOSE,
+        crate::binding::SIGN_IN_FLOW_PURPOSE,
         b"".as_slice(),
     ] {
         let v = c.seal(purpose, &json);
-        assert_eq!(SessionCookie::open(&c, &v, 1_500), None);
+        assert_eq!(SessionCookie::open(&c, &v, 1_500, SCOPE), None);
     }
     let v = c.seal(SESSION_PURPOSE, &json);
-    assert_eq!(SessionCookie::open(&c, &v, 1_500), Some(cookie()));
+    assert_eq!(SessionCookie::open(&c, &v, 1_500, SCOPE), Some(cookie()));
+}
+
+#[test]
+fn a_cookie_opens_only_for_the_scope_it_was_sealed_for() {
+    let c = cipher();
+    let v = cookie().seal(&c);
+    assert_eq!(SessionCookie::open(&c, &v, 1_500, SCOPE), Some(cookie()));
+    for other in [
+        "admin.example:443",
+        "app.example:8443",
+        "app.example:1",
+        "app.example",
+        "app.example:443 ",
+        " app.example:443",
+        "app.example.:443",
+        "APP.EXAMPLE:443",
+        "App.example:443",
+        "app.example:4430",
+        "app.example:44",
+        "example:443",
+        "",
+    ] {
+        assert_eq!(SessionCookie::open(&c, &v, 1_500, other), None, "{other:?}");
+    }
+    // A cookie domain is a scope like any other: it opens there and nowhere else.
+    let shared = SessionCookie {
+        scope: "example.com".into(),
+        ..cookie()
+    }
+    .seal(&c);
+    assert!(SessionCookie::open(&c, &shared, 1_500, "example.com").is_some());
+    assert_eq!(SessionCookie::open(&c, &shared, 1_500, SCOPE), None);
+}
+
+#[test]
+fn a_cookie_without_a_scope_opens_nowhere() {
+    let c = cipher();
+    let v = SessionCookie {
+        scope: String::new(),
+        ..cookie()
+    }
+    .seal(&c);
+    for scope in ["", SCOPE] {
+        assert_eq!(SessionCookie::open(&c, &v, 1_500, scope), None, "{scope:?}");
+    }
+}
+
+#[test]
+fn cookies_of_the_first_form_do_not_open() {
+    let c = cipher();
+    // The first form: no scope, sealed with the first purpose.
+    let first = serde_json::json!({
+        "session_id": "sid-123",
+        "issued_at": 1_000,
+        "expires_at": 2_000,
+    });
+    let json = serde_json::to_vec(&first).unwrap();
+    for purpose in [b"portcullis-session".as_slice(), SESSION_PURPOSE] {
+        let v = c.seal(purpose, &json);
+        assert_eq!(SessionCookie::open(&c, &v, 1_500, SCOPE), None);
+    }
+    // Nor does the current payload under the first purpose.
+    let v = c.seal(
+        b"portcullis-session",
+        &serde_json::to_vec(&cookie()).unwrap(),
+    );
+    assert_eq!(SessionCookie::open(&c, &v, 1_500, SCOPE), None);
+}
+
+#[test]
+fn an_edited_scope_does_not_open() {
+    // The scope is inside the sealed payload: a value sealed for one scope cannot be turned
+    // into one for another by changing ciphertext bytes (every single-bit edit fails).
+    let c = cipher();
+    let v = cookie().seal(&c);
+    let raw = crate::b64url_decode(&v).unwrap();
+    for i in 0..raw.len() {
+        for bit in 0..8 {
+            let mut m = raw.clone();
+            m[i] ^= 1 << bit;
+            let edited = crate::b64url(&m);
+            for scope in [SCOPE, "admin.example:443", "bpp.example:443"] {
+                assert_eq!(SessionCookie::open(&c, &edited, 1_500, scope), None);
+            }
+        }
+    }
 }
 
 fn opts() -> CookieOptions {
@@ -101,6 +194,47 @@ fn clear_cookie_expires() {
         opts().clear_cookie(),
         "_portcullis=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Secure; HttpOnly; SameSite=Lax"
     );
+}
+
+#[test]
+fn the_binding_cookie_is_host_only_lax_and_kept_off_upstream_paths() {
+    let b = crate::BrowserBinding::new();
+    let ttl = Duration::from_secs(600);
+    let expected = format!(
+        "_portcullis_csrf={}; Path=/.portcullis/; Max-Age=600; Secure; HttpOnly; SameSite=Lax",
+        b.cookie_value()
+    );
+    assert_eq!(opts().set_binding_cookie(&b, ttl), expected);
+    // Whatever the session cookie's attributes: no Domain, always HttpOnly and Lax (Strict
+    // would not be sent on the redirect back from the authenticate host).
+    let o = CookieOptions {
+        domain: Some("example.com".into()),
+        secure: false,
+        http_only: false,
+        same_site: SameSite::Strict,
+        ..opts()
+    };
+    assert_eq!(o.binding_cookie_name(), "_portcullis_csrf");
+    assert_eq!(
+        o.set_binding_cookie(&b, ttl),
+        format!(
+            "_portcullis_csrf={}; Path=/.portcullis/; Max-Age=600; HttpOnly; SameSite=Lax",
+            b.cookie_value()
+        )
+    );
+    let none = CookieOptions {
+        same_site: SameSite::None,
+        ..o.clone()
+    };
+    assert!(none
+        .set_binding_cookie(&b, ttl)
+        .ends_with("; HttpOnly; SameSite=Lax"));
+    assert_eq!(
+        o.clear_binding_cookie(),
+        "_portcullis_csrf=; Path=/.portcullis/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=Lax"
+    );
+    // The session cookie itself is unchanged by all this.
+    assert!(o.set_cookie("v").contains("; Domain=example.com"));
 }
 
 #[test]
@@ -249,11 +383,12 @@ fn a_sessions_cookie_names_it_over_its_window() {
         access_token_expires_at: None,
     };
     let c = cipher();
-    let v = SessionCookie::for_session(&session).seal(&c);
-    let opened = SessionCookie::open(&c, &v, 1_500).expect("opens within the window");
+    let v = SessionCookie::for_session(&session, SCOPE).seal(&c);
+    let opened = SessionCookie::open(&c, &v, 1_500, SCOPE).expect("opens within the window");
     assert_eq!(opened.session_id, "sid-456");
+    assert_eq!(opened.scope, SCOPE);
     assert_eq!((opened.issued_at, opened.expires_at), (1_000, 2_000));
-    assert_eq!(SessionCookie::open(&c, &v, 2_000), None);
+    assert_eq!(SessionCookie::open(&c, &v, 2_000, SCOPE), None);
 }
 
 #[test]

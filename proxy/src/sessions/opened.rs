@@ -28,7 +28,7 @@ use std::sync::{Arc, RwLock, Weak};
 use hashbrown::{DefaultHashBuilder, Equivalent, HashMap};
 use portcullis_auth::{Cipher, SessionCookie};
 
-use super::CachedSession;
+use super::{CachedSession, INTERIM_SESSION_SCOPE};
 
 /// Lock shards, so that the threads of a busy proxy rarely wait for one another.
 const SHARDS: usize = 16;
@@ -127,7 +127,12 @@ impl OpenedCookies {
                 });
             }
         }
-        let cookie = SessionCookie::open(cipher, std::str::from_utf8(value).ok()?, now_unix)?;
+        let cookie = SessionCookie::open(
+            cipher,
+            std::str::from_utf8(value).ok()?,
+            now_unix,
+            INTERIM_SESSION_SCOPE,
+        )?;
         let opened = Opened {
             session_id: cookie.session_id.into(),
             expires_at: cookie.expires_at,
@@ -199,6 +204,7 @@ mod tests {
     fn seal(cipher: &Cipher, id: &str, expires_at: i64) -> String {
         SessionCookie {
             session_id: id.into(),
+            scope: INTERIM_SESSION_SCOPE.into(),
             issued_at: 0,
             expires_at,
         }
