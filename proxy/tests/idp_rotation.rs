@@ -81,6 +81,11 @@ async fn sessions_refresh_across_a_key_rotation() {
         env.logs()
     );
     for failure in ["transient", "invalid_grant"] {
-        assert_eq!(refreshes(&m, failure), 0.0, "{failure}\n{m}\n{}", env.logs());
+        assert_eq!(
+            refreshes(&m, failure),
+            0.0,
+            "{failure}\n{m}\n{}",
+            env.logs()
+        );
     }
 }
