@@ -1,27 +1,37 @@
 //! The OpenID Connect authorization-code flow, with PKCE (S256), a nonce, a browser-bound
 //! state and RFC 9207 issuer identification.
 //!
-//! [`OidcProvider::discover`] reads the IdP's metadata once at start-up (keeping its JWKS), with
-//! an HTTP client that never follows redirects (no SSRF through a redirecting IdP) and times out
-//! after 10 s. [`OidcProvider::authorize_url`] starts a flow and returns the [`LoginState`] to
-//! seal into the login-state cookie; [`OidcProvider::exchange`] finishes it and builds the
-//! [`Session`]; [`OidcProvider::refresh`] renews tokens.
+//! [`OidcProvider::discover`] reads the IdP's metadata and JWKS at start-up, with an HTTP client
+//! that never follows redirects (no SSRF through a redirecting IdP) and times out after 10 s.
+//! [`OidcProvider::authorize_url`] starts a flow and returns the [`LoginState`] to seal into the
+//! login-state cookie; [`OidcProvider::exchange`] finishes it and builds the [`Session`];
+//! [`OidcProvider::refresh`] renews tokens.
+//!
+//! IdPs rotate their signing keys. An ID token that no key of the JWKS verifies (an unknown
+//! `kid`, or a signature the known key rejects) makes the provider fetch the JWKS again and
+//! verify once more; those fetches are at least [`JWKS_REFETCH_INTERVAL`] apart, so a stream of
+//! bad tokens cannot turn into a stream of requests to the IdP. Discovery is run again, on the
+//! next exchange or refresh, once it is [`DISCOVERY_MAX_AGE`] old; until it succeeds the
+//! metadata and keys in hand stay in use.
 //!
 //! No error built here carries a token: IdP responses are summarized, never echoed.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreClaimName, CoreClaimType,
-    CoreClient, CoreClientAuthMethod, CoreErrorResponseType, CoreGrantType, CoreJsonWebKey,
-    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreResponseMode,
-    CoreResponseType, CoreSubjectIdentifierType,
+    CoreClient, CoreClientAuthMethod, CoreErrorResponseType, CoreGrantType, CoreIdToken,
+    CoreIdTokenClaims, CoreJsonWebKey, CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm, CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
 };
 use openidconnect::{
-    AccessTokenHash, AdditionalProviderMetadata, AuthorizationCode, ClientId, ClientSecret,
-    CsrfToken, EndSessionUrl, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce,
-    OAuth2TokenResponse as _, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl,
-    RefreshToken, RequestTokenError, Scope, StandardErrorResponse, TokenResponse as _,
+    AccessTokenHash, AdditionalProviderMetadata, AuthorizationCode, ClaimsVerificationError,
+    ClientId, ClientSecret, CsrfToken, EndSessionUrl, EndpointMaybeSet, EndpointNotSet,
+    EndpointSet, IssuerUrl, Nonce, NonceVerifier, OAuth2TokenResponse as _, PkceCodeChallenge,
+    PkceCodeVerifier, ProviderMetadata, RedirectUrl, RefreshToken, RequestTokenError, Scope,
+    SignatureVerificationError, StandardErrorResponse, TokenResponse as _,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -34,6 +44,12 @@ use crate::{b64url_decode, AuthError, Session};
 pub const LOGIN_STATE_TTL_SECS: i64 = 600;
 /// Timeout of every request to the IdP.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The least time between two JWKS fetches made because an ID token's key was not in the JWKS.
+pub const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+/// The age at which the next exchange or refresh runs discovery (metadata and JWKS) again.
+pub const DISCOVERY_MAX_AGE: Duration = Duration::from_secs(60 * 60);
+/// The least time between two attempts at running discovery again.
+const DISCOVERY_RETRY: Duration = Duration::from_secs(60);
 
 /// Claims about the token rather than the user: never copied into [`Session::claims`].
 const PROTOCOL_CLAIMS: &[&str] = &[
@@ -145,14 +161,33 @@ type TokenError = RequestTokenError<
 
 /// A discovered OpenID Connect provider.
 pub struct OidcProvider {
-    client: Client,
+    /// The metadata and keys in use; replaced whole by a rediscovery or a JWKS refetch.
+    discovered: ArcSwap<Discovered>,
     http: reqwest::Client,
+    issuer_url: IssuerUrl,
     issuer: String,
     client_id: String,
-    end_session: Option<Url>,
-    iss_required: bool,
+    client_secret: Option<ClientSecret>,
+    redirect: RedirectUrl,
     scopes: Vec<Scope>,
     prompt_consent: bool,
+    /// When a key miss last fetched the JWKS; held across the fetch, so concurrent misses make
+    /// one request and then use its answer.
+    jwks_refetched: tokio::sync::Mutex<Option<Instant>>,
+    jwks_refetch_interval: Duration,
+    /// When discovery was last attempted again; held across the attempt.
+    rediscovery_attempted: tokio::sync::Mutex<Option<Instant>>,
+    discovery_max_age: Duration,
+}
+
+/// What discovery found, with the JWKS as last fetched.
+struct Discovered {
+    metadata: Metadata,
+    client: Client,
+    end_session: Option<Url>,
+    iss_required: bool,
+    /// When discovery ran (a JWKS refetch keeps it).
+    at: Instant,
 }
 
 /// The user-facing part of a claim set.
@@ -174,39 +209,159 @@ impl OidcProvider {
             .timeout(HTTP_TIMEOUT)
             .build()
             .map_err(|e| AuthError::Configuration(format!("HTTP client: {e}")))?;
-        let issuer = IssuerUrl::new(cfg.issuer_url.clone())
+        let issuer_url = IssuerUrl::new(cfg.issuer_url.clone())
             .map_err(|_| AuthError::Configuration("issuer URL is not a URL".into()))?;
-        let metadata = Metadata::discover_async(issuer.clone(), &http)
-            .await
-            .map_err(|e| AuthError::Discovery(error_chain(&e)))?;
-        let extra = metadata.additional_metadata().clone();
         let redirect = RedirectUrl::new(cfg.redirect_url.clone())
             .map_err(|_| AuthError::Configuration("redirect URL is not a URL".into()))?;
-        let secret = (!cfg.client_secret.is_empty()).then(|| ClientSecret::new(cfg.client_secret));
-        let client = CoreClient::from_provider_metadata(
-            metadata,
-            ClientId::new(cfg.client_id.clone()),
-            secret,
-        )
-        .set_redirect_uri(redirect);
+        let client_secret =
+            (!cfg.client_secret.is_empty()).then(|| ClientSecret::new(cfg.client_secret));
         let scopes = cfg
             .scopes
             .iter()
             .filter(|s| s.as_str() != "openid" && !s.is_empty())
             .map(|s| Scope::new(s.clone()))
             .collect();
+        let metadata = fetch_metadata(&issuer_url, &http).await?;
+        let discovered =
+            Discovered::new(metadata, &cfg.client_id, client_secret.as_ref(), &redirect);
         Ok(OidcProvider {
-            client,
+            discovered: ArcSwap::from_pointee(discovered),
             http,
-            issuer: issuer.as_str().to_owned(),
+            issuer: issuer_url.as_str().to_owned(),
+            issuer_url,
             client_id: cfg.client_id,
-            end_session: extra.end_session_endpoint.map(|u| u.url().clone()),
-            iss_required: extra
-                .authorization_response_iss_parameter_supported
-                .unwrap_or(false),
+            client_secret,
+            redirect,
             prompt_consent: cfg.scopes.iter().any(|s| s == "offline_access"),
             scopes,
+            jwks_refetched: tokio::sync::Mutex::new(None),
+            jwks_refetch_interval: JWKS_REFETCH_INTERVAL,
+            rediscovery_attempted: tokio::sync::Mutex::new(None),
+            discovery_max_age: DISCOVERY_MAX_AGE,
         })
+    }
+
+    /// Sets the least time between two JWKS fetches for unknown keys (default
+    /// [`JWKS_REFETCH_INTERVAL`]).
+    pub fn with_jwks_refetch_interval(mut self, interval: Duration) -> OidcProvider {
+        self.jwks_refetch_interval = interval;
+        self
+    }
+
+    /// Sets the age at which discovery runs again (default [`DISCOVERY_MAX_AGE`]).
+    pub fn with_discovery_max_age(mut self, age: Duration) -> OidcProvider {
+        self.discovery_max_age = age;
+        self
+    }
+
+    fn discovered_from(&self, metadata: Metadata) -> Discovered {
+        Discovered::new(
+            metadata,
+            &self.client_id,
+            self.client_secret.as_ref(),
+            &self.redirect,
+        )
+    }
+
+    /// The metadata and keys to use, after running discovery again when they are older than
+    /// the maximum age (at most one attempt at a time, and one per [`DISCOVERY_RETRY`] or per
+    /// maximum age, whichever is shorter). A failed attempt keeps what is in hand.
+    async fn current(&self) -> Arc<Discovered> {
+        let d = self.discovered.load_full();
+        if d.at.elapsed() < self.discovery_max_age {
+            return d;
+        }
+        // Another call is at it: use what is in hand rather than wait.
+        let Ok(mut attempted) = self.rediscovery_attempted.try_lock() else {
+            return d;
+        };
+        let d = self.discovered.load_full();
+        let spacing = DISCOVERY_RETRY.min(self.discovery_max_age);
+        if d.at.elapsed() < self.discovery_max_age
+            || attempted.is_some_and(|t| t.elapsed() < spacing)
+        {
+            return d;
+        }
+        *attempted = Some(Instant::now());
+        match fetch_metadata(&self.issuer_url, &self.http).await {
+            Ok(metadata) => {
+                let fresh = Arc::new(self.discovered_from(metadata));
+                self.discovered.store(fresh.clone());
+                tracing::debug!(issuer = %self.issuer, "identity provider discovered again");
+                fresh
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "identity provider discovery failed; keeping the metadata in hand");
+                d
+            }
+        }
+    }
+
+    /// Fetches the JWKS again because `stale`'s keys verified no ID token: unless the keys
+    /// changed meanwhile (then those), or a fetch for this reason happened less than the
+    /// refetch interval ago (then `None`).
+    async fn refetch_jwks(&self, stale: &Arc<Discovered>) -> Option<Arc<Discovered>> {
+        let mut refetched = self.jwks_refetched.lock().await;
+        let d = self.discovered.load_full();
+        if !Arc::ptr_eq(&d, stale) {
+            return Some(d);
+        }
+        if refetched.is_some_and(|t| t.elapsed() < self.jwks_refetch_interval) {
+            tracing::warn!(
+                "ID token signed by a key not in the IdP's JWKS, which was fetched again less than {:?} ago",
+                self.jwks_refetch_interval
+            );
+            return None;
+        }
+        *refetched = Some(Instant::now());
+        match CoreJsonWebKeySet::fetch_async(d.metadata.jwks_uri(), &self.http).await {
+            Ok(jwks) => {
+                let mut fresh = self.discovered_from(d.metadata.clone().set_jwks(jwks));
+                fresh.at = d.at;
+                let fresh = Arc::new(fresh);
+                // A rediscovery that landed meanwhile has fresher keys still: keep it.
+                let prev = self.discovered.compare_and_swap(&d, fresh.clone());
+                tracing::info!(
+                    issuer = %self.issuer,
+                    "ID token signed by a key not in the IdP's JWKS; fetched the JWKS again"
+                );
+                if Arc::ptr_eq(&prev, &d) {
+                    Some(fresh)
+                } else {
+                    Some(self.discovered.load_full())
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "fetching the IdP's JWKS again failed");
+                None
+            }
+        }
+    }
+
+    /// Verifies `id_token` (signature, issuer, audience, expiry, nonce by `nonce`) with `d`'s
+    /// keys; when none of them verifies its signature, once more after fetching the JWKS again
+    /// ([`OidcProvider::refetch_jwks`]). Returns the claims and the keys that verified them.
+    async fn verify_id_token<'t, N: NonceVerifier + Copy>(
+        &self,
+        d: Arc<Discovered>,
+        id_token: &'t CoreIdToken,
+        nonce: N,
+    ) -> Result<(&'t CoreIdTokenClaims, Arc<Discovered>), AuthError> {
+        let invalid = |e: ClaimsVerificationError| AuthError::InvalidIdToken(e.to_string());
+        let first = id_token.claims(&d.client.id_token_verifier(), nonce);
+        match first {
+            Ok(claims) => Ok((claims, d)),
+            Err(e) if is_key_miss(&e) => {
+                let Some(fresh) = self.refetch_jwks(&d).await else {
+                    return Err(invalid(e));
+                };
+                let claims = id_token
+                    .claims(&fresh.client.id_token_verifier(), nonce)
+                    .map_err(invalid)?;
+                Ok((claims, fresh))
+            }
+            Err(e) => Err(invalid(e)),
+        }
     }
 
     /// The issuer, as discovered.
@@ -229,7 +384,8 @@ impl OidcProvider {
     /// given explicitly.
     pub fn authorize_url_for(&self, redirect_uri: &str, now_unix: i64) -> (Url, LoginState) {
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-        let mut req = self
+        let d = self.discovered.load();
+        let mut req = d
             .client
             .authorize_url(
                 CoreAuthenticationFlow::AuthorizationCode,
@@ -269,15 +425,16 @@ impl OidcProvider {
         now_unix: i64,
         session_ttl_secs: i64,
     ) -> Result<Session, AuthError> {
+        let d = self.current().await;
         check_callback(
             returned_state,
             iss,
             login,
             now_unix,
             &self.issuer,
-            self.iss_required,
+            d.iss_required,
         )?;
-        let response = self
+        let response = d
             .client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .map_err(|e| AuthError::Configuration(e.to_string()))?
@@ -287,10 +444,9 @@ impl OidcProvider {
             .map_err(token_error)?;
 
         let id_token = response.id_token().ok_or(AuthError::MissingIdToken)?;
-        let verifier = self.client.id_token_verifier();
-        let verified = id_token
-            .claims(&verifier, &Nonce::new(login.nonce.clone()))
-            .map_err(|e| AuthError::InvalidIdToken(e.to_string()))?;
+        let nonce = Nonce::new(login.nonce.clone());
+        let (verified, d) = self.verify_id_token(d, id_token, &nonce).await?;
+        let verifier = d.client.id_token_verifier();
         if let Some(expected) = verified.access_token_hash() {
             let alg = id_token
                 .signing_alg()
@@ -311,7 +467,7 @@ impl OidcProvider {
 
         if !claims.get("email").is_some_and(Value::is_string) {
             if let Some(info) = self
-                .userinfo(response.access_token().secret(), &subject)
+                .userinfo(&d, response.access_token().secret(), &subject)
                 .await
             {
                 merge_missing(&mut claims, info);
@@ -339,8 +495,13 @@ impl OidcProvider {
 
     /// Fetches userinfo claims; `None` on any failure, a non-JSON answer, or a `sub` that is not
     /// the ID token's.
-    async fn userinfo(&self, access_token: &str, subject: &str) -> Option<Map<String, Value>> {
-        let url = self.client.user_info_url()?.url().clone();
+    async fn userinfo(
+        &self,
+        d: &Discovered,
+        access_token: &str,
+        subject: &str,
+    ) -> Option<Map<String, Value>> {
+        let url = d.client.user_info_url()?.url().clone();
         let result = async {
             let resp = self
                 .http
@@ -370,7 +531,7 @@ impl OidcProvider {
         id_token_hint: Option<&str>,
         post_logout_redirect_uri: Option<&str>,
     ) -> Option<Url> {
-        let mut url = self.end_session.clone()?;
+        let mut url = self.discovered.load().end_session.clone()?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(hint) = id_token_hint {
@@ -388,7 +549,8 @@ impl OidcProvider {
     /// (the user must sign in again); [`AuthError::Transport`] is worth retrying.
     pub async fn refresh(&self, refresh_token: &str) -> Result<RefreshedTokens, AuthError> {
         let token = RefreshToken::new(refresh_token.to_owned());
-        let response = self
+        let d = self.current().await;
+        let response = d
             .client
             .exchange_refresh_token(&token)
             .map_err(|e| AuthError::Configuration(e.to_string()))?
@@ -399,9 +561,9 @@ impl OidcProvider {
             Some(idt) => {
                 // Refreshed ID tokens carry no nonce (OIDC Core 12.2); issuer, audience,
                 // signature and expiry are still checked.
-                let verified = idt
-                    .claims(&self.client.id_token_verifier(), |_: Option<&Nonce>| Ok(()))
-                    .map_err(|e| AuthError::InvalidIdToken(e.to_string()))?;
+                let (verified, _) = self
+                    .verify_id_token(d, idt, |_: Option<&Nonce>| Ok(()))
+                    .await?;
                 let raw = idt.to_string();
                 let claims = jwt_payload(&raw);
                 (
@@ -428,8 +590,40 @@ impl std::fmt::Debug for OidcProvider {
         f.debug_struct("OidcProvider")
             .field("issuer", &self.issuer)
             .field("client_id", &self.client_id)
-            .field("end_session", &self.end_session.as_ref().map(Url::as_str))
+            .field(
+                "end_session",
+                &self.discovered.load().end_session.as_ref().map(Url::as_str),
+            )
             .finish_non_exhaustive()
+    }
+}
+
+// === impl Discovered ===
+
+impl Discovered {
+    /// The client for `metadata` (its endpoints and keys); discovered now.
+    fn new(
+        metadata: Metadata,
+        client_id: &str,
+        client_secret: Option<&ClientSecret>,
+        redirect: &RedirectUrl,
+    ) -> Discovered {
+        let extra = metadata.additional_metadata().clone();
+        let client = CoreClient::from_provider_metadata(
+            metadata.clone(),
+            ClientId::new(client_id.to_owned()),
+            client_secret.cloned(),
+        )
+        .set_redirect_uri(redirect.clone());
+        Discovered {
+            metadata,
+            client,
+            end_session: extra.end_session_endpoint.map(|u| u.url().clone()),
+            iss_required: extra
+                .authorization_response_iss_parameter_supported
+                .unwrap_or(false),
+            at: Instant::now(),
+        }
     }
 }
 
@@ -495,6 +689,13 @@ impl Profile {
 
 // === helpers ===
 
+/// The discovery document of `issuer` and the JWKS it names.
+async fn fetch_metadata(issuer: &IssuerUrl, http: &reqwest::Client) -> Result<Metadata, AuthError> {
+    Metadata::discover_async(issuer.clone(), http)
+        .await
+        .map_err(|e| AuthError::Discovery(error_chain(&e)))
+}
+
 /// The callback checks that need no network: login age, `state`, RFC 9207 `iss`.
 fn check_callback(
     returned_state: &str,
@@ -519,6 +720,18 @@ fn check_callback(
         None if iss_required => Err(AuthError::IssuerMismatch),
         _ => Ok(()),
     }
+}
+
+/// Whether verification failed for want of the right key: no key of the JWKS matches the
+/// token's `kid` and algorithm, or the one that does rejects the signature (a key replaced under
+/// the same `kid`, or a token without `kid`). Fetching the JWKS again may help.
+fn is_key_miss(e: &ClaimsVerificationError) -> bool {
+    matches!(
+        e,
+        ClaimsVerificationError::SignatureVerification(
+            SignatureVerificationError::NoMatchingKey | SignatureVerificationError::CryptoError(_)
+        )
+    )
 }
 
 /// The payload of a compact JWS as a JSON object. Only call on a token whose signature has
@@ -577,3 +790,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod rotation_tests;

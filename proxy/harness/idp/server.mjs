@@ -17,6 +17,10 @@
 //                                   consumes the old one; "0": oidc-provider's default policy
 //   IDP_ALWAYS_ISSUE_REFRESH_TOKEN  "1": a refresh token even without offline_access; default "0"
 //   IDP_STATE_FILE                  where to save/load the in-memory store across restarts
+//   IDP_SIGNING_KEY_FILE            the private JWK that signs ID tokens: read when the file
+//                                   exists, otherwise a new RSA key (new `kid`) is made and saved
+//                                   there. A restart with the file removed is a key rotation.
+//                                   Unset: oidc-provider's fixed development key
 //   IDP_EXTRA_CLAIMS                comma-separated names of custom claims (e.g. "department,org")
 //                                   released with scope `profile` (ID token and userinfo); an
 //                                   account gets values for them with PUT /__admin/accounts/<login>
@@ -35,6 +39,7 @@
 //   POST   /__admin/outage?hang=1             every non-admin request hangs (never answered)
 //   DELETE /__admin/outage                    back to normal
 
+import { generateKeyPairSync } from 'node:crypto';
 import { readFileSync, writeFileSync, existsSync } from 'node:fs';
 
 import Provider from 'oidc-provider';
@@ -62,6 +67,7 @@ const refreshTokenTtl = seconds('IDP_REFRESH_TOKEN_TTL', 14 * 24 * 60 * 60);
 const rotateAlways = env('IDP_ROTATE_REFRESH_TOKEN', '1') === '1';
 const alwaysIssueRefreshToken = env('IDP_ALWAYS_ISSUE_REFRESH_TOKEN', '0') === '1';
 const stateFile = env('IDP_STATE_FILE', '');
+const signingKeyFile = env('IDP_SIGNING_KEY_FILE', '');
 const standardClaims = ['sub', 'email', 'email_verified', 'name', 'groups'];
 const extraClaims = list('IDP_EXTRA_CLAIMS').filter((c) => !standardClaims.includes(c));
 
@@ -173,6 +179,18 @@ function saveState() {
 
 loadState();
 
+// The signing key. oidc-provider computes its `kid` (the RFC 7638 thumbprint), so a new key
+// always comes with a new `kid`.
+function signingKey() {
+  if (!signingKeyFile) return undefined;
+  if (existsSync(signingKeyFile)) return JSON.parse(readFileSync(signingKeyFile, 'utf8'));
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const jwk = { ...privateKey.export({ format: 'jwk' }), use: 'sig', alg: 'RS256' };
+  writeFileSync(signingKeyFile, JSON.stringify(jwk), { mode: 0o600 });
+  return jwk;
+}
+const key = signingKey();
+
 // ---------------------------------------------------------------------------------------------
 // The provider
 
@@ -180,6 +198,7 @@ const stats = { token: {}, authorization: 0, end_session: 0, userinfo: 0 };
 
 const configuration = {
   adapter: MapAdapter,
+  ...(key ? { jwks: { keys: [key] } } : {}),
   clients: [{
     client_id: clientId,
     client_secret: clientSecret,

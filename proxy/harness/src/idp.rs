@@ -143,6 +143,7 @@ impl Idp {
             )
             .env("IDP_EXTRA_CLAIMS", o.extra_claims.join(","))
             .env("IDP_STATE_FILE", self.dir.path().join("state.json"))
+            .env("IDP_SIGNING_KEY_FILE", self.signing_key_path())
             // oidc-provider logs via `debug`; keep it quiet unless the caller asked.
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout_path).expect("create IdP stdout log"))
@@ -246,6 +247,46 @@ impl Idp {
         self.spawn().await;
     }
 
+    /// Rotates the ID token signing key, as an IdP does: stops the provider, drops its key and
+    /// starts it again on the same port with a new one (a new `kid`; the old key is gone from
+    /// its JWKS). Sessions, grants and refresh tokens survive, as with [`Idp::restart`].
+    pub async fn rotate_signing_key(&mut self) {
+        self.stop().await;
+        let path = self.signing_key_path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("remove {}: {e}", path.display()),
+        }
+        self.spawn().await;
+    }
+
+    /// The `kid`s of the provider's published signing keys (its `jwks_uri`), in order.
+    pub async fn signing_kids(&self) -> Vec<String> {
+        let url = format!("{}/jwks", self.issuer);
+        let jwks: serde_json::Value = http_client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"));
+        jwks["keys"]
+            .as_array()
+            .map(|keys| {
+                keys.iter()
+                    .filter_map(|k| k["kid"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Where the provider keeps its private signing key (made on its first start).
+    fn signing_key_path(&self) -> PathBuf {
+        self.dir.path().join("signing-key.json")
+    }
+
     fn admin_url(&self, path: &str) -> String {
         format!("{}/__admin/{path}", self.issuer)
     }
@@ -256,12 +297,7 @@ impl Idp {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> serde_json::Value {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("reqwest client");
-        let mut req = client.request(method, self.admin_url(path));
+        let mut req = http_client().request(method, self.admin_url(path));
         if let Some(body) = body {
             req = req.json(&body);
         }
@@ -342,6 +378,15 @@ impl std::fmt::Debug for Idp {
             .field("running", &self.child.is_some())
             .finish()
     }
+}
+
+/// A client for the provider's own endpoints: loopback, no proxy, 10 s timeout.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("reqwest client")
 }
 
 fn random_hex(bytes: usize) -> String {

@@ -346,3 +346,52 @@ async fn restart_keeps_grants_and_outage_is_simulated() {
     assert_eq!(status, 200, "{refreshed}\n{}", idp.logs());
     assert!(refreshed["id_token"].is_string());
 }
+
+/// The `kid` in a compact JWS's header.
+fn jwt_kid(jwt: &str) -> String {
+    let header = jwt.split('.').next().unwrap();
+    let header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap(),
+    )
+    .unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn rotate_signing_key_publishes_only_a_new_key() {
+    let (mut idp, upstream, redirect_uri) = setup().await;
+    let before = idp.signing_kids().await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    let tokens = sign_in_and_redeem(
+        &idp,
+        &upstream,
+        &redirect_uri,
+        "alice",
+        "openid email profile offline_access",
+        Some("consent"),
+    )
+    .await;
+    assert_eq!(jwt_kid(tokens["id_token"].as_str().unwrap()), before[0]);
+
+    // A restart keeps the key; a rotation replaces it.
+    idp.restart().await;
+    assert_eq!(idp.signing_kids().await, before);
+    idp.rotate_signing_key().await;
+    let after = idp.signing_kids().await;
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after, before);
+
+    // Grants survive the rotation; new ID tokens are signed with the new key.
+    let (status, refreshed) = token(
+        &idp,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{refreshed}\n{}", idp.logs());
+    assert_eq!(jwt_kid(refreshed["id_token"].as_str().unwrap()), after[0]);
+}
