@@ -19,17 +19,14 @@ async fn seeded_cookies_work_through_a_proxy() {
         .unwrap_or_else(|e| panic!("databroker: {e}"));
 
     let env = TestEnv::builder(binary)
-        .config(&format!(
-            "services = \"proxy\"\ndatabroker_service_url = \"http://127.0.0.1:{grpc}\"\n\
-             jwt_claims_headers = {{ \"X-Email\" = \"email\" }}"
-        ))
+        .on_databroker(&format!("http://127.0.0.1:{grpc}"), &shared_secret)
+        .config(r#"jwt_claims_headers = { "X-Email" = "email" }"#)
         .route(
             r#"from = "http://app.localhost"
 to = "{upstream}"
 pass_identity_headers = true
 policy = [ { allow = { and = [ { domain = { is = "example.com" } }, { groups = { has = "users" } } ] } } ]"#,
         )
-        .env("PORTCULLIS_SHARED_SECRET", &shared_secret)
         .start()
         .await;
 

@@ -36,10 +36,7 @@ async fn sign_out_through_one_proxy_ends_the_session_on_the_other() {
     // Proxy A (with the IdP and the upstream) on databroker 1.
     let env = TestEnv::builder(binary)
         .route(&route::any_user("app"))
-        .config(&format!(
-            "services = \"proxy\"\ndatabroker_service_url = \"{broker1_url}\""
-        ))
-        .env("PORTCULLIS_SHARED_SECRET", &shared_secret)
+        .on_databroker(&broker1_url, &shared_secret)
         .start()
         .await;
 

@@ -246,11 +246,11 @@ async fn a_stopped_databroker_serves_cached_sessions_refuses_unknown_ones_and_re
 
     let env = TestEnv::builder(binary)
         .route(&route::any_user("app"))
+        .on_databroker(&format!("http://127.0.0.1:{grpc}"), &shared_secret)
         .config(&format!(
-            "services = \"proxy\"\ndatabroker_service_url = \"http://127.0.0.1:{grpc}\"\ndatabroker_cache_staleness = \"{}s\"",
+            "databroker_cache_staleness = \"{}s\"",
             staleness.as_secs()
         ))
-        .env("PORTCULLIS_SHARED_SECRET", &shared_secret)
         .start()
         .await;
     let client = plain_client();
@@ -334,10 +334,7 @@ async fn restarting_postgresql_loses_no_session_and_everything_recovers_within_5
     // Proxy A on databroker 1, proxy B on databroker 2.
     let mut env = TestEnv::builder(binary)
         .route(&route::any_user("app"))
-        .config(&format!(
-            "services = \"proxy\"\ndatabroker_service_url = \"{broker1_url}\""
-        ))
-        .env("PORTCULLIS_SHARED_SECRET", &shared_secret)
+        .on_databroker(&broker1_url, &shared_secret)
         .start()
         .await;
     let (port_b, metrics_b) = (free_port(), free_port());

@@ -93,6 +93,15 @@ impl TestEnvBuilder {
         self
     }
 
+    /// Runs the proxy alone (`services = "proxy"`) on the databroker at `url` (its gRPC URL),
+    /// with the `shared_secret` that databroker was started with.
+    pub fn on_databroker(self, url: &str, shared_secret: &str) -> Self {
+        self.config(&format!(
+            "services = \"proxy\"\ndatabroker_service_url = \"{url}\""
+        ))
+        .env("PORTCULLIS_SHARED_SECRET", shared_secret)
+    }
+
     /// Serves TLS on the proxy listener with this PEM certificate chain and key (one
     /// `[[certificates]]` entry; call again for more, chosen by SNI). With any certificate the
     /// generated configuration has `insecure_server = false`, `cookie_secure = true` and an
