@@ -31,6 +31,11 @@
 //! `server::http1().route(..).run()`: [`Upstream::builder`], [`Idp::start`],
 //! [`Portcullis::start`], [`Browser::new`].
 //!
+//! Helpers the end-to-end tests share: [`route`] bodies, [`TestEnv::signed_in`],
+//! [`TestEnv::rewrite_config`], [`TestEnv::open_websocket`], raw requests ([`raw_request`],
+//! [`read_head`]) and raw upstreams ([`raw_upstream`], [`stream_upstream`]), and readers of
+//! answers ([`location`], [`set_cookies`], [`query_param`], [`metric`]).
+//!
 //! Traffic goes only to loopback: the [`Browser`] resolves `*.localhost` to 127.0.0.1, refuses
 //! every other name, and refuses to follow a redirect to a non-loopback address.
 
