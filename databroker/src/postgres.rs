@@ -39,6 +39,14 @@ const SYNC_BATCH: i64 = 256;
 
 const COLUMNS: &str = "type, id, version, data, modified_at, deleted_at";
 
+/// The store's [`Versions`] as one row (read it with [`versions_from`]): the server version, and
+/// the latest record version, which a compaction that emptied the change log still counts.
+const VERSIONS: &str = "SELECT \
+       (SELECT value FROM portcullis_meta WHERE key = 'server_version'), \
+       GREATEST( \
+         (SELECT COALESCE(MAX(version), 0) FROM portcullis_changes), \
+         (SELECT value FROM portcullis_meta WHERE key = 'compacted_through'))";
+
 /// Schema migrations, applied in order; the index + 1 is the schema version.
 const MIGRATIONS: &[&str] = &[r#"
 CREATE SEQUENCE portcullis_record_version;
@@ -233,21 +241,8 @@ impl Drop for Shared {
 impl Shared {
     async fn versions(&self) -> Result<Versions, Error> {
         let client = conn(&self.pool).await?;
-        let row = client
-            .query_one(
-                "SELECT \
-                   (SELECT value FROM portcullis_meta WHERE key = 'server_version'), \
-                   GREATEST( \
-                     (SELECT COALESCE(MAX(version), 0) FROM portcullis_changes), \
-                     (SELECT value FROM portcullis_meta WHERE key = 'compacted_through'))",
-                &[],
-            )
-            .await
-            .map_err(db)?;
-        Ok(Versions {
-            server_version: row.try_get::<_, i64>(0).map_err(db)? as u64,
-            latest_record_version: row.try_get::<_, i64>(1).map_err(db)? as u64,
-        })
+        let row = client.query_one(VERSIONS, &[]).await.map_err(db)?;
+        versions_from(&row)
     }
 }
 
@@ -462,24 +457,11 @@ impl Store for PgStore {
             )
             .await
             .map_err(db)?;
-        let row = tx
-            .query_one(
-                "SELECT \
-                   (SELECT value FROM portcullis_meta WHERE key = 'server_version'), \
-                   GREATEST( \
-                     (SELECT COALESCE(MAX(version), 0) FROM portcullis_changes), \
-                     (SELECT value FROM portcullis_meta WHERE key = 'compacted_through'))",
-                &[],
-            )
-            .await
-            .map_err(db)?;
+        let row = tx.query_one(VERSIONS, &[]).await.map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(Snapshot {
             records: rows.iter().map(record).collect::<Result<_, _>>()?,
-            versions: Versions {
-                server_version: row.try_get::<_, i64>(0).map_err(db)? as u64,
-                latest_record_version: row.try_get::<_, i64>(1).map_err(db)? as u64,
-            },
+            versions: versions_from(&row)?,
         })
     }
 
@@ -680,6 +662,14 @@ async fn meta(client: &Object, key: &str) -> Result<u64, Error> {
         .try_get(0)
         .map_err(db)?;
     Ok(value as u64)
+}
+
+/// A row of [`VERSIONS`].
+fn versions_from(row: &Row) -> Result<Versions, Error> {
+    Ok(Versions {
+        server_version: row.try_get::<_, i64>(0).map_err(db)? as u64,
+        latest_record_version: row.try_get::<_, i64>(1).map_err(db)? as u64,
+    })
 }
 
 fn record(row: &Row) -> Result<Record, Error> {

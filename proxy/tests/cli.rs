@@ -5,22 +5,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use portcullis_harness::{Portcullis, TestEnv, Upstream};
+use portcullis_harness::{route, Portcullis, TestEnv, Upstream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 fn valid_config() -> String {
     TestEnv::builder(BIN)
-        .route(
-            r#"from = "http://app.localhost"
-to = "{upstream}"
-allow_any_authenticated_user = true"#,
-        )
-        .route(
-            r#"from = "http://public.localhost"
-to = "{upstream}"
-allow_public_unauthenticated_access = true"#,
-        )
+        .route(&route::any_user("app"))
+        .route(&route::public("public"))
         .no_start()
 }
 
@@ -151,11 +143,7 @@ fn environment_overrides_win_over_the_file() {
 #[tokio::test]
 async fn cookie_name_from_the_environment_is_used() {
     let env = TestEnv::builder(BIN)
-        .route(
-            r#"from = "http://app.localhost"
-to = "{upstream}"
-allow_any_authenticated_user = true"#,
-        )
+        .route(&route::any_user("app"))
         .config(r#"cookie_name = "_from_file""#)
         .env("PORTCULLIS_COOKIE_NAME", "_from_env")
         .start()
@@ -176,11 +164,7 @@ allow_any_authenticated_user = true"#,
 async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let env = TestEnv::builder(BIN)
         .upstream(Upstream::builder().delay(Duration::from_secs(1)))
-        .route(
-            r#"from = "http://public.localhost"
-to = "{upstream}"
-allow_public_unauthenticated_access = true"#,
-        )
+        .route(&route::public("public"))
         .start()
         .await;
     let url = env.url("public", "/slow");

@@ -1,18 +1,15 @@
 //! End-to-end tests of identity and sessions: the real proxy binary, a real OpenID Connect
 //! provider and a recording upstream, all on loopback (see `portcullis-harness`).
 
-mod support;
-
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use portcullis_auth::{Cipher, Secret, SessionCookie};
-use portcullis_harness::{free_port, TestEnv};
-use serde_json::Value;
-use support::{
-    assert_sign_in_redirect, location, metric, query_param, session_cookie, set_cookies, signed_in,
-    COOKIE, JSON,
+use portcullis_harness::{
+    free_port, location, metric, query_param, set_cookies, unix_now, TestEnv, COOKIE, JSON,
 };
+use serde_json::Value;
 
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 const JWT_HEADER: &str = "x-portcullis-jwt-assertion";
 
 async fn jwks(env: &TestEnv, url: &str) -> JwkSet {
@@ -40,10 +37,7 @@ fn verify(set: &JwkSet, jwt: &str, host: &str) -> (String, Value) {
 
 /// A cookie sealed with `cookie_secret` for `session_id`.
 fn seal(cookie_secret: &str, session_id: &str, expires_in: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = unix_now();
     let cipher = Cipher::new(&Secret::from_base64(cookie_secret).unwrap());
     SessionCookie {
         session_id: session_id.to_owned(),
@@ -57,7 +51,7 @@ fn seal(cookie_secret: &str, session_id: &str, expires_in: i64) -> String {
 // 1. The identity JWT and claim headers.
 #[tokio::test]
 async fn identity_jwt_reaches_upstream_and_verifies() {
-    let env = support::start().await;
+    let env = TestEnv::app_admin_public(BIN).start().await;
     let b = env.browser();
     let resp = b.sign_in(&env.url("app", "/hello"), "alice").await;
     assert_eq!(resp.status(), 200, "{}", env.logs());
@@ -126,8 +120,8 @@ async fn identity_jwt_reaches_upstream_and_verifies() {
 // 2. Nothing a client sends may pose as Portcullis or as the forwarding chain.
 #[tokio::test]
 async fn spoofed_identity_and_forwarding_headers_are_replaced() {
-    let env = support::start().await;
-    let b = signed_in(&env, "app", "alice").await;
+    let env = TestEnv::app_admin_public(BIN).start().await;
+    let b = env.signed_in("app", "alice").await;
     let spoofed = [
         ("X-Portcullis-Jwt-Assertion", "forged"),
         ("X-Portcullis-Anything", "x"),
@@ -189,9 +183,9 @@ async fn spoofed_identity_and_forwarding_headers_are_replaced() {
 // 3. The session cookie stays at the proxy; the application's own cookies pass.
 #[tokio::test]
 async fn session_cookie_is_stripped_other_cookies_pass() {
-    let env = support::start().await;
-    let b = signed_in(&env, "app", "alice").await;
-    let cookie = session_cookie(&env, &b, "app");
+    let env = TestEnv::app_admin_public(BIN).start().await;
+    let b = env.signed_in("app", "alice").await;
+    let cookie = env.session_cookie(&b, "app");
 
     // Only the session cookie: no Cookie header at all upstream.
     let req = env.upstream.last().unwrap();
@@ -238,9 +232,9 @@ async fn session_cookie_is_stripped_other_cookies_pass() {
 // 4. A tampered or foreign cookie is never a session.
 #[tokio::test]
 async fn tampered_cookies_are_refused() {
-    let env = support::start().await;
-    let b = signed_in(&env, "app", "alice").await;
-    let good = session_cookie(&env, &b, "app");
+    let env = TestEnv::app_admin_public(BIN).start().await;
+    let b = env.signed_in("app", "alice").await;
+    let good = env.session_cookie(&b, "app");
     let me: Value = b
         .get_with(&env.url("app", "/.portcullis/"), &[JSON])
         .await
@@ -313,7 +307,7 @@ async fn tampered_cookies_are_refused() {
             .browser()
             .get_with(&env.url("app", "/secret"), &[("cookie", &cookie)])
             .await;
-        assert_sign_in_redirect(&env, &resp, what);
+        env.assert_sign_in_redirect(&resp, what);
         let resp = env
             .browser()
             .get_with(&env.url("app", "/secret"), &[("cookie", &cookie), JSON])
@@ -342,8 +336,8 @@ async fn tampered_cookies_are_refused() {
 // 5. Sign-out ends the session everywhere.
 #[tokio::test]
 async fn sign_out_ends_the_session_on_every_host() {
-    let env = support::start().await;
-    let b = signed_in(&env, "app", "alice").await;
+    let env = TestEnv::app_admin_public(BIN).start().await;
+    let b = env.signed_in("app", "alice").await;
     let (resp, visited) = b.sign_in_visited(&env.url("admin", "/"), "alice").await;
     assert_eq!(resp.status(), 200, "{}", env.logs());
     // The second host gets the same session, without another trip to the IdP.
@@ -362,8 +356,8 @@ async fn sign_out_ends_the_session_on_every_host() {
         ids.push(me["session_id"].as_str().unwrap().to_owned());
     }
     assert_eq!(ids[0], ids[1], "one session for both hosts");
-    let app_cookie = session_cookie(&env, &b, "app");
-    let admin_cookie = session_cookie(&env, &b, "admin");
+    let app_cookie = env.session_cookie(&b, "app");
+    let admin_cookie = env.session_cookie(&b, "admin");
 
     // Both work before.
     for (host, cookie) in [("app", &app_cookie), ("admin", &admin_cookie)] {
@@ -400,7 +394,7 @@ async fn sign_out_ends_the_session_on_every_host() {
             .browser()
             .get_with(&env.url(host, "/after"), &[("cookie", &cookie)])
             .await;
-        assert_sign_in_redirect(&env, &resp, &format!("{host} after sign-out"));
+        env.assert_sign_in_redirect(&resp, &format!("{host} after sign-out"));
         let resp = env
             .browser()
             .get_with(&env.url(host, "/after"), &[("cookie", &cookie), JSON])
@@ -421,14 +415,14 @@ async fn sign_out_ends_the_session_on_every_host() {
     let (_, visited) = b.sign_out(&env.url("admin", "/.portcullis/sign_out")).await;
     assert!(visited.len() > 1, "{visited:?}");
     let resp = b.get(&env.url("admin", "/x")).await;
-    assert_sign_in_redirect(&env, &resp, "admin after following sign-out");
+    env.assert_sign_in_redirect(&resp, "admin after following sign-out");
 }
 
 // 6. The user page.
 #[tokio::test]
 async fn user_page_shows_identity_but_no_token() {
-    let env = support::start().await;
-    let b = signed_in(&env, "app", "alice").await;
+    let env = TestEnv::app_admin_public(BIN).start().await;
+    let b = env.signed_in("app", "alice").await;
 
     let resp = b.get(&env.url("app", "/.portcullis/")).await;
     assert_eq!(resp.status(), 200);
@@ -463,7 +457,7 @@ async fn user_page_shows_identity_but_no_token() {
     // Anonymous.
     let anon = env.browser();
     let resp = anon.get(&env.url("app", "/.portcullis/")).await;
-    assert_sign_in_redirect(&env, &resp, "anonymous user page");
+    env.assert_sign_in_redirect(&resp, "anonymous user page");
     let resp = anon
         .get_with(&env.url("app", "/.portcullis/"), &[JSON])
         .await;
@@ -487,7 +481,7 @@ fn assert_no_token(text: &str) {
 // 7. Denied by policy.
 #[tokio::test]
 async fn policy_denial_is_403_naming_the_request_id() {
-    let env = support::start().await;
+    let env = TestEnv::app_admin_public(BIN).start().await;
     let before = env.upstream.requests().len();
     let bob = env.browser();
     let resp = bob.sign_in(&env.url("admin", "/"), "bob").await;
@@ -536,7 +530,7 @@ async fn policy_denial_is_403_naming_the_request_id() {
 
     // bob may use the app route; alice may use the admin one.
     assert_eq!(bob.sign_in(&env.url("app", "/"), "bob").await.status(), 200);
-    let alice = signed_in(&env, "admin", "alice").await;
+    let alice = env.signed_in("admin", "alice").await;
     assert_eq!(alice.get(&env.url("admin", "/y")).await.status(), 200);
     assert_eq!(env.upstream.last().unwrap().path(), "/y");
 }
@@ -554,7 +548,7 @@ fn request_id_on_page(html: &str) -> Option<String> {
 // 8. Handoff tokens: single use, one host.
 #[tokio::test]
 async fn handoff_is_single_use_and_bound_to_its_host() {
-    let env = support::start().await;
+    let env = TestEnv::app_admin_public(BIN).start().await;
     let b = env.browser();
     let (resp, visited) = b
         .sign_in_until(&env.url("app", "/landing"), "alice", |u| {
@@ -614,7 +608,7 @@ async fn handoff_is_single_use_and_bound_to_its_host() {
 // 9. Programmatic login for command-line clients.
 #[tokio::test]
 async fn programmatic_login_yields_a_bearer_token() {
-    let env = support::start().await;
+    let env = TestEnv::app_admin_public(BIN).start().await;
     let port = free_port();
     let cb = format!("http://127.0.0.1:{port}/cb");
     let api = format!("{}/.portcullis/api/v1/login", env.authenticate_url());
@@ -701,7 +695,7 @@ async fn programmatic_login_yields_a_bearer_token() {
 // 10. The IdP callback.
 #[tokio::test]
 async fn oauth_callback_needs_its_state_cookie() {
-    let env = support::start().await;
+    let env = TestEnv::app_admin_public(BIN).start().await;
     let callback = format!("{}/oauth2/callback", env.authenticate_url());
 
     // No state cookie, or a forged one, or another sealed token in its place.
@@ -726,7 +720,7 @@ async fn oauth_callback_needs_its_state_cookie() {
     // A real flow started, then refused by the IdP.
     let b = env.browser();
     let resp = b.get(&env.url("app", "/start")).await;
-    assert_sign_in_redirect(&env, &resp, "protected route");
+    env.assert_sign_in_redirect(&resp, "protected route");
     let resp = b.get(&location(&resp)).await;
     assert_eq!(resp.status(), 302);
     let authorize = location(&resp);
@@ -753,11 +747,7 @@ async fn oauth_callback_needs_its_state_cookie() {
         .all(|c| !c.starts_with(&format!("{COOKIE}="))));
     let html = resp.text().await.unwrap();
     assert!(html.contains("access_denied"), "{html}");
-    assert_sign_in_redirect(
-        &env,
-        &b.get(&env.url("app", "/start")).await,
-        "still signed out",
-    );
+    env.assert_sign_in_redirect(&b.get(&env.url("app", "/start")).await, "still signed out");
 
     // A made-up code with the right state cookie does not sign anyone in either.
     let resp = b.get(&env.url("app", "/start")).await;

@@ -30,12 +30,7 @@ fn payload() -> Arc<Vec<u8>> {
 
 /// `VmRSS` of process `pid`, in KiB.
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
+    portcullis_harness::rss_kib(pid).unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
 }
 
 /// Samples the resident memory of `pid` every 5 ms until dropped; the peak so far.

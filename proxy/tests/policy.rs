@@ -6,12 +6,9 @@
 //! Each environment has one route host, `p.localhost`, with one route per case, told apart by
 //! path prefix; a user signs in once and then probes every prefix.
 
-mod support;
-
-use portcullis_harness::{Browser, IdpOptions, TestEnv, TestEnvBuilder};
+use portcullis_harness::{Browser, IdpOptions, TestEnv, TestEnvBuilder, COOKIE, JSON};
 use reqwest::Method;
 use serde_json::{json, Value};
-use support::JSON;
 
 const HOST: &str = "p";
 
@@ -46,7 +43,7 @@ async fn sign_in(env: &TestEnv, login: &str, prefix: &str) -> Browser {
         env.logs()
     );
     assert!(
-        b.cookie(&env.url(HOST, "/"), support::COOKIE).is_some(),
+        b.cookie(&env.url(HOST, "/"), COOKIE).is_some(),
         "{login} has no session cookie"
     );
     b
@@ -411,10 +408,7 @@ async fn request_criteria_use_the_request_and_the_connection() {
         );
         assert_eq!(
             status(client, &env, Method::OPTIONS, "/cors/", &preflight[..1]).await,
-            if client
-                .cookie(&env.url(HOST, "/"), support::COOKIE)
-                .is_some()
-            {
+            if client.cookie(&env.url(HOST, "/"), COOKIE).is_some() {
                 403
             } else {
                 302

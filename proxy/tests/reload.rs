@@ -5,57 +5,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portcullis_harness::TestEnv;
+use portcullis_harness::{route, TestEnv};
 
 const ALICE_ONLY: &str = r#"from = "http://app.localhost"
 to = "{upstream}"
 policy = [ { allow = { or = [ { email = { is = "alice@example.com" } } ] } } ]"#;
-
-const PUBLIC: &str = r#"from = "http://public.localhost"
-to = "{upstream}"
-allow_public_unauthenticated_access = true"#;
-
-/// The value of a metric without labels.
-async fn metric(env: &TestEnv, name: &str) -> Option<f64> {
-    env.proxy
-        .metrics()
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// Rewrites the config file and waits until the reload metrics say it was processed.
-async fn rewrite(env: &TestEnv, text: &str, expect_success: bool) {
-    let before = metric(
-        env,
-        "portcullis_config_last_reload_success_timestamp_seconds",
-    )
-    .await;
-    // Reload timestamps have one-second resolution: make sure a success is visible as a change.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    std::fs::write(env.proxy.config_path(), text).expect("write config");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ok = metric(env, "portcullis_config_last_reload_success").await;
-        let ts = metric(
-            env,
-            "portcullis_config_last_reload_success_timestamp_seconds",
-        )
-        .await;
-        if expect_success && ok == Some(1.0) && ts != before {
-            return;
-        }
-        if !expect_success && ok == Some(0.0) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "reload not seen; logs:\n{}",
-            env.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test]
 async fn tightened_policy_applies_to_the_next_request_and_bad_files_change_nothing() {
@@ -70,13 +24,13 @@ async fn tightened_policy_applies_to_the_next_request_and_bad_files_change_nothi
 
     // A file with errors: refused, the old policy keeps serving, the metric says so.
     let broken = original.replace("allow = {", "allow = { emial = 1,");
-    rewrite(&env, &broken, false).await;
+    env.rewrite_config(&broken, false).await;
     assert_eq!(browser.get(&url).await.status(), 200);
     assert!(env.logs().contains("configuration reload rejected"));
 
     // Tightened: only bob now. alice's very next request is denied.
     let tightened = original.replace("alice@example.com", "bob@example.com");
-    rewrite(&env, &tightened, true).await;
+    env.rewrite_config(&tightened, true).await;
     assert_eq!(browser.get(&url).await.status(), 403);
 
     // A restart-only key is reported, not silently ignored.
@@ -85,7 +39,7 @@ async fn tightened_policy_applies_to_the_next_request_and_bad_files_change_nothi
         "metrics_address = \"127.0.0.1:1\"",
     );
     assert_ne!(moved, tightened);
-    rewrite(&env, &moved, true).await;
+    env.rewrite_config(&moved, true).await;
     assert!(
         env.logs().contains("only takes effect after a restart"),
         "{}",
@@ -96,7 +50,7 @@ async fn tightened_policy_applies_to_the_next_request_and_bad_files_change_nothi
 #[tokio::test]
 async fn reloading_ten_thousand_routes_under_load_drops_nothing() {
     let env = TestEnv::builder(env!("CARGO_BIN_EXE_portcullis"))
-        .route(PUBLIC)
+        .route(&route::public("public"))
         .start()
         .await;
     let original = std::fs::read_to_string(env.proxy.config_path()).unwrap();
@@ -127,7 +81,7 @@ async fn reloading_ten_thousand_routes_under_load_drops_nothing() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    rewrite(&env, &big, true).await;
+    env.rewrite_config(&big, true).await;
     // Keep the load on a little after the swap, then stop.
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);

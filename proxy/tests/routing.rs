@@ -2,64 +2,24 @@
 //! normalization against path policies, upstream failures, forwarding headers, request
 //! smuggling and the metrics listener. Every test runs the real binary, IdP and upstream.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use portcullis_auth::{Secret, UrlSigner};
-use portcullis_harness::{free_port, TestEnv, Upstream};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
+use portcullis_harness::{
+    free_port, location, random_secret, raw_get, raw_request, route, unix_now, TestEnv, Upstream,
+    COOKIE,
+};
 use url::Url;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// Writes `request` as is on a fresh connection to the proxy and reads the whole answer
-/// (send `Connection: close`). Returns the status code (0 when there was no answer) and the
-/// raw response text.
-async fn raw(port: u16, request: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    (status, text)
-}
-
-/// A `GET` for `path` on `host` (`host:port`), written byte for byte.
-async fn raw_get(port: u16, host: &str, path: &str, extra_headers: &str) -> (u16, String) {
-    raw(
-        port,
-        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra_headers}Connection: close\r\n\r\n"),
-    )
-    .await
-}
-
-fn location(resp: &reqwest::Response) -> Option<String> {
-    resp.headers()
-        .get("location")
-        .map(|v| v.to_str().unwrap().to_owned())
-}
-
 #[tokio::test]
 async fn public_route_needs_no_sign_in_and_carries_no_identity() {
     let env = TestEnv::builder(BIN)
-        .route(
-            r#"from = "http://public.localhost"
-to = "{upstream}"
-allow_public_unauthenticated_access = true
-pass_identity_headers = true"#,
-        )
+        .route(&format!(
+            "{}\npass_identity_headers = true",
+            route::public("public")
+        ))
         .config(r#"jwt_claims_headers = { "X-Email" = "email" }"#)
         .start()
         .await;
@@ -120,11 +80,7 @@ allow_public_unauthenticated_access = true"#,
 #[tokio::test]
 async fn protected_route_without_session_redirects_browsers_and_401s_apis() {
     let env = TestEnv::builder(BIN)
-        .route(
-            r#"from = "http://app.localhost"
-to = "{upstream}"
-allow_any_authenticated_user = true"#,
-        )
+        .route(&route::any_user("app"))
         .start()
         .await;
     let b = env.browser();
@@ -132,7 +88,7 @@ allow_any_authenticated_user = true"#,
 
     let resp = b.get(&original).await;
     assert_eq!(resp.status(), 302);
-    let loc = location(&resp).expect("Location");
+    let loc = location(&resp);
     let prefix = format!("{}/.portcullis/sign_in?", env.authenticate_url());
     assert!(loc.starts_with(&prefix), "{loc}");
     let loc = Url::parse(&loc).unwrap();
@@ -155,20 +111,20 @@ allow_any_authenticated_user = true"#,
     // Signed with shared_secret.
     let signer = UrlSigner::new(&Secret::from_base64(env.shared_secret()).unwrap());
     signer
-        .verify(&loc, now())
+        .verify(&loc, unix_now())
         .expect("the sign-in URL verifies");
 
     let resp = b
         .get_with(&original, &[("accept", "application/json")])
         .await;
     assert_eq!(resp.status(), 401);
-    assert!(location(&resp).is_none());
+    assert!(!resp.headers().contains_key("location"));
 
     let resp = b
         .get_with(&original, &[("authorization", "Bearer x")])
         .await;
     assert_eq!(resp.status(), 401);
-    assert!(location(&resp).is_none());
+    assert!(!resp.headers().contains_key("location"));
 
     assert!(env.upstream.requests().is_empty());
 }
@@ -176,11 +132,7 @@ allow_any_authenticated_user = true"#,
 #[tokio::test]
 async fn sign_in_refuses_open_redirects_and_bad_signatures() {
     let env = TestEnv::builder(BIN)
-        .route(
-            r#"from = "http://app.localhost"
-to = "{upstream}"
-allow_any_authenticated_user = true"#,
-        )
+        .route(&route::any_user("app"))
         .start()
         .await;
     let b = env.browser();
@@ -192,7 +144,7 @@ allow_any_authenticated_user = true"#,
             .append_pair("portcullis_redirect_uri", redirect);
         url
     };
-    let signed = |redirect: &str| signer.sign(&unsigned(redirect), now(), 300);
+    let signed = |redirect: &str| signer.sign(&unsigned(redirect), unix_now(), 300);
     let good = env.url("app", "/x");
 
     let tricks = [
@@ -215,7 +167,7 @@ allow_any_authenticated_user = true"#,
     for trick in &tricks {
         let resp = b.get(signed(trick).as_str()).await;
         assert_eq!(resp.status(), 400, "{trick:?}");
-        assert!(location(&resp).is_none(), "{trick:?}");
+        assert!(!resp.headers().contains_key("location"), "{trick:?}");
     }
 
     // Unsigned.
@@ -233,17 +185,17 @@ allow_any_authenticated_user = true"#,
     assert_ne!(other_path, signed(&good).as_str());
     assert_eq!(b.get(&other_path).await.status(), 400);
     // Expired.
-    let expired = signer.sign(&unsigned(&good), now() - 3600, 300);
+    let expired = signer.sign(&unsigned(&good), unix_now() - 3600, 300);
     assert_eq!(b.get(expired.as_str()).await.status(), 400);
     // Signed with another key.
-    let other = UrlSigner::new(&Secret::from_base64(&portcullis_harness::random_secret()).unwrap());
-    let foreign = other.sign(&unsigned(&good), now(), 300);
+    let other = UrlSigner::new(&Secret::from_base64(&random_secret()).unwrap());
+    let foreign = other.sign(&unsigned(&good), unix_now(), 300);
     assert_eq!(b.get(foreign.as_str()).await.status(), 400);
 
     // A good link goes to the IdP and sets the login state.
     let resp = b.get(signed(&good).as_str()).await;
     assert_eq!(resp.status(), 302, "{}", env.logs());
-    let loc = location(&resp).unwrap();
+    let loc = location(&resp);
     assert!(loc.starts_with(env.idp.issuer()), "{loc}");
     let cookies: Vec<&str> = resp
         .headers()
@@ -274,10 +226,8 @@ policy = [
     let b = env.browser();
     let page = b.sign_in(&env.url("app", "/public"), "alice").await;
     assert_eq!(page.status(), 200, "{}", env.logs());
-    let cookie = b
-        .cookie(&env.url("app", "/"), "_portcullis")
-        .expect("session cookie");
-    let cookie_header = format!("Cookie: _portcullis={cookie}\r\n");
+    let cookie = env.session_cookie(&b, "app");
+    let cookie_header = format!("Cookie: {COOKIE}={cookie}\r\n");
     let host = format!("app.localhost:{}", env.port);
     env.upstream.clear();
 
@@ -373,11 +323,7 @@ allow_public_unauthenticated_access = true"#,
 #[tokio::test]
 async fn forwarding_headers_come_from_the_connection() {
     let env = TestEnv::builder(BIN)
-        .route(
-            r#"from = "http://public.localhost"
-to = "{upstream}"
-allow_public_unauthenticated_access = true"#,
-        )
+        .route(&route::public("public"))
         .start()
         .await;
     let resp = env
@@ -408,11 +354,7 @@ allow_public_unauthenticated_access = true"#,
 #[tokio::test]
 async fn smuggling_shapes_are_400_and_never_reach_the_upstream() {
     let env = TestEnv::builder(BIN)
-        .route(
-            r#"from = "http://public.localhost"
-to = "{upstream}"
-allow_public_unauthenticated_access = true"#,
-        )
+        .route(&route::public("public"))
         .start()
         .await;
     let host = format!("public.localhost:{}", env.port);
@@ -432,7 +374,7 @@ allow_public_unauthenticated_access = true"#,
         format!("GET / HTTP/1.1\r\nHost: {host}\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
     ];
     for request in &cases {
-        let (status, text) = raw(env.port, request).await;
+        let (status, text) = raw_request(env.port, request).await;
         assert_eq!(status, 400, "{request:?}\n{text}");
     }
     assert!(
@@ -442,8 +384,7 @@ allow_public_unauthenticated_access = true"#,
     );
 
     // The same connection shape without the second header goes through.
-    let (status, text) = raw(
-        env.port,
+    let (status, text) = raw_request(env.port,
         &format!("POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"),
     )
     .await;
@@ -454,16 +395,8 @@ allow_public_unauthenticated_access = true"#,
 #[tokio::test]
 async fn metrics_listener_serves_metrics_and_health_but_the_proxy_does_not() {
     let env = TestEnv::builder(BIN)
-        .route(
-            r#"from = "http://public.localhost"
-to = "{upstream}"
-allow_public_unauthenticated_access = true"#,
-        )
-        .route(
-            r#"from = "http://app.localhost"
-to = "{upstream}"
-allow_any_authenticated_user = true"#,
-        )
+        .route(&route::public("public"))
+        .route(&route::any_user("app"))
         .start()
         .await;
     let b = env.browser();

@@ -1,10 +1,9 @@
 //! `portcullis sessions seed` end to end: seed sessions into a separate databroker process, then
 //! use some of the printed cookies through a proxy that reads that databroker.
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
-use portcullis_harness::{free_port, random_secret, Portcullis, TestEnv};
+use portcullis_harness::{
+    databroker_config, free_port, random_secret, ApiClient, Portcullis, TestEnv, COOKIE,
+};
 
 const COUNT: usize = 20;
 
@@ -14,33 +13,20 @@ async fn seeded_cookies_work_through_a_proxy() {
     let shared_secret = random_secret();
     let grpc = free_port();
     let broker = Portcullis::builder(binary)
-        .config(&format!(
-            r#"services = "databroker"
-grpc_address = "127.0.0.1:{grpc}"
-metrics_address = "127.0.0.1:{metrics}"
-authenticate_service_url = "http://authenticate.localhost:1"
-shared_secret = "{shared_secret}"
-cookie_secret = "{cookie}"
-"#,
-            metrics = free_port(),
-            cookie = random_secret(),
-        ))
+        .config(&databroker_config(grpc, &shared_secret, None))
         .start()
         .await
         .unwrap_or_else(|e| panic!("databroker: {e}"));
 
     let env = TestEnv::builder(binary)
-        .config(&format!(
-            "services = \"proxy\"\ndatabroker_service_url = \"http://127.0.0.1:{grpc}\"\n\
-             jwt_claims_headers = {{ \"X-Email\" = \"email\" }}"
-        ))
+        .on_databroker(&format!("http://127.0.0.1:{grpc}"), &shared_secret)
+        .config(r#"jwt_claims_headers = { "X-Email" = "email" }"#)
         .route(
             r#"from = "http://app.localhost"
 to = "{upstream}"
 pass_identity_headers = true
 policy = [ { allow = { and = [ { domain = { is = "example.com" } }, { groups = { has = "users" } } ] } } ]"#,
         )
-        .env("PORTCULLIS_SHARED_SECRET", &shared_secret)
         .start()
         .await;
 
@@ -77,22 +63,11 @@ policy = [ { allow = { and = [ { domain = { is = "example.com" } }, { groups = {
     let unique: std::collections::HashSet<_> = cookies.iter().collect();
     assert_eq!(unique.len(), COUNT, "every cookie names its own session");
 
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .resolve("app.localhost", SocketAddr::from(([127, 0, 0, 1], 0)))
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let client = ApiClient::new(&["app.localhost"], COOKIE);
     // The first nine seeded users are in group `users` (every tenth is not).
     for cookie in &cookies[..3] {
-        let resp = client
-            .get(env.url("app", "/seeded"))
-            .header("cookie", format!("_portcullis={cookie}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200, "{}", env.logs());
+        let status = client.status(&env.url("app", "/seeded"), cookie).await;
+        assert_eq!(status, 200, "{}", env.logs());
         let seen = env.upstream.last().unwrap();
         let email = seen.header("x-email").unwrap_or_default().to_owned();
         assert!(
@@ -102,14 +77,8 @@ policy = [ { allow = { and = [ { domain = { is = "example.com" } }, { groups = {
         assert!(seen.header("x-portcullis-jwt-assertion").is_some());
     }
     // The tenth is not in `users`: the policy denies it.
-    let resp = client
-        .get(env.url("app", "/seeded"))
-        .header("cookie", format!("_portcullis={}", cookies[9]))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 403);
+    let status = client.status(&env.url("app", "/seeded"), &cookies[9]).await;
+    assert_eq!(status, 403);
 
     // The in-memory store of a lone proxy cannot be seeded.
     let lone = config.replace(

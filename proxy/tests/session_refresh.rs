@@ -2,17 +2,14 @@
 //! sessions outlive many access tokens, pick up claim changes, survive an IdP outage, and end
 //! when the IdP revokes the grant.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use portcullis_harness::{Browser, IdpOptions, TestEnv};
-use support::{metric, signed_in};
+use portcullis_harness::{metric, Browser, IdpOptions, TestEnv};
 
 const ACCESS_TOKEN_TTL: u64 = 3;
 
 async fn start() -> TestEnv {
-    support::builder()
+    TestEnv::app_admin_public(env!("CARGO_BIN_EXE_portcullis"))
         .idp_options(IdpOptions {
             access_token_ttl_secs: ACCESS_TOKEN_TTL,
             ..IdpOptions::default()
@@ -37,7 +34,7 @@ fn refreshes(text: &str, result: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_outlives_its_access_tokens_and_follows_claim_changes() {
     let env = start().await;
-    let alice = signed_in(&env, "app", "alice").await;
+    let alice = env.signed_in("app", "alice").await;
     let before = env.idp.token_grants("refresh_token").await;
 
     // Three access-token lifetimes: refreshed again and again, signed in throughout.
@@ -93,7 +90,7 @@ async fn a_session_outlives_its_access_tokens_and_follows_claim_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idp_outage_during_refresh_logs_nobody_out() {
     let env = start().await;
-    let alice = signed_in(&env, "app", "alice").await;
+    let alice = env.signed_in("app", "alice").await;
     env.idp.outage(503).await;
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(2 * ACCESS_TOKEN_TTL + 1) {
@@ -123,8 +120,8 @@ async fn an_idp_outage_during_refresh_logs_nobody_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_grant_ends_the_session() {
     let env = start().await;
-    let alice = signed_in(&env, "app", "alice").await;
-    let bob = signed_in(&env, "app", "bob").await;
+    let alice = env.signed_in("app", "alice").await;
+    let bob = env.signed_in("app", "bob").await;
     env.idp.revoke("alice").await;
     let t0 = Instant::now();
     loop {

@@ -1,14 +1,12 @@
-use portcullis_harness::TestEnv;
+use portcullis_harness::{route, TestEnv};
 
 #[tokio::test]
 async fn smoke_sign_in() {
     let env = TestEnv::builder(env!("CARGO_BIN_EXE_portcullis"))
-        .route(
-            r#"from = "http://app.localhost"
-to = "{upstream}"
-allow_any_authenticated_user = true
-pass_identity_headers = true"#,
-        )
+        .route(&format!(
+            "{}\npass_identity_headers = true",
+            route::any_user("app")
+        ))
         .start()
         .await;
     let b = env.browser();

@@ -16,66 +16,24 @@ use std::time::{Duration, Instant};
 use portcullis_auth::{Cipher, Secret, Session, SessionCookie};
 use portcullis_databroker::{NewRecord, PgOptions, PgStore, Query, Store, SESSION_TYPE};
 use portcullis_harness::{
-    free_port, random_secret, ApiClient, IdpOptions, Portcullis, PrivatePostgres, TestDb, TestEnv,
+    free_port, poll_until, random_secret, route, rss_kib, unix_now, ApiClient, IdpOptions,
+    Portcullis, PrivatePostgres, TestDb, TestEnv, COOKIE,
 };
-
-/// The one route every test here uses: any signed-in user.
-const APP_ROUTE: &str = r#"from = "http://app.localhost"
-to = "{upstream}"
-allow_any_authenticated_user = true"#;
-const COOKIE: &str = "_portcullis";
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
 
 async fn start(binary: &str, config: &str) -> Portcullis {
     Portcullis::builder(binary)
         .config(config)
-        .start()
+        .start_or_panic()
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// The same proxy configuration on fresh ports (and, optionally, another databroker).
-fn second_proxy_config(env: &TestEnv, port: u16, metrics: u16) -> String {
-    env.config_text()
-        .replace(
-            &format!("address = \"127.0.0.1:{}\"", env.port),
-            &format!("address = \"127.0.0.1:{port}\""),
-        )
-        .replace(
-            &format!("metrics_address = \"127.0.0.1:{}\"", env.metrics_port),
-            &format!("metrics_address = \"127.0.0.1:{metrics}\""),
-        )
 }
 
 fn plain_client() -> ApiClient {
     ApiClient::new(&["app.localhost", "authenticate.localhost"], COOKIE)
 }
 
-async fn metric(client: &ApiClient, metrics_port: u16, name: &str) -> Option<f64> {
-    let text = client
-        .inner()
-        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?.strip_prefix(' ')?;
-        rest.trim().parse().ok()
-    })
-}
-
 /// A session for `user` written straight into the database, and a cookie naming it.
 fn session(id: &str, user: &str, with_tokens: bool) -> Session {
-    let now = now_unix();
+    let now = unix_now();
     let mut claims = serde_json::Map::new();
     claims.insert("email".into(), format!("{user}@example.com").into());
     claims.insert("email_verified".into(), true.into());
@@ -102,7 +60,7 @@ fn session(id: &str, user: &str, with_tokens: bool) -> Session {
 
 fn cookie_for(cookie_secret: &str, id: &str) -> String {
     let secret = Secret::from_base64(cookie_secret).expect("cookie secret");
-    let now = now_unix();
+    let now = unix_now();
     SessionCookie {
         session_id: id.to_owned(),
         scope: portcullis::sessions::INTERIM_SESSION_SCOPE.to_owned(),
@@ -175,7 +133,7 @@ async fn killing_the_lease_holder_hands_refresh_to_the_other_proxy() {
     let binary = env!("CARGO_BIN_EXE_portcullis");
     let db = TestDb::create("portcullis_res");
     let mut env = TestEnv::builder(binary)
-        .route(APP_ROUTE)
+        .route(&route::any_user("app"))
         .config(&format!(
             "databroker_storage_type = \"postgres\"\ndatabroker_storage_connection_string = \"{}\"",
             db.url()
@@ -187,7 +145,7 @@ async fn killing_the_lease_holder_hands_refresh_to_the_other_proxy() {
         .start()
         .await;
     let (port_b, metrics_b) = (free_port(), free_port());
-    let mut proxy_b = start(binary, &second_proxy_config(&env, port_b, metrics_b)).await;
+    let mut proxy_b = start(binary, &env.config_on_ports(port_b, metrics_b)).await;
 
     let browser = env.browser();
     assert_eq!(
@@ -206,13 +164,12 @@ async fn killing_the_lease_holder_hands_refresh_to_the_other_proxy() {
     let leader = 'found: {
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(15) {
-            let a = metric(
-                &client,
-                env.metrics_port,
-                "portcullis_identity_manager_leader",
-            )
-            .await;
-            let b = metric(&client, metrics_b, "portcullis_identity_manager_leader").await;
+            let a = client
+                .metric(env.metrics_port, "portcullis_identity_manager_leader")
+                .await;
+            let b = client
+                .metric(metrics_b, "portcullis_identity_manager_leader")
+                .await;
             match (a, b) {
                 (Some(a), Some(b)) if a + b == 1.0 => {
                     break 'found if a == 1.0 { 'a' } else { 'b' }
@@ -240,12 +197,9 @@ async fn killing_the_lease_holder_hands_refresh_to_the_other_proxy() {
     let killed = Instant::now();
     let grants = env.idp.token_grants("refresh_token").await;
     let took_over = loop {
-        if metric(
-            &client,
-            survivor_metrics,
-            "portcullis_identity_manager_leader",
-        )
-        .await
+        if client
+            .metric(survivor_metrics, "portcullis_identity_manager_leader")
+            .await
             == Some(1.0)
         {
             break killed.elapsed();
@@ -292,14 +246,12 @@ async fn a_stopped_databroker_serves_cached_sessions_refuses_unknown_ones_and_re
     let staleness = Duration::from_secs(6);
 
     let env = TestEnv::builder(binary)
-        .route(
-            APP_ROUTE,
-        )
+        .route(&route::any_user("app"))
+        .on_databroker(&format!("http://127.0.0.1:{grpc}"), &shared_secret)
         .config(&format!(
-            "services = \"proxy\"\ndatabroker_service_url = \"http://127.0.0.1:{grpc}\"\ndatabroker_cache_staleness = \"{}s\"",
+            "databroker_cache_staleness = \"{}s\"",
             staleness.as_secs()
         ))
-        .env("PORTCULLIS_SHARED_SECRET", &shared_secret)
         .start()
         .await;
     let client = plain_client();
@@ -348,12 +300,9 @@ async fn a_stopped_databroker_serves_cached_sessions_refuses_unknown_ones_and_re
     loop {
         let a = client.status(&app, &alice).await;
         let b = client.status(&app, &bob).await;
-        let synced = metric(
-            &client,
-            env.metrics_port,
-            "portcullis_session_sync_connected",
-        )
-        .await;
+        let synced = client
+            .metric(env.metrics_port, "portcullis_session_sync_connected")
+            .await;
         if a == 200 && b == 200 && synced == Some(1.0) {
             break;
         }
@@ -372,26 +321,6 @@ async fn a_stopped_databroker_serves_cached_sessions_refuses_unknown_ones_and_re
     assert_eq!(carol.sign_in(&app, "carol").await.status(), 200);
 }
 
-/// Polls `check` every 50 ms until it returns `None` (done) or `deadline` passes; then panics
-/// with the last complaint.
-async fn within<F, Fut>(deadline: Instant, what: &str, logs: impl Fn() -> String, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<String>>,
-{
-    loop {
-        let Some(complaint) = check().await else {
-            return;
-        };
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not by the deadline ({complaint})\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_postgresql_loses_no_session_and_everything_recovers_within_5s() {
     let binary = env!("CARGO_BIN_EXE_portcullis");
@@ -405,16 +334,16 @@ async fn restarting_postgresql_loses_no_session_and_everything_recovers_within_5
 
     // Proxy A on databroker 1, proxy B on databroker 2.
     let mut env = TestEnv::builder(binary)
-        .route(APP_ROUTE)
-        .config(&format!(
-            "services = \"proxy\"\ndatabroker_service_url = \"{broker1_url}\""
-        ))
-        .env("PORTCULLIS_SHARED_SECRET", &shared_secret)
+        .route(&route::any_user("app"))
+        .on_databroker(&broker1_url, &shared_secret)
         .start()
         .await;
     let (port_b, metrics_b) = (free_port(), free_port());
     let proxy_b = Portcullis::builder(binary)
-        .config(&second_proxy_config(&env, port_b, metrics_b).replace(&broker1_url, &broker2_url))
+        .config(
+            &env.config_on_ports(port_b, metrics_b)
+                .replace(&broker1_url, &broker2_url),
+        )
         .env("PORTCULLIS_SHARED_SECRET", &shared_secret)
         .start()
         .await
@@ -435,7 +364,11 @@ async fn restarting_postgresql_loses_no_session_and_everything_recovers_within_5
     let sign_out_b = format!("http://app.localhost:{port_b}/.portcullis/sign_out");
     let synced = |metrics_port: u16| {
         let client = client.clone();
-        async move { metric(&client, metrics_port, "portcullis_session_sync_connected").await }
+        async move {
+            client
+                .metric(metrics_port, "portcullis_session_sync_connected")
+                .await
+        }
     };
 
     // Alice signs in through A; both proxies have her session cached.
@@ -464,7 +397,7 @@ async fn restarting_postgresql_loses_no_session_and_everything_recovers_within_5
     tokio::task::block_in_place(|| pg.stop());
     let stopped = Instant::now();
     // Both followers notice (the databrokers' change streams fail)...
-    within(
+    poll_until(
         stopped + Duration::from_secs(5),
         "sync lost",
         &logs,
@@ -493,7 +426,7 @@ async fn restarting_postgresql_loses_no_session_and_everything_recovers_within_5
     let back = Instant::now();
     let startup = back - restarting;
     let deadline = back + Duration::from_secs(5);
-    within(deadline, "sessions served again", &logs, || async {
+    poll_until(deadline, "sessions served again", &logs, || async {
         let statuses = [
             client.status(&on_a, &alice).await,
             client.status(&on_b, &alice).await,
@@ -522,7 +455,7 @@ async fn restarting_postgresql_loses_no_session_and_everything_recovers_within_5
 
     // A sign-out through B ends alice's session on A too.
     client.sign_out(&sign_out_b, &alice).await;
-    within(deadline, "sign-out seen by A", &logs, || async {
+    poll_until(deadline, "sign-out seen by A", &logs, || async {
         let (a, b) = (
             client.status(&on_a, &alice).await,
             client.status(&on_b, &alice).await,
@@ -538,17 +471,6 @@ async fn restarting_postgresql_loses_no_session_and_everything_recovers_within_5
     env.idp.stop().await;
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// The proxy's RSS growth per 100k cached sessions (sessions with ID and access tokens of
 /// realistic size). Run it alone:
 /// `cargo test -p portcullis --test split_resilience -- --ignored --nocapture rss`
@@ -560,9 +482,7 @@ async fn rss_per_100k_cached_sessions() {
     let binary = env!("CARGO_BIN_EXE_portcullis");
     let db = TestDb::create("portcullis_res");
     let env = TestEnv::builder(binary)
-        .route(
-            APP_ROUTE,
-        )
+        .route(&route::any_user("app"))
         .config(&format!(
             "databroker_storage_type = \"postgres\"\ndatabroker_storage_connection_string = \"{}\"\nlog_level = \"warn\"",
             db.url()
@@ -608,12 +528,12 @@ async fn rss_per_100k_cached_sessions() {
     // Warm up (connections, allocator arenas, the first cache segments).
     assert_eq!(load(&ids[..WARM]).await, WARM, "{}", env.logs());
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = rss_kib(pid);
+    let before = rss_kib(pid).unwrap_or(0);
     let t0 = Instant::now();
     let ok = load(&ids[WARM..]).await;
     let took = t0.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(pid);
+    let after = rss_kib(pid).unwrap_or(0);
     assert_eq!(ok, N, "every seeded session answers 200");
     let growth_mib = (after.saturating_sub(before)) as f64 / 1024.0;
     let text = env.proxy.metrics().await;

@@ -2,14 +2,11 @@
 //! `stream_recheck_interval` and closed soon after their session is signed out or a reload
 //! stops allowing them, while the streams of users still allowed go on.
 
-mod support;
-
 use std::time::Duration;
 
-use portcullis_harness::{write_self_signed, TestEnv, TestEnvBuilder};
-use support::{
-    echoes, ends_within, metric, open_websocket, read_head, rewrite_config, session_cookie,
-    signed_in, stream_upstream,
+use portcullis_harness::{
+    echoes, ends_within, metric, read_head, read_until, stream_upstream, write_self_signed,
+    TestEnv, TestEnvBuilder, COOKIE,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
@@ -34,28 +31,18 @@ fn builder(stream_port: u16, policy: &str) -> TestEnvBuilder {
 
 /// `GET /live/events` with `cookie` on a raw connection, read up to the first event.
 async fn open_events(env: &TestEnv, cookie: &str) -> tokio::net::TcpStream {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", env.port))
         .await
         .unwrap();
     let request = format!(
-        "GET /live/events HTTP/1.1\r\nHost: app.localhost:{}\r\nAccept: text/event-stream\r\nCookie: {}={cookie}\r\n\r\n",
+        "GET /live/events HTTP/1.1\r\nHost: app.localhost:{}\r\nAccept: text/event-stream\r\nCookie: {COOKIE}={cookie}\r\n\r\n",
         env.port,
-        support::COOKIE
     );
     s.write_all(request.as_bytes()).await.unwrap();
     let head = read_head(&mut s).await.unwrap_or_default();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{}", env.logs());
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !String::from_utf8_lossy(&got).contains("data: first") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("first event in time")
-            .unwrap();
-        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut s, &mut Vec::new(), "data: first").await;
     s
 }
 
@@ -90,12 +77,16 @@ async fn streams_close_soon_after_their_session_is_signed_out_and_others_go_on()
     let env = builder(port, "allow_any_authenticated_user = true")
         .start()
         .await;
-    let alice = signed_in(&env, "app", "alice").await;
-    let bob = signed_in(&env, "app", "bob").await;
-    let alice_cookie = session_cookie(&env, &alice, "app");
-    let bob_cookie = session_cookie(&env, &bob, "app");
-    let mut alice_ws = open_websocket(&env, "app", "/live/chat", Some(&alice_cookie)).await;
-    let mut bob_ws = open_websocket(&env, "app", "/live/chat", Some(&bob_cookie)).await;
+    let alice = env.signed_in("app", "alice").await;
+    let bob = env.signed_in("app", "bob").await;
+    let alice_cookie = env.session_cookie(&alice, "app");
+    let bob_cookie = env.session_cookie(&bob, "app");
+    let mut alice_ws = env
+        .open_websocket("app", "/live/chat", Some(&alice_cookie))
+        .await;
+    let mut bob_ws = env
+        .open_websocket("app", "/live/chat", Some(&bob_cookie))
+        .await;
     let mut alice_events = open_events(&env, &alice_cookie).await;
     assert!(echoes(&mut alice_ws, b"hello").await, "{}", env.logs());
     assert!(echoes(&mut bob_ws, b"hello").await, "{}", env.logs());
@@ -155,22 +146,18 @@ async fn a_reload_that_stops_allowing_a_user_closes_their_websocket_and_no_other
     let port = stream_upstream().await;
     let both = r#"policy = [ { allow = { or = [ { email = { in = ["alice@example.com", "bob@example.com"] } } ] } } ]"#;
     let env = builder(port, both).start().await;
-    let alice = signed_in(&env, "app", "alice").await;
-    let bob = signed_in(&env, "app", "bob").await;
-    let mut alice_ws = open_websocket(
-        &env,
-        "app",
-        "/live/chat",
-        Some(&session_cookie(&env, &alice, "app")),
-    )
-    .await;
-    let mut bob_ws = open_websocket(
-        &env,
-        "app",
-        "/live/chat",
-        Some(&session_cookie(&env, &bob, "app")),
-    )
-    .await;
+    let alice = env.signed_in("app", "alice").await;
+    let bob = env.signed_in("app", "bob").await;
+    let mut alice_ws = env
+        .open_websocket(
+            "app",
+            "/live/chat",
+            Some(&env.session_cookie(&alice, "app")),
+        )
+        .await;
+    let mut bob_ws = env
+        .open_websocket("app", "/live/chat", Some(&env.session_cookie(&bob, "app")))
+        .await;
     assert!(echoes(&mut alice_ws, b"hello").await, "{}", env.logs());
     assert!(echoes(&mut bob_ws, b"hello").await, "{}", env.logs());
 
@@ -179,7 +166,7 @@ async fn a_reload_that_stops_allowing_a_user_closes_their_websocket_and_no_other
         r#"["alice@example.com"]"#,
     );
     assert_ne!(alice_only, env.config_text());
-    rewrite_config(&env, &alice_only, true).await;
+    env.rewrite_config(&alice_only, true).await;
 
     let bob_after = ends_within(&mut bob_ws, LIMIT).await;
     assert!(
@@ -233,7 +220,7 @@ async fn an_event_stream_over_http2_closes_soon_after_sign_out() {
         .route(&format!("from = \"https://app.localhost\"\nto = \"{{upstream}}\"\n{policy}"))
         .start()
         .await;
-    let alice = signed_in(&env, "app", "alice").await;
+    let alice = env.signed_in("app", "alice").await;
     let mut events = alice
         .client()
         .get(env.url("app", "/live/events"))

@@ -2,11 +2,13 @@
 //! a recording HTTP upstream (HTTP/1.1 and h2c), TLS upstreams signed by a test CA (rcgen),
 //! one that wants a client certificate, weighted backends and one that fails.
 
-mod support;
-
 use std::time::Duration;
 
-use portcullis_harness::{free_port, write_self_signed, TestCa, TestEnv, Upstream};
+use portcullis_harness::{
+    echo, echoes, ends_within, free_port, raw_request, raw_upstream, read_head, read_until,
+    stream_upstream, websocket_handshake, write_self_signed, TestCa, TestEnv, Upstream,
+    WEBSOCKET_101,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
@@ -185,25 +187,6 @@ async fn tls_upstreams_verify_by_default_and_honour_every_tls_option() {
     let _ = (free_port, Duration::from_secs(0));
 }
 
-/// Writes `request` on a fresh connection to the proxy and reads the whole answer (the request
-/// should carry `Connection: close`). Returns the status (0 when none) and the raw text.
-async fn raw(port: u16, request: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    (status, text)
-}
-
 #[tokio::test]
 async fn hop_by_hop_headers_and_connection_nominated_ones_never_reach_the_upstream() {
     let env = TestEnv::builder(BIN)
@@ -211,8 +194,7 @@ async fn hop_by_hop_headers_and_connection_nominated_ones_never_reach_the_upstre
         .start()
         .await;
     let host = format!("public.localhost:{}", env.port);
-    let (status, text) = raw(
-        env.port,
+    let (status, text) = raw_request(env.port,
         &format!(
             "GET /hop HTTP/1.1\r\nHost: {host}\r\nConnection: close, X-Secret-Hop, x-other-hop\r\n\
              X-Secret-Hop: 1\r\nX-Other-Hop: 2\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\n\
@@ -245,7 +227,7 @@ async fn hop_by_hop_headers_and_connection_nominated_ones_never_reach_the_upstre
 
     // Nominating a header Portcullis sets itself is refused, not repaired.
     env.upstream.clear();
-    let (status, text) = raw(
+    let (status, text) = raw_request(
         env.port,
         &format!(
             "GET /spoof HTTP/1.1\r\nHost: {host}\r\nConnection: close, X-Forwarded-For\r\n\r\n"
@@ -563,7 +545,7 @@ async fn a_reused_upstream_connection_is_cut_at_the_routes_timeout() {
     use tokio::io::AsyncWriteExt as _;
     let (port, accepts) = raw_upstream("HTTP/1.1 200 OK\r\n", |mut s| async move {
         if s.write_all(b"Content-Length: 2\r\n\r\nok").await.is_err()
-            || support::read_head(&mut s).await.is_none()
+            || read_head(&mut s).await.is_none()
         {
             return;
         }
@@ -627,7 +609,7 @@ async fn assert_cut_at_the_timeout(resp: reqwest::Response, started: std::time::
 #[tokio::test]
 async fn streams_live_by_idle_timeout_not_by_timeout() {
     use tokio::io::AsyncWriteExt as _;
-    let ws = support::stream_upstream().await;
+    let ws = stream_upstream().await;
     let (events, _) = raw_upstream(
         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
         |mut s| async move {
@@ -659,16 +641,16 @@ async fn streams_live_by_idle_timeout_not_by_timeout() {
         .start()
         .await;
 
-    let mut quiet = support::open_websocket(&env, "ws", "/chat", None).await;
-    let mut short = support::open_websocket(&env, "shortidle", "/chat", None).await;
+    let mut quiet = env.open_websocket("ws", "/chat", None).await;
+    let mut short = env.open_websocket("shortidle", "/chat", None).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
-        support::echoes(&mut quiet, b"after 1.5 s of quiet").await,
+        echoes(&mut quiet, b"after 1.5 s of quiet").await,
         "{}",
         env.logs()
     );
     assert!(
-        support::ends_within(&mut short, Duration::from_secs(3))
+        ends_within(&mut short, Duration::from_secs(3))
             .await
             .is_some(),
         "a websocket quiet for longer than idle_timeout ends\n{}",
@@ -738,63 +720,11 @@ async fn upstream_connections_are_pooled_and_reused() {
     );
 }
 
-/// A raw upstream: reads one request head, answers with `head`, then runs `then` on the socket.
-async fn raw_upstream<F, Fut>(
-    head: &'static str,
-    then: F,
-) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>)
-where
-    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    use tokio::io::AsyncWriteExt as _;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = accepted.clone();
-    let then = std::sync::Arc::new(then);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let then = then.clone();
-            tokio::spawn(async move {
-                if support::read_head(&mut s).await.is_none() {
-                    return;
-                }
-                if s.write_all(head.as_bytes()).await.is_err() {
-                    return;
-                }
-                then(s).await;
-            });
-        }
-    });
-    (port, accepted)
-}
-
 #[tokio::test]
 async fn websockets_pass_only_where_allowed_and_after_authorization() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     // Answers the handshake, then echoes every byte: the tunnel is the proof.
-    let (port, accepted) = raw_upstream(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
-        |mut s| async move {
-            let mut buf = [0u8; 1024];
-            loop {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        if s.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        },
-    )
-    .await;
+    let (port, accepted) = raw_upstream(WEBSOCKET_101, echo).await;
     let to = format!("to = \"http://127.0.0.1:{port}\"");
     let env = TestEnv::builder(BIN)
         .route(&public("ws", &format!("{to}\nallow_websockets = true")))
@@ -805,10 +735,10 @@ async fn websockets_pass_only_where_allowed_and_after_authorization() {
         .start()
         .await;
     let handshake = |host: &str| {
-        format!(
-            "GET /chat HTTP/1.1\r\nHost: {host}.localhost:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAccept: application/json\r\n\r\n",
-            env.port
+        websocket_handshake(
+            &format!("{host}.localhost:{}", env.port),
+            "/chat",
+            "Accept: application/json\r\n",
         )
     };
     // Refused without allow_websockets, and before authorization on a protected route.
@@ -828,18 +758,10 @@ async fn websockets_pass_only_where_allowed_and_after_authorization() {
         .await
         .unwrap();
     s.write_all(handshake("ws").as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            s.read(&mut byte).await.unwrap(),
-            1,
-            "{}",
-            String::from_utf8_lossy(&head)
-        );
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let head = read_head(&mut s)
+        .await
+        .expect("a whole answer head")
+        .to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
     for msg in [&b"hello"[..], b"\x81\x05world", b"again"] {
@@ -886,15 +808,7 @@ async fn server_sent_events_stream_without_buffering() {
     .unwrap();
     let started = std::time::Instant::now();
     let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !String::from_utf8_lossy(&got).contains("data: first") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("first event in time")
-            .unwrap();
-        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut s, &mut got, "data: first").await;
     assert!(
         started.elapsed() < Duration::from_millis(1000),
         "the first event arrived before the upstream finished: {:?}",

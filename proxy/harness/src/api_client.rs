@@ -47,6 +47,21 @@ impl ApiClient {
             .unwrap_or(0)
     }
 
+    /// The value of metric `name` at `http://127.0.0.1:{metrics_port}/metrics` (see
+    /// [`crate::metric`]); `None` when it is absent or nothing answered.
+    pub async fn metric(&self, metrics_port: u16, name: &str) -> Option<f64> {
+        let text = self
+            .client
+            .get(format!("http://{}:{metrics_port}/metrics", crate::LOOPBACK))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        crate::metric(&text, name)
+    }
+
     /// Signs session `cookie` out at `url` (a `/.portcullis/sign_out` URL); panics unless the
     /// answer is a redirect (to the IdP's end-session page) or a success.
     pub async fn sign_out(&self, url: &str, cookie: &str) {

@@ -2,9 +2,11 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::{
-    free_port, random_secret, Browser, Idp, IdpOptions, Portcullis, Upstream, UpstreamBuilder,
+    free_port, random_secret, response, route, Browser, Idp, IdpOptions, Portcullis, Upstream,
+    UpstreamBuilder, COOKIE,
 };
 
 /// Configures a [`TestEnv`].
@@ -89,6 +91,15 @@ impl TestEnvBuilder {
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((key.into(), value.into()));
         self
+    }
+
+    /// Runs the proxy alone (`services = "proxy"`) on the databroker at `url` (its gRPC URL),
+    /// with the `shared_secret` that databroker was started with.
+    pub fn on_databroker(self, url: &str, shared_secret: &str) -> Self {
+        self.config(&format!(
+            "services = \"proxy\"\ndatabroker_service_url = \"{url}\""
+        ))
+        .env("PORTCULLIS_SHARED_SECRET", shared_secret)
     }
 
     /// Serves TLS on the proxy listener with this PEM certificate chain and key (one
@@ -323,6 +334,28 @@ impl TestEnv {
         }
     }
 
+    /// Three routes, all passing identity headers, with `X-Email` and `X-Groups` copied from
+    /// the claims: `app` (any signed-in user), `admin` (group `admins` only) and `public` (no
+    /// sign-in).
+    pub fn app_admin_public(binary: impl AsRef<Path>) -> TestEnvBuilder {
+        TestEnv::builder(binary)
+            .config(r#"jwt_claims_headers = { "X-Email" = "email", "X-Groups" = "groups" }"#)
+            .route(&format!(
+                "{}\npass_identity_headers = true",
+                route::any_user("app")
+            ))
+            .route(
+                r#"from = "http://admin.localhost"
+to = "{upstream}"
+pass_identity_headers = true
+policy = [ { allow = { or = [ { groups = { has = "admins" } } ] } } ]"#,
+            )
+            .route(&format!(
+                "{}\npass_identity_headers = true",
+                route::public("public")
+            ))
+    }
+
     /// `http://HOST.localhost:PORT/PATH` for route host `HOST` (`"app"` or `"app.localhost"`);
     /// `https://` with [`TestEnvBuilder::tls_certificate`].
     pub fn url(&self, host: &str, path: &str) -> String {
@@ -373,6 +406,80 @@ impl TestEnv {
     /// The proxy's logs so far.
     pub fn logs(&self) -> String {
         self.proxy.logs()
+    }
+
+    /// Signs `login` in on `host` with a fresh browser; panics (with the proxy's logs) unless
+    /// the page behind it answers 200.
+    pub async fn signed_in(&self, host: &str, login: &str) -> Browser {
+        let b = self.browser();
+        let resp = b.sign_in(&self.url(host, "/"), login).await;
+        assert_eq!(
+            resp.status(),
+            200,
+            "sign-in as {login} on {host}\n--- logs ---\n{}",
+            self.logs()
+        );
+        b
+    }
+
+    /// The session cookie (named [`COOKIE`]) `b` holds for `host`.
+    pub fn session_cookie(&self, b: &Browser, host: &str) -> String {
+        b.cookie(&self.url(host, "/"), COOKIE)
+            .unwrap_or_else(|| panic!("no {COOKIE} cookie for {host}"))
+    }
+
+    /// Asserts `resp` sends the browser to the authenticate host's sign-in page.
+    pub fn assert_sign_in_redirect(&self, resp: &reqwest::Response, what: &str) {
+        assert_eq!(resp.status(), 302, "{what}: expected a sign-in redirect");
+        let location = response::location(resp);
+        let want = format!("{}/.portcullis/sign_in?", self.authenticate_url());
+        assert!(
+            location.starts_with(&want),
+            "{what}: Location {location} is not the sign-in page"
+        );
+    }
+
+    /// The generated configuration with the proxy listener on `port` and the metrics listener
+    /// on `metrics_port`: a second proxy of the same deployment.
+    pub fn config_on_ports(&self, port: u16, metrics_port: u16) -> String {
+        self.config
+            .replace(
+                &format!("address = \"127.0.0.1:{}\"", self.port),
+                &format!("address = \"127.0.0.1:{port}\""),
+            )
+            .replace(
+                &format!("metrics_address = \"127.0.0.1:{}\"", self.metrics_port),
+                &format!("metrics_address = \"127.0.0.1:{metrics_port}\""),
+            )
+    }
+
+    /// Rewrites the proxy's configuration file and waits (30 s at most) until the reload
+    /// metrics show it was applied (`expect_success`) or rejected.
+    pub async fn rewrite_config(&self, text: &str, expect_success: bool) {
+        const STAMP: &str = "portcullis_config_last_reload_success_timestamp_seconds";
+        let before = self.proxy.metric(STAMP).await;
+        // Reload timestamps have one-second resolution: make sure a success is visible as a
+        // change.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        std::fs::write(self.proxy.config_path(), text).expect("write config");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let metrics = self.proxy.metrics().await;
+            let ok = response::metric(&metrics, "portcullis_config_last_reload_success");
+            let stamp = response::metric(&metrics, STAMP);
+            if expect_success && ok == Some(1.0) && stamp != before {
+                return;
+            }
+            if !expect_success && ok == Some(0.0) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "reload not seen; logs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Stops the proxy (SIGTERM) and starts it again with the same configuration and ports.

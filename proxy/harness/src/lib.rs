@@ -31,6 +31,11 @@
 //! `server::http1().route(..).run()`: [`Upstream::builder`], [`Idp::start`],
 //! [`Portcullis::start`], [`Browser::new`].
 //!
+//! Helpers the end-to-end tests share: [`route`] bodies, [`TestEnv::signed_in`],
+//! [`TestEnv::rewrite_config`], [`TestEnv::open_websocket`], raw requests ([`raw_request`],
+//! [`read_head`]) and raw upstreams ([`raw_upstream`], [`stream_upstream`]), and readers of
+//! answers ([`location`], [`set_cookies`], [`query_param`], [`metric`]).
+//!
 //! Traffic goes only to loopback: the [`Browser`] resolves `*.localhost` to 127.0.0.1, refuses
 //! every other name, and refuses to follow a redirect to a non-loopback address.
 
@@ -44,6 +49,10 @@ mod env;
 mod idp;
 mod portcullis;
 mod postgres;
+mod raw;
+mod raw_upstream;
+mod response;
+pub mod route;
 mod upstream;
 
 use std::collections::HashSet;
@@ -57,10 +66,86 @@ pub use crate::env::{TestEnv, TestEnvBuilder};
 pub use crate::idp::{Idp, IdpOptions};
 pub use crate::portcullis::{Portcullis, PortcullisBuilder};
 pub use crate::postgres::{psql, PrivatePostgres, TestDb};
+pub use crate::raw::{
+    echoes, ends_within, raw_get, raw_request, read_head, read_until, websocket_handshake,
+    WEBSOCKET_101, WEBSOCKET_KEY,
+};
+pub use crate::raw_upstream::{echo, raw_upstream, stream_upstream};
+pub use crate::response::{location, metric, query_param, set_cookies};
 pub use crate::upstream::{RecordedRequest, Responder, Upstream, UpstreamBuilder};
 
 /// The loopback address everything listens on.
 pub const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+/// Name of the session cookie (the default `cookie_name`).
+pub const COOKIE: &str = "_portcullis";
+
+/// The `Accept` header of an API client (no sign-in redirects: 401 without a session).
+pub const JSON: (&str, &str) = ("accept", "application/json");
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `VmRSS` of process `pid` in KiB (from `/proc/PID/status`); `None` when it cannot be read.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// A `services = "databroker"` configuration serving gRPC on 127.0.0.1:`grpc` (metrics on a
+/// free port) and storing in PostgreSQL at `storage_url`, or in memory when that is `None`.
+pub fn databroker_config(grpc: u16, shared_secret: &str, storage_url: Option<&str>) -> String {
+    let storage = storage_url
+        .map(|url| {
+            format!(
+                "databroker_storage_type = \"postgres\"\ndatabroker_storage_connection_string = \"{url}\"\n"
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        r#"services = "databroker"
+grpc_address = "127.0.0.1:{grpc}"
+metrics_address = "127.0.0.1:{metrics}"
+{storage}authenticate_service_url = "http://authenticate.localhost:1"
+shared_secret = "{shared_secret}"
+cookie_secret = "{cookie}"
+log_format = "json"
+"#,
+        metrics = free_port(),
+        cookie = random_secret(),
+    )
+}
+
+/// Calls `check` every 50 ms until it returns `None` (done); panics with its last complaint,
+/// `what` and `logs()` once `deadline` has passed.
+pub async fn poll_until<F, Fut>(
+    deadline: std::time::Instant,
+    what: &str,
+    logs: impl Fn() -> String,
+    mut check: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<String>>,
+{
+    loop {
+        let Some(complaint) = check().await else {
+            return;
+        };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not by the deadline ({complaint})\n{}",
+            logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
 
 /// A currently free TCP port on 127.0.0.1.
 ///
@@ -165,6 +250,32 @@ mod tests {
             .unwrap();
         assert_eq!(bytes.len(), 32);
         assert_ne!(s, random_secret());
+    }
+
+    #[test]
+    fn databroker_configs_store_where_asked() {
+        let memory: toml::Table = toml::from_str(&databroker_config(7, "s", None)).unwrap();
+        assert_eq!(memory["services"].as_str(), Some("databroker"));
+        assert_eq!(memory["grpc_address"].as_str(), Some("127.0.0.1:7"));
+        assert!(!memory.contains_key("databroker_storage_type"));
+        let pg: toml::Table = toml::from_str(&databroker_config(
+            7,
+            "s",
+            Some("postgres://x@127.0.0.1/db"),
+        ))
+        .unwrap();
+        assert_eq!(pg["databroker_storage_type"].as_str(), Some("postgres"));
+        assert_eq!(
+            pg["databroker_storage_connection_string"].as_str(),
+            Some("postgres://x@127.0.0.1/db")
+        );
+        assert_eq!(pg["shared_secret"].as_str(), Some("s"));
+    }
+
+    #[test]
+    fn rss_of_this_process_is_read() {
+        assert!(rss_kib(std::process::id()).is_some_and(|kib| kib > 0));
+        assert_eq!(rss_kib(u32::MAX), None);
     }
 
     #[test]

@@ -108,7 +108,8 @@ impl PortcullisBuilder {
         Ok(proxy)
     }
 
-    async fn start_or_panic(self) -> Portcullis {
+    /// [`PortcullisBuilder::start`], panicking with the error (and so the logs) on failure.
+    pub async fn start_or_panic(self) -> Portcullis {
         match self.start().await {
             Ok(p) => p,
             Err(e) => panic!("{e}"),
@@ -292,6 +293,11 @@ impl Portcullis {
             .text()
             .await
             .expect("metrics body")
+    }
+
+    /// The value of the unlabelled metric `name` at `/metrics` (see [`crate::metric`]).
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        crate::metric(&self.metrics().await, name)
     }
 
     /// The process id, while it runs (with a wrapper: the wrapper's, which for valgrind is the

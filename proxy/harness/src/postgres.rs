@@ -32,7 +32,7 @@ impl TestDb {
     /// A `services = "databroker"` configuration storing in this database, serving gRPC on
     /// 127.0.0.1:`grpc` (metrics on a free port).
     pub fn databroker_config(&self, grpc: u16, shared_secret: &str) -> String {
-        databroker_config(&self.url(), grpc, shared_secret)
+        crate::databroker_config(grpc, shared_secret, Some(&self.url()))
     }
 
     /// `postgres://postgres@127.0.0.1:5432/<name>`.
@@ -70,25 +70,6 @@ pub fn psql(sql: &str) {
         "psql {sql:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A `services = "databroker"` configuration storing at `url`, serving gRPC on 127.0.0.1:`grpc`
-/// (metrics on a free port).
-fn databroker_config(url: &str, grpc: u16, shared_secret: &str) -> String {
-    format!(
-        r#"services = "databroker"
-grpc_address = "127.0.0.1:{grpc}"
-metrics_address = "127.0.0.1:{metrics}"
-databroker_storage_type = "postgres"
-databroker_storage_connection_string = "{url}"
-authenticate_service_url = "http://authenticate.localhost:1"
-shared_secret = "{shared_secret}"
-cookie_secret = "{cookie}"
-log_format = "json"
-"#,
-        metrics = crate::free_port(),
-        cookie = crate::random_secret(),
-    )
 }
 
 /// A PostgreSQL server of a test's own, for tests that stop and restart the database (the
@@ -188,7 +169,7 @@ impl PrivatePostgres {
     /// A `services = "databroker"` configuration storing in [`PrivatePostgres::url`], serving
     /// gRPC on 127.0.0.1:`grpc` (metrics on a free port).
     pub fn databroker_config(&self, grpc: u16, shared_secret: &str) -> String {
-        databroker_config(&self.url(), grpc, shared_secret)
+        crate::databroker_config(grpc, shared_secret, Some(&self.url()))
     }
 
     /// Whether the server was last started (and not stopped since).
