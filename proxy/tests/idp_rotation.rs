@@ -2,12 +2,11 @@
 //! IdP's JWKS at discovery, fetches it again when an ID token names a key it does not know, so
 //! sign-ins and session refreshes keep working without a restart.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use portcullis_harness::{IdpOptions, TestEnv};
-use support::{metric, signed_in};
+use portcullis_harness::{metric, IdpOptions, TestEnv};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 /// Rotates the IdP's signing key and checks that the old key is gone from its JWKS.
 async fn rotate(env: &mut TestEnv) {
@@ -23,8 +22,8 @@ async fn rotate(env: &mut TestEnv) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_works_after_the_idp_rotates_its_key() {
-    let mut env = support::start().await;
-    signed_in(&env, "app", "alice").await;
+    let mut env = TestEnv::app_admin_public(BIN).start().await;
+    env.signed_in("app", "alice").await;
 
     rotate(&mut env).await;
 
@@ -47,14 +46,14 @@ async fn sign_in_works_after_the_idp_rotates_its_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_refresh_across_a_key_rotation() {
     const ACCESS_TOKEN_TTL: u64 = 3;
-    let mut env = support::builder()
+    let mut env = TestEnv::app_admin_public(BIN)
         .idp_options(IdpOptions {
             access_token_ttl_secs: ACCESS_TOKEN_TTL,
             ..IdpOptions::default()
         })
         .start()
         .await;
-    let alice = signed_in(&env, "app", "alice").await;
+    let alice = env.signed_in("app", "alice").await;
 
     rotate(&mut env).await;
     let refreshes = |text: &str, result: &str| {
