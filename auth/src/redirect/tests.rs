@@ -128,3 +128,42 @@ fn rejects_overlong() {
     let long = format!("https://app.example.com/{}", "a".repeat(MAX_REDIRECT_LEN));
     assert_eq!(check(&long), Err(AuthError::InvalidRedirect("too long")));
 }
+
+/// The open-redirect corpus (`auth/tests/data/open_redirect_payloads.txt`), with its
+/// placeholders filled in: `{host}`, `{authority}`, `{port}` and the control characters.
+fn open_redirect_payloads(host: &str, authority: &str, port: &str) -> Vec<String> {
+    include_str!("../../tests/data/open_redirect_payloads.txt")
+        .lines()
+        .filter(|line| !line.is_empty() && !line.starts_with("# "))
+        .map(|line| {
+            line.replace("{authority}", authority)
+                .replace("{host}", host)
+                .replace("{port}", port)
+                .replace("<TAB>", "\t")
+                .replace("<LF>", "\n")
+                .replace("<CR>", "\r")
+                .replace("<NUL>", "\0")
+                .replace("<SP>", " ")
+        })
+        .collect()
+}
+
+#[test]
+fn no_payload_of_the_open_redirect_corpus_leads_off_the_allowed_host() {
+    let payloads = open_redirect_payloads("app.example.com", "app.example.com", "8443");
+    assert!(payloads.len() >= 300, "{} payloads", payloads.len());
+    let mut accepted = Vec::new();
+    for raw in &payloads {
+        let Ok(url) = check(raw) else { continue };
+        // Where a browser goes is what a WHATWG parser makes of the raw string (it strips
+        // tabs and newlines, reads `\` as `/`, maps Unicode host names).
+        let browser = Url::parse(raw).unwrap_or_else(|e| panic!("{raw:?} passed, but: {e}"));
+        assert!(matches!(browser.scheme(), "http" | "https"), "{raw:?}");
+        let host = browser.host_str().unwrap_or_default();
+        assert!(only_app(host, browser.port()), "{raw:?} leads to {browser}");
+        assert_eq!(url, browser, "{raw:?}");
+        accepted.push(raw.as_str());
+    }
+    // The few that pass are the allowed host itself, with a harmless path or fragment.
+    assert!(accepted.len() < 20, "{accepted:#?}");
+}

@@ -1,0 +1,209 @@
+//! End to end: the open-redirect corpus (`auth/tests/data/open_redirect_payloads.txt`) offered
+//! to every parameter of the live proxy that takes a URL to send a browser to, on one proxy.
+//! No answer's `Location`, and no link on an answered page, may lead to a host that is not
+//! configured (a route host, the authenticate host or the IdP); the programmatic login's
+//! return address may only be a loopback one.
+//!
+//! The parameters: `portcullis_redirect_uri` of `/.portcullis/sign_in` (signed, browser and
+//! programmatic), of `/.portcullis/api/v1/login` (authenticate and route host), what a
+//! sign-out is offered (`portcullis_redirect_uri`, `redirect_uri`), which it must ignore, and
+//! the return address a handoff carries to `/.portcullis/callback/`.
+
+mod support;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use portcullis_auth::{Cipher, Handoff, Secret, UrlSigner};
+use portcullis_harness::{Browser, TestEnv};
+use support::signed_in;
+use url::Url;
+
+const PAYLOADS: &str = include_str!("../../auth/tests/data/open_redirect_payloads.txt");
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The corpus with `app.localhost` on the proxy's port as the allowed host.
+fn payloads(env: &TestEnv) -> Vec<String> {
+    let port = env.port.to_string();
+    let authority = format!("app.localhost:{port}");
+    PAYLOADS
+        .lines()
+        .filter(|line| !line.is_empty() && !line.starts_with("# "))
+        .map(|line| {
+            line.replace("{authority}", &authority)
+                .replace("{host}", "app.localhost")
+                .replace("{port}", &port)
+                .replace("<TAB>", "\t")
+                .replace("<LF>", "\n")
+                .replace("<CR>", "\r")
+                .replace("<NUL>", "\0")
+                .replace("<SP>", " ")
+        })
+        .collect()
+}
+
+/// Checks one answer to `request`: its `Location` and the links of its page lead only to
+/// `allowed` hosts. Returns where `Location` leads, resolved as a browser would.
+async fn check(
+    resp: reqwest::Response,
+    request: &Url,
+    allowed: &[&str],
+    what: &str,
+) -> Option<Url> {
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().expect("an ASCII Location").to_owned());
+    let body = resp.text().await.unwrap_or_default();
+    let leads_to = |link: &str| {
+        let target = request
+            .join(link)
+            .unwrap_or_else(|e| panic!("{what}: unparsable link {link:?}: {e}"));
+        let host = target.host_str().unwrap_or_default().to_owned();
+        assert!(
+            matches!(target.scheme(), "http" | "https") && allowed.contains(&host.as_str()),
+            "{what}: {status} leads to {target}"
+        );
+        target
+    };
+    assert!(
+        matches!(status, 200 | 302 | 303 | 400),
+        "{what}: unexpected {status}"
+    );
+    for link in body.split("href=\"").skip(1) {
+        let link = link.split('"').next().unwrap_or_default();
+        leads_to(&link.replace("&amp;", "&"));
+    }
+    location.map(|l| leads_to(&l))
+}
+
+fn query_param(url: &Url, name: &str) -> Option<String> {
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+#[tokio::test]
+async fn no_url_parameter_leads_off_the_configured_hosts() {
+    let env = TestEnv::builder(env!("CARGO_BIN_EXE_portcullis"))
+        .route(
+            "from = \"http://app.localhost\"\nto = \"{upstream}\"\nallow_any_authenticated_user = true",
+        )
+        .start()
+        .await;
+    let payloads = payloads(&env);
+    assert!(payloads.len() >= 300);
+
+    let signer = UrlSigner::new(&Secret::from_base64(env.shared_secret()).unwrap());
+    let idp = Url::parse(env.idp.issuer()).unwrap();
+    let idp_host = idp.host_str().unwrap().to_owned();
+    let configured = ["app.localhost", "authenticate.localhost", idp_host.as_str()];
+    let loopback = ["localhost", "127.0.0.1", "[::1]"];
+    let auth = env.authenticate_url();
+    let app = env.url("app", "/");
+
+    // Signed in on the authenticate host, so that a sign-in link answers at once with the
+    // handoff to where it returns, instead of a trip through the IdP.
+    let browser: Browser = signed_in(&env, "app", "alice").await;
+    let anonymous = env.browser();
+
+    let mut returned = 0;
+    for raw in &payloads {
+        // 1. The signed sign-in link, browser flow: refused, or a handoff to a route host.
+        let mut url = Url::parse(&format!("{auth}/.portcullis/sign_in")).unwrap();
+        url.query_pairs_mut()
+            .append_pair("portcullis_redirect_uri", raw);
+        let signed = signer.sign(&url, now(), 300);
+        let what = format!("sign_in {raw:?}");
+        let resp = browser.get(signed.as_str()).await;
+        if let Some(to) = check(resp, &signed, &configured, &what).await {
+            returned += 1;
+            assert_eq!(to.path(), "/.portcullis/callback/", "{what}: {to}");
+        }
+
+        // 2. The same, programmatic: refused, or off to the IdP (the return is checked at 3).
+        url.query_pairs_mut()
+            .append_pair("portcullis_programmatic", "true");
+        let signed = signer.sign(&url, now(), 300);
+        let what = format!("programmatic sign_in {raw:?}");
+        let resp = anonymous.get(signed.as_str()).await;
+        if let Some(to) = check(resp, &signed, &configured, &what).await {
+            assert_eq!(to.host_str(), Some(idp_host.as_str()), "{what}: {to}");
+        }
+
+        // 3. The programmatic login API, on both hosts: a link whose return is loopback only.
+        for base in [auth.as_str(), app.trim_end_matches('/')] {
+            let mut url = Url::parse(&format!("{base}/.portcullis/api/v1/login")).unwrap();
+            url.query_pairs_mut()
+                .append_pair("portcullis_redirect_uri", raw);
+            let what = format!("login API on {base} {raw:?}");
+            let resp = anonymous.get(url.as_str()).await;
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap_or_default();
+            if status == 200 {
+                let link = Url::parse(body.trim()).unwrap_or_else(|e| panic!("{what}: {e}"));
+                let back = query_param(&link, "portcullis_redirect_uri").unwrap_or_default();
+                let back = Url::parse(&back).unwrap_or_else(|e| panic!("{what}: {back}: {e}"));
+                assert!(
+                    matches!(back.scheme(), "http" | "https")
+                        && loopback.contains(&back.host_str().unwrap_or_default()),
+                    "{what}: returns to {back}"
+                );
+            } else {
+                assert!(matches!(status, 400 | 404), "{what}: {status}");
+            }
+        }
+
+        // 4. Sign-out takes no return address: whatever it is offered, it goes nowhere else.
+        for base in [auth.as_str(), app.trim_end_matches('/')] {
+            for param in ["portcullis_redirect_uri", "redirect_uri"] {
+                let mut url = Url::parse(&format!("{base}/.portcullis/sign_out")).unwrap();
+                url.query_pairs_mut().append_pair(param, raw);
+                let what = format!("sign_out on {base} {param}={raw:?}");
+                let resp = anonymous.get(url.as_str()).await;
+                check(resp, &url, &configured, &what).await;
+            }
+        }
+    }
+    // The corpus holds a few addresses on the allowed host: they do come back, so the
+    // sign-in checks above were not all refusals for another reason.
+    assert!(returned > 0, "{}", env.logs());
+}
+
+/// A handoff carries its return address sealed, validated when the authenticate host minted
+/// it; the route host's callback checks it again (defence in depth: a key leak or a bug at
+/// issuance must not turn the callback into an open redirect or a `javascript:` sink). Each
+/// payload is sealed into a handoff as the authenticate host would, and presented.
+#[tokio::test]
+#[ignore = "the callback checks the return's host and port but not its scheme (see the report)"]
+async fn a_handoff_returns_only_to_its_own_host_over_http() {
+    let env = TestEnv::builder(env!("CARGO_BIN_EXE_portcullis"))
+        .route(
+            "from = \"http://app.localhost\"\nto = \"{upstream}\"\nallow_any_authenticated_user = true",
+        )
+        .start()
+        .await;
+    let cipher = Cipher::new(&Secret::from_base64(env.cookie_secret()).unwrap());
+    let app = env.url("app", "/");
+    let anonymous = env.browser();
+    let mut returned = 0;
+    for raw in &payloads(&env) {
+        let handoff = Handoff::new("s-open-redirect", raw.as_str(), now()).seal(&cipher);
+        let mut url = Url::parse(&format!("{app}.portcullis/callback/")).unwrap();
+        url.query_pairs_mut()
+            .append_pair("portcullis_handoff", &handoff);
+        let what = format!("callback {raw:?}");
+        let resp = anonymous.get(url.as_str()).await;
+        if let Some(to) = check(resp, &url, &["app.localhost"], &what).await {
+            assert_eq!(to.port(), Some(env.port), "{what}: {to}");
+            returned += 1;
+        }
+    }
+    assert!(returned > 0, "{}", env.logs());
+}
