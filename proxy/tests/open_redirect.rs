@@ -9,13 +9,10 @@
 //! sign-out is offered (`portcullis_redirect_uri`, `redirect_uri`), which it must ignore, and
 //! the return address a handoff carries to `/.portcullis/callback/`.
 
-mod support;
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use portcullis_auth::{Cipher, Handoff, Secret, UrlSigner};
+use portcullis_auth::{BrowserBinding, Cipher, Handoff, Secret, UrlSigner};
 use portcullis_harness::{Browser, TestEnv};
-use support::signed_in;
 use url::Url;
 
 const PAYLOADS: &str = include_str!("../../auth/tests/data/open_redirect_payloads.txt");
@@ -110,7 +107,7 @@ async fn no_url_parameter_leads_off_the_configured_hosts() {
 
     // Signed in on the authenticate host, so that a sign-in link answers at once with the
     // handoff to where it returns, instead of a trip through the IdP.
-    let browser: Browser = signed_in(&env, "app", "alice").await;
+    let browser: Browser = env.signed_in("app", "alice").await;
     let anonymous = env.browser();
 
     let mut returned = 0;
@@ -194,12 +191,25 @@ async fn a_handoff_returns_only_to_its_own_host_over_http() {
     let anonymous = env.browser();
     let mut returned = 0;
     for raw in &payloads(&env) {
-        let handoff = Handoff::new("s-open-redirect", raw.as_str(), now()).seal(&cipher);
+        // Sealed for this host and for this browser's binding cookie, as a real one is.
+        let binding = BrowserBinding::new();
+        let authority = format!("app.localhost:{}", env.port);
+        let handoff = Handoff::new(
+            "s-open-redirect",
+            raw.as_str(),
+            authority,
+            binding.digest(),
+            now(),
+        )
+        .seal(&cipher);
+        let binding_cookie = format!("_portcullis_csrf={}", binding.cookie_value());
         let mut url = Url::parse(&format!("{app}.portcullis/callback/")).unwrap();
         url.query_pairs_mut()
             .append_pair("portcullis_handoff", &handoff);
         let what = format!("callback {raw:?}");
-        let resp = anonymous.get(url.as_str()).await;
+        let resp = anonymous
+            .get_with(url.as_str(), &[("cookie", &binding_cookie)])
+            .await;
         if let Some(to) = check(resp, &url, &["app.localhost"], &what).await {
             assert_eq!(to.port(), Some(env.port), "{what}: {to}");
             returned += 1;
