@@ -31,7 +31,7 @@ use portcullis_databroker::{
 use tracing::{error, info, warn};
 
 use crate::config::{Config, StorageType};
-use crate::metrics::{Metrics, MetricsApp};
+use crate::observe::metrics::{Metrics, MetricsApp};
 
 /// Runs the store's own tasks (PostgreSQL LISTEN and compaction, the gRPC channel) for the
 /// life of the process, apart from Pingora's per-service runtimes.

@@ -18,7 +18,7 @@ use portcullis_databroker::Store;
 use tracing::info;
 
 use crate::config::{Config, LogFormat, Services};
-use crate::metrics::{Metrics, MetricsApp};
+use crate::observe::metrics::{Metrics, MetricsApp};
 use crate::service::Proxy;
 use crate::sessions::SessionCache;
 use crate::state::State;
@@ -119,7 +119,7 @@ impl BackgroundService for Background {
         let state = self.state.clone();
         let manager_shutdown = shutdown.clone();
         tokio::spawn(async move {
-            crate::sessions::identity_manager::run(state, manager_shutdown).await
+            crate::identity_manager::run(state, manager_shutdown).await
         });
 
         // Identity assertions in use are signed again before they expire, off the request path.
@@ -157,17 +157,17 @@ impl BackgroundService for Background {
 
 /// Sets up logging: JSON lines (or pretty) on stdout, at `log_level`.
 ///
-/// Lines are gathered and written by a background thread ([`crate::log_writer`]), so a request
+/// Lines are gathered and written by a background thread ([`crate::observe::log_writer`]), so a request
 /// never waits for a write to stdout (the access log writes one line per request). Keep the
 /// returned guard alive for the life of the process: dropping it writes what is still queued.
-pub fn init_logging(config: &Config) -> crate::log_writer::Guard {
+pub fn init_logging(config: &Config) -> crate::observe::log_writer::Guard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!(
             "{level},pingora_core=warn,pingora_proxy=warn,pingora=warn",
             level = config.log_level
         ))
     });
-    let (writer, guard) = crate::log_writer::LogWriter::start(std::io::stdout());
+    let (writer, guard) = crate::observe::log_writer::LogWriter::start(std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer.clone());
@@ -179,7 +179,7 @@ pub fn init_logging(config: &Config) -> crate::log_writer::Guard {
                 .with_current_span(false)
                 .try_init();
             if installed.is_ok() {
-                crate::request_log::install(writer);
+                crate::observe::request_log::install(writer);
             }
         }
         LogFormat::Pretty => {

@@ -30,15 +30,15 @@ use tracing::warn;
 
 use crate::authenticate;
 use crate::config::{PathMatcher, Route, TemplatePart, Upstream};
-use crate::deadline::Deadline;
-use crate::path;
-use crate::request_log;
+use crate::upstream::deadline::Deadline;
+use crate::request::path;
+use crate::observe::request_log;
 use crate::respond::{Refusal, Reply};
 use crate::sessions::opened::Known;
 use crate::sessions::CachedSession;
 use crate::state::{now_unix, Runtime, State};
-use crate::streams::{StreamWatch, Subject};
-use crate::tripwire;
+use crate::upstream::streams::{StreamWatch, Subject};
+use crate::upstream::tripwire;
 
 /// Header names used on every request, built once.
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -83,9 +83,9 @@ pub struct Ctx {
     pub in_flight: InFlight,
     /// The upstream connection's socket, when the connection is HTTP/1 (this request's alone).
     pub upstream_fd: Option<RawFd>,
-    /// The re-check of a live websocket or streamed response ([`crate::streams`]).
+    /// The re-check of a live websocket or streamed response ([`crate::upstream::streams`]).
     pub stream: Option<StreamWatch>,
-    /// The route's `timeout` for the upstream's whole response ([`crate::deadline`]).
+    /// The route's `timeout` for the upstream's whole response ([`crate::upstream::deadline`]).
     pub deadline: Option<Deadline>,
 }
 
@@ -262,7 +262,7 @@ impl Proxy {
     /// Starts re-checking a websocket or streamed response every `stream_recheck_interval`.
     fn watch_stream(&self, session: &Session, ctx: &mut Ctx) {
         // The client connection when it is HTTP/1 (it is this request's until `logging`),
-        // else the upstream one when it is HTTP/1; see `crate::streams`.
+        // else the upstream one when it is HTTP/1; see `crate::upstream::streams`.
         let fd = match session.as_http1() {
             Some(h1) => Some(h1.stream().id()),
             None => ctx.upstream_fd,
@@ -821,7 +821,7 @@ impl ProxyHttp for Proxy {
 /// loads its session and evaluates the route's policy: the whole of authorization that depends
 /// on configuration and sessions. `request_filter` runs it for every request, and the watch of a
 /// live websocket or stream runs it again every `stream_recheck_interval`
-/// ([`crate::streams`]), so a reload or a sign-out is judged the same way for both.
+/// ([`crate::upstream::streams`]), so a reload or a sign-out is judged the same way for both.
 ///
 /// What it found on the way is left in `found` even when it refuses (for logs and answers).
 pub(crate) async fn authorize<'r>(

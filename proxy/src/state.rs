@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::config::{self, Config};
-use crate::metrics::{Metrics, RouteSeries};
+use crate::observe::metrics::{Metrics, RouteSeries};
 use crate::routes::RouteTable;
 use crate::sessions::opened::OpenedCookies;
 use crate::sessions::SessionCache;
@@ -75,7 +75,7 @@ impl Runtime {
             }
         }
         let routes = RouteTable::new(std::mem::take(&mut config.routes));
-        crate::health::spawn(&routes);
+        crate::upstream::health::spawn(&routes);
         let route_series = routes.routes().iter().map(|_| RouteSeries::new()).collect();
         let session_cookie = CookieOptions {
             name: config.cookie.name.clone(),

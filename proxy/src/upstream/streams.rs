@@ -25,7 +25,7 @@ use tracing::{debug, info};
 use crate::respond::Refusal;
 use crate::service::{authorize, Asker, Found};
 use crate::state::{now_unix, State};
-use crate::tripwire::Tripwire;
+use crate::upstream::tripwire::Tripwire;
 
 /// Why a stream was closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

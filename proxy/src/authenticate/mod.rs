@@ -19,7 +19,7 @@ use portcullis_auth::{find_cookie, validate_redirect, Handoff, LoginState, Sessi
 use tracing::{info, warn};
 use url::Url;
 
-use crate::pages;
+use crate::respond::pages;
 use crate::respond::{Refusal, Reply};
 use crate::service::{load_session, Ctx, Flow};
 use crate::state::{now_unix, Runtime, State};

@@ -10,7 +10,8 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
-use crate::pages;
+
+pub mod pages;
 
 /// Why a request is not proxied.
 #[derive(Debug, Clone)]

@@ -17,7 +17,7 @@ use std::io::Write as _;
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
-use crate::log_writer::LogWriter;
+use crate::observe::log_writer::LogWriter;
 use serde::Serialize;
 
 /// The access log line of one request.

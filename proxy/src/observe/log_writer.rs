@@ -6,7 +6,7 @@
 //! request on the proxy's own cores, a few percent of a proxied request. Here a line costs an
 //! uncontended lock and a copy, and a busy proxy writes in large pieces.
 //!
-//! - The per-request lines ([`crate::request_log`], through [`LogWriter::append`]) wait at most
+//! - The per-request lines ([`crate::observe::request_log`], through [`LogWriter::append`]) wait at most
 //!   [`FLUSH_INTERVAL`], or until [`FLUSH_BYTES`] have gathered.
 //! - Every other line (`tracing` events: start, reloads, warnings) wakes the writer at once, and
 //!   takes what gathered before it along, in order.
@@ -205,7 +205,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
     fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
         LogWriter {
             shared: self.shared.clone(),
-            urgent: !crate::request_log::TARGETS.contains(&meta.target()),
+            urgent: !crate::observe::request_log::TARGETS.contains(&meta.target()),
         }
     }
 }
@@ -289,7 +289,7 @@ mod tests {
             .finish();
         tracing::subscriber::with_default(subscriber, || {
             std::thread::sleep(Duration::from_millis(50));
-            for target in crate::request_log::TARGETS {
+            for target in crate::observe::request_log::TARGETS {
                 match target {
                     "access" => tracing::info!(target: "access", "a request line"),
                     "authorize" => tracing::info!(target: "authorize", "a refusal line"),
