@@ -152,7 +152,7 @@ fn request_host(req: &RequestHeader, tls: bool) -> Result<(String, u16, String),
         return Err(Refusal::BadRequest(Malformed::InvalidHost));
     }
     let (host, port) =
-        split_host_port(authority).ok_or_else(|| Refusal::BadRequest(Malformed::InvalidHost))?;
+        split_host_port(authority).ok_or(Refusal::BadRequest(Malformed::InvalidHost))?;
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     let port = port.unwrap_or(if tls { 443 } else { 80 });
     Ok((host, port, authority.to_string()))
