@@ -8,7 +8,7 @@
 use libfuzzer_sys::fuzz_target;
 
 #[allow(dead_code)]
-#[path = "../../proxy/src/path.rs"]
+#[path = "../../proxy/src/request/path.rs"]
 mod path;
 
 fuzz_target!(|raw: &[u8]| {

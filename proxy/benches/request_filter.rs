@@ -20,7 +20,8 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use pingora::proxy::{ProxyHttp, Session};
 use portcullis::config::Config;
-use portcullis::service::{Ctx, Proxy};
+use portcullis::ctx::Ctx;
+use portcullis::service::Proxy;
 use portcullis::state::{now_unix, State};
 use portcullis_auth::{Cipher, Session as StoredSession, SessionCookie};
 
@@ -137,7 +138,7 @@ fn request_filter(c: &mut Criterion) {
         .chain(denied.iter().map(|b| (b, true)))
     {
         let (answered, ctx) = decide(&proxy, &mut parsed(bytes));
-        assert_eq!(answered, want, "outcome {}", ctx.outcome);
+        assert_eq!(answered, want, "outcome {}", ctx.outcome());
     }
 
     let mut group = c.benchmark_group("request_filter_10k");
@@ -149,7 +150,7 @@ fn request_filter(c: &mut Criterion) {
     ];
     for (name, requests, outcome) in &cases {
         let (_, ctx) = decide(&proxy, &mut parsed(&requests[0]));
-        assert_eq!(ctx.outcome, *outcome, "{name}");
+        assert_eq!(ctx.outcome().as_str(), *outcome, "{name}");
         let mut i = 0usize;
         group.bench_function(*name, |b| {
             b.iter_batched(

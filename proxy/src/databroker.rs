@@ -31,7 +31,7 @@ use portcullis_databroker::{
 use tracing::{error, info, warn};
 
 use crate::config::{Config, StorageType};
-use crate::metrics::{Metrics, MetricsApp};
+use crate::observe::metrics::{Metrics, MetricsApp};
 
 /// Runs the store's own tasks (PostgreSQL LISTEN and compaction, the gRPC channel) for the
 /// life of the process, apart from Pingora's per-service runtimes.
@@ -86,7 +86,7 @@ impl BackgroundService for Grpc {
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
-        crate::server::termination_requested().await;
+        crate::shutdown::termination_requested().await;
         info!("shutdown requested");
         ShutdownSignal::GracefulTerminate
     }
@@ -112,7 +112,7 @@ pub fn proxy_store(config: &Config) -> Result<Arc<dyn Store>, String> {
 
 /// `services = "databroker"`: serves the store on `grpc_address` until SIGTERM/SIGINT.
 pub fn run(config: Config) -> Result<(), String> {
-    let _log_writer = crate::server::init_logging(&config);
+    let _log_writer = crate::observe::init_logging(&config);
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     // Proxies seal tokens before they send them, so this side stores what it gets.
     let store = local_store(&config)?;

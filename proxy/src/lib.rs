@@ -5,40 +5,46 @@
 //! authorization happens in-process, inside Pingora's `request_filter`, against a cached view
 //! of the session, so an allowed request costs no network round trip.
 //!
-//! - [`config`]: the configuration file and its validated runtime form;
+//! The modules follow one request, in the order Pingora's phases reach them:
+//!
+//! - [`service`]: the Pingora `ProxyHttp` implementation, each phase handing its work on;
+//! - [`ctx`]: the per-request state the phases share;
+//! - [`decide`]: `request_filter`'s decision, the stages below in order;
+//! - [`request`]: request validation (host, framing) and path normalization;
+//! - [`authorize`]: route, session and policy: the one place a request is authorized;
 //! - [`routes`]: the route table (host index, path matchers, upstream choice);
-//! - [`path`]: request-path normalization, before any matching;
-//! - [`service`]: the Pingora `ProxyHttp` implementation;
-//! - [`authenticate`]: sign-in, callbacks, sign-out and the user page;
+//! - [`authenticate`]: sign-in, callbacks, sign-out and the user page, served in-process;
+//! - [`respond`]: refusals (typed reasons, their wording) and the pages Portcullis answers;
+//! - [`upstream`]: the backend's peer and health, the request it gets, the route's deadline
+//!   and the re-check of live streams;
 //! - [`sessions`]: the session cache and its change-stream follower;
-//! - [`streams`]: the re-check of live websockets and streamed responses;
-//! - [`deadline`], [`tripwire`]: the route's `timeout` for a whole response, and how a
-//!   request in progress is ended from outside;
-//! - [`request_log`], [`log_writer`]: the access and refusal lines written for every request,
-//!   and the thread that writes all log lines;
-//! - [`server`]: start-up and shutdown;
-//! - [`seed`]: `portcullis sessions seed`, sessions and cookies for load tests.
+//!   [`identity_manager`]: renewal of sessions with the IdP;
+//! - [`observe`]: metrics, the access and refusal log lines, the log writer;
+//! - [`state`]: what is built once and shared (the runtime a reload swaps);
+//! - [`config`]: the configuration file and its validated runtime form;
+//! - [`server`], [`shutdown`], [`reload`], [`tls`], [`databroker`]: start-up, signals, hot
+//!   reload, certificates, and the session store a proxy uses;
+//! - [`seed`], [`policy_test`]: the `sessions seed` and `policy test` commands.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod authenticate;
+pub mod authorize;
 pub mod config;
+pub mod ctx;
 pub mod databroker;
-pub mod deadline;
-pub mod health;
-pub mod log_writer;
-pub mod metrics;
-pub mod pages;
-pub mod path;
+pub mod decide;
+pub mod identity_manager;
+pub mod observe;
 pub mod policy_test;
 pub mod reload;
-pub mod request_log;
+pub mod request;
 pub mod respond;
 pub mod routes;
 pub mod seed;
 pub mod server;
 pub mod service;
 pub mod sessions;
+pub mod shutdown;
 pub mod state;
-pub mod streams;
 pub mod tls;
-pub mod tripwire;
+pub mod upstream;

@@ -10,7 +10,7 @@ use portcullis_policy::{Identity, Request};
 use url::Url;
 
 use crate::config::Config;
-use crate::path;
+use crate::request::path;
 use crate::routes::RouteTable;
 
 /// The request and identity to evaluate.

@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::state::{now_unix, Runtime, State};
+use crate::upstream::health;
 
 /// What a reload did.
 #[derive(Debug, PartialEq, Eq)]
@@ -33,7 +34,9 @@ pub fn reload(state: &State, path: &Path) -> Outcome {
             let current = state.runtime.load();
             let restart_needed = restart_only_changes(&current.config, &config);
             let routes = config.routes.len();
-            state.runtime.store(Arc::new(Runtime::new(config)));
+            let runtime = Arc::new(Runtime::new(config));
+            health::spawn(&runtime.routes);
+            state.runtime.store(runtime);
             info!(routes, "configuration reloaded");
             for key in &restart_needed {
                 warn!(

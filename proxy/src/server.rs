@@ -17,8 +17,8 @@ use portcullis_auth::jwt::{ASSERTION_RENEW_INTERVAL, ASSERTION_RENEW_SPREAD};
 use portcullis_databroker::Store;
 use tracing::info;
 
-use crate::config::{Config, LogFormat, Services};
-use crate::metrics::{Metrics, MetricsApp};
+use crate::config::{Config, Services};
+use crate::observe::metrics::{Metrics, MetricsApp};
 use crate::service::Proxy;
 use crate::sessions::SessionCache;
 use crate::state::State;
@@ -37,27 +37,10 @@ struct Signals {
     metrics: Arc<Metrics>,
 }
 
-/// Resolves on the first SIGTERM or SIGINT (never, if the handlers cannot be installed).
-pub(crate) async fn termination_requested() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => std::future::pending::<()>().await,
-    }
-}
-
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
-        termination_requested().await;
+        crate::shutdown::termination_requested().await;
         info!("shutdown requested; draining in-flight requests");
         self.metrics.ready.store(false, Ordering::Release);
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
@@ -118,9 +101,7 @@ impl BackgroundService for Background {
         // Session refresh: one replica at a time, elected through the databroker's lease.
         let state = self.state.clone();
         let manager_shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            crate::sessions::identity_manager::run(state, manager_shutdown).await
-        });
+        tokio::spawn(async move { crate::identity_manager::run(state, manager_shutdown).await });
 
         // Identity assertions in use are signed again before they expire, off the request path.
         let state = self.state.clone();
@@ -155,46 +136,12 @@ impl BackgroundService for Background {
     }
 }
 
-/// Sets up logging: JSON lines (or pretty) on stdout, at `log_level`.
-///
-/// Lines are gathered and written by a background thread ([`crate::log_writer`]), so a request
-/// never waits for a write to stdout (the access log writes one line per request). Keep the
-/// returned guard alive for the life of the process: dropping it writes what is still queued.
-pub fn init_logging(config: &Config) -> crate::log_writer::Guard {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "{level},pingora_core=warn,pingora_proxy=warn,pingora=warn",
-            level = config.log_level
-        ))
-    });
-    let (writer, guard) = crate::log_writer::LogWriter::start(std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer.clone());
-    match config.log_format {
-        LogFormat::Json => {
-            let installed = builder
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .try_init();
-            if installed.is_ok() {
-                crate::request_log::install(writer);
-            }
-        }
-        LogFormat::Pretty => {
-            let _ = builder.with_ansi(false).try_init();
-        }
-    }
-    guard
-}
-
 /// Runs the configured services until SIGTERM/SIGINT.
 pub fn run(config: Config, config_path: &Path) -> Result<(), String> {
     if config.services == Services::Databroker {
         return crate::databroker::run(config);
     }
-    let _log_writer = init_logging(&config);
+    let _log_writer = crate::observe::init_logging(&config);
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
     let store: Arc<dyn Store> = crate::databroker::proxy_store(&config)?;
     let sessions = Arc::new(SessionCache::new(
@@ -209,6 +156,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), String> {
     let certificates = config.certificates.clone();
     let insecure = config.insecure_server;
     let state = Arc::new(State::new(config, sessions, metrics.clone())?);
+    crate::upstream::health::spawn(&state.runtime.load().routes);
     metrics.reload_success.set(1);
     metrics.reload_timestamp.set(crate::state::now_unix());
 

@@ -13,9 +13,8 @@
 //! entry is only used once the store confirms it again. Unknown sessions need the store, so
 //! while it is down they fail closed (the caller answers 503).
 //!
-//! [`identity_manager`] refreshes sessions with the IdP's refresh token.
+//! [`crate::identity_manager`] refreshes sessions with the IdP's refresh token.
 
-pub mod identity_manager;
 pub mod opened;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,7 +27,7 @@ use portcullis_databroker::{Error as StoreError, NewRecord, Store, SESSION_TYPE}
 use portcullis_policy::Identity;
 use tracing::{debug, info, warn};
 
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 
 /// The scope every session cookie is sealed and opened with until the proxy passes each
 /// request's own (issue #23: the route authority, or the cookie domain); with one scope for

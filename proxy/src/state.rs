@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::config::{self, Config};
-use crate::metrics::{Metrics, RouteSeries};
+use crate::observe::metrics::{Metrics, RouteSeries};
 use crate::routes::RouteTable;
 use crate::sessions::opened::OpenedCookies;
 use crate::sessions::SessionCache;
@@ -60,6 +60,8 @@ pub const LOGIN_STATE_COOKIE_TTL: Duration = Duration::from_secs(600);
 // === impl Runtime ===
 
 impl Runtime {
+    /// Compiles `config` for requests. Starts nothing: whoever installs the runtime (start-up,
+    /// reload) starts the health checks of its routes ([`crate::upstream::health::spawn`]).
     pub fn new(mut config: Config) -> Self {
         for route in &config.routes {
             if route
@@ -75,7 +77,6 @@ impl Runtime {
             }
         }
         let routes = RouteTable::new(std::mem::take(&mut config.routes));
-        crate::health::spawn(&routes);
         let route_series = routes.routes().iter().map(|_| RouteSeries::new()).collect();
         let session_cookie = CookieOptions {
             name: config.cookie.name.clone(),

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis::metrics::Metrics;
+use portcullis::observe::metrics::Metrics;
 use portcullis::sessions::SessionCache;
 use portcullis_auth::Session;
 use portcullis_databroker::{MemoryStore, Store};

@@ -2,8 +2,8 @@
 //! it names, the time it expires, and the cached session it led to last.
 //!
 //! A client sends the same sealed value with every request, and opening it (base64, AES-256-GCM,
-//! JSON) cost about 5,400 instructions per request under callgrind, the largest part of what
-//! authorization added to a request. A hit here costs a hash of the value and one comparison.
+//! JSON) is the largest part of what authorization adds to a request. A hit here costs a hash
+//! of the value and one comparison.
 //!
 //! What is kept is exactly what opening the value says, and only for values that opened: a
 //! lookup compares the whole value (never a hash of it alone), in constant time as for any

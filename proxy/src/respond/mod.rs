@@ -9,16 +9,22 @@ use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
+use portcullis_auth::AuthError;
 
-use crate::pages;
+use crate::observe::outcome::Outcome;
+
+pub mod pages;
+mod reasons;
+
+pub use reasons::{Dependency, Malformed, SignInFailure};
 
 /// Why a request is not proxied.
 #[derive(Debug, Clone)]
 pub enum Refusal {
     /// No route for this host and path.
     NotFound,
-    /// Malformed request; the text says what.
-    BadRequest(String),
+    /// Malformed request.
+    BadRequest(Malformed),
     /// No valid session on a protected route: browsers are sent to sign in.
     SignIn { location: String },
     /// No valid session, and the client is not a browser (JSON or bearer).
@@ -26,7 +32,7 @@ pub enum Refusal {
     /// Signed in, but the policy denies.
     Forbidden { details: Vec<String> },
     /// A dependency is down (the session store, the IdP); never an allow.
-    Unavailable(String),
+    Unavailable(Dependency),
     /// Upstream refused or failed.
     BadGateway,
     /// Upstream did not answer in time.
@@ -34,7 +40,7 @@ pub enum Refusal {
     /// Method not allowed on one of Portcullis's own endpoints.
     MethodNotAllowed,
     /// The sign-in flow failed (the IdP refused, or its answer did not validate).
-    SignInFailed(String),
+    SignInFailed(SignInFailure),
 }
 
 /// A complete response.
@@ -63,30 +69,44 @@ impl Refusal {
         }
     }
 
-    /// The metric/log label of this refusal.
-    pub fn outcome(&self) -> &'static str {
+    /// What was decided, for metrics and logs.
+    pub fn outcome(&self) -> Outcome {
         match self {
-            Refusal::NotFound => "not_found",
-            Refusal::BadRequest(_) => "bad_request",
-            Refusal::SignIn { .. } => "sign_in",
-            Refusal::Unauthorized => "unauthenticated",
-            Refusal::Forbidden { .. } => "deny",
-            Refusal::Unavailable(_) => "unavailable",
-            Refusal::BadGateway => "bad_gateway",
-            Refusal::GatewayTimeout => "gateway_timeout",
-            Refusal::MethodNotAllowed => "method_not_allowed",
-            Refusal::SignInFailed(_) => "sign_in_failed",
+            Refusal::NotFound => Outcome::NotFound,
+            Refusal::BadRequest(_) => Outcome::BadRequest,
+            Refusal::SignIn { .. } => Outcome::SignIn,
+            Refusal::Unauthorized => Outcome::Unauthenticated,
+            Refusal::Forbidden { .. } => Outcome::Deny,
+            Refusal::Unavailable(_) => Outcome::Unavailable,
+            Refusal::BadGateway => Outcome::BadGateway,
+            Refusal::GatewayTimeout => Outcome::GatewayTimeout,
+            Refusal::MethodNotAllowed => Outcome::MethodNotAllowed,
+            Refusal::SignInFailed(_) => Outcome::SignInFailed,
         }
     }
 
-    /// Where a person can go from the page of this refusal.
-    fn links(&self) -> &'static [(&'static str, &'static str)] {
-        match self {
-            Refusal::Forbidden { .. } => &[
-                ("Your session", "/.portcullis/"),
-                ("Sign out and use another account", "/.portcullis/sign_out"),
-            ],
-            _ => &[],
+    /// The refusal for a request whose proxying failed with `e`; `None` when the client went
+    /// away (nothing to answer).
+    pub fn for_proxy_error(e: &Error) -> Option<Refusal> {
+        match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                Some(Refusal::GatewayTimeout)
+            }
+            ErrorType::HTTPStatus(504) => Some(Refusal::GatewayTimeout),
+            ErrorType::HTTPStatus(code) if *code >= 500 => Some(Refusal::BadGateway),
+            ErrorType::HTTPStatus(code) if (400..500).contains(code) => {
+                Some(Refusal::BadRequest(Malformed::Unreadable))
+            }
+            _ => match e.esource() {
+                pingora::ErrorSource::Upstream => Some(Refusal::BadGateway),
+                pingora::ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                        None
+                    }
+                    _ => Some(Refusal::BadRequest(Malformed::Unreadable)),
+                },
+                _ => Some(Refusal::BadGateway),
+            },
         }
     }
 
@@ -95,30 +115,7 @@ impl Refusal {
         if let Refusal::SignIn { location } = self {
             return Reply::redirect(location);
         }
-        let (title, text) = match self {
-            Refusal::NotFound => ("Not found", "No application is configured at this address."),
-            Refusal::BadRequest(why) => ("Bad request", why.as_str()),
-            Refusal::Unauthorized => ("Unauthorized", "Sign-in is required for this application."),
-            Refusal::Forbidden { .. } => (
-                "Access denied",
-                "You are signed in, but this application's policy does not allow your request.",
-            ),
-            Refusal::Unavailable(why) => ("Service unavailable", why.as_str()),
-            Refusal::BadGateway => (
-                "Bad gateway",
-                "The application behind this address could not be reached.",
-            ),
-            Refusal::GatewayTimeout => (
-                "Gateway timeout",
-                "The application behind this address did not answer in time.",
-            ),
-            Refusal::MethodNotAllowed => (
-                "Method not allowed",
-                "This endpoint does not accept that method.",
-            ),
-            Refusal::SignInFailed(why) => ("Sign-in failed", why.as_str()),
-            Refusal::SignIn { .. } => ("", ""),
-        };
+        let (title, text) = self.wording();
         let details: &[String] = match self {
             Refusal::Forbidden { details } if show_details => details,
             _ => &[],
@@ -127,7 +124,7 @@ impl Refusal {
             let mut value = serde_json::json!({
                 "status": status,
                 "error": title,
-                "message": text,
+                "message": text.as_ref(),
                 "request_id": request_id,
             });
             if !details.is_empty() {
@@ -137,13 +134,36 @@ impl Refusal {
         } else {
             Reply::html(
                 status,
-                pages::message(status, title, text, request_id, details, self.links()),
+                pages::message(status, title, &text, request_id, details, self.links()),
             )
         };
         if matches!(self, Refusal::Unauthorized) {
             reply.header(header::WWW_AUTHENTICATE, "Bearer realm=\"portcullis\"");
         }
         reply
+    }
+}
+
+impl From<&AuthError> for Refusal {
+    /// The refusal for a failed step of the sign-in flow: a bad sign-in link or return
+    /// address is the client's, an unreachable IdP is a 503, anything else a failed sign-in.
+    fn from(e: &AuthError) -> Self {
+        match e {
+            AuthError::MalformedSignedUrl(_)
+            | AuthError::InvalidSignature
+            | AuthError::Expired
+            | AuthError::NotYetValid => Refusal::BadRequest(Malformed::SignInLink),
+            AuthError::InvalidRedirect(_) => Refusal::BadRequest(Malformed::ReturnAddressNotServed),
+            AuthError::Serialization(_) => Refusal::Unavailable(Dependency::LoginState),
+            e if e.is_transient() => Refusal::Unavailable(Dependency::IdentityProvider),
+            _ => Refusal::SignInFailed(SignInFailure::NotCompleted),
+        }
+    }
+}
+
+impl From<AuthError> for Refusal {
+    fn from(e: AuthError) -> Self {
+        Refusal::from(&e)
     }
 }
 

@@ -21,9 +21,11 @@ use portcullis_auth::{
 use tracing::{info, warn};
 use url::Url;
 
-use crate::pages;
-use crate::respond::{Refusal, Reply};
-use crate::service::{load_session, Ctx, Flow};
+use crate::authorize::load_session;
+use crate::ctx::Ctx;
+use crate::observe::outcome::Outcome;
+use crate::respond::pages;
+use crate::respond::{Dependency, Malformed, Refusal, Reply, SignInFailure};
 use crate::sessions::INTERIM_SESSION_SCOPE;
 use crate::state::{now_unix, Runtime, State};
 
@@ -82,7 +84,7 @@ pub async fn serve_authenticate_host(
     session: &mut Session,
     ctx: &mut Ctx,
     path: &str,
-) -> Result<Flow, Refusal> {
+) -> Result<Reply, Refusal> {
     let req = session.req_header();
     match path {
         SIGN_IN_PATH => {
@@ -94,7 +96,7 @@ pub async fn serve_authenticate_host(
             oauth_callback(state, runtime, req, ctx).await
         }
         SIGN_OUT_PATH => sign_out(state, runtime, req, ctx).await,
-        SIGNED_OUT_PATH => Ok(Flow::Reply(Reply::html(200, pages::signed_out()))),
+        SIGNED_OUT_PATH => Ok(Reply::html(200, pages::signed_out())),
         LOGIN_API_PATH => login_api(state, runtime, req),
         JWKS_PATH => Ok(jwks(state)),
         "/" | USER_PATH => user_page(state, runtime, req, ctx).await,
@@ -109,7 +111,7 @@ pub async fn serve_route_host(
     session: &mut Session,
     ctx: &mut Ctx,
     path: &str,
-) -> Result<Flow, Refusal> {
+) -> Result<Reply, Refusal> {
     let req = session.req_header();
     match path {
         USER_PATH | "/.portcullis" => user_page(state, runtime, req, ctx).await,
@@ -132,7 +134,7 @@ fn only_get(req: &RequestHeader) -> Result<(), Refusal> {
 }
 
 /// One query parameter; several of the same name are refused as ambiguous.
-fn query_param(req: &RequestHeader, name: &str) -> Result<Option<String>, Refusal> {
+fn query_param(req: &RequestHeader, name: &'static str) -> Result<Option<String>, Refusal> {
     let Some(query) = req.uri.query() else {
         return Ok(None);
     };
@@ -140,9 +142,7 @@ fn query_param(req: &RequestHeader, name: &str) -> Result<Option<String>, Refusa
     for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
         if k == name {
             if found.is_some() {
-                return Err(Refusal::BadRequest(format!(
-                    "{name} is given more than once"
-                )));
+                return Err(Refusal::BadRequest(Malformed::RepeatedParameter(name)));
             }
             found = Some(v.into_owned());
         }
@@ -154,12 +154,12 @@ fn is_loopback_host(host: &str) -> bool {
     matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1")
 }
 
-fn jwks(state: &State) -> Flow {
-    Flow::Reply(Reply::new(
+fn jwks(state: &State) -> Reply {
+    Reply::new(
         200,
         "application/json",
         state.assertion_signer.jwks_json().to_string(),
-    ))
+    )
 }
 
 async fn sign_in(
@@ -167,7 +167,7 @@ async fn sign_in(
     runtime: &Runtime,
     req: &RequestHeader,
     ctx: &mut Ctx,
-) -> Result<Flow, Refusal> {
+) -> Result<Reply, Refusal> {
     let now = now_unix();
     let target = match query_param(req, REDIRECT_PARAM)? {
         None => format!("{}{}", runtime.authenticate_origin, USER_PATH),
@@ -177,13 +177,11 @@ async fn sign_in(
                 runtime.authenticate_origin,
                 req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
             ))
-            .map_err(|_| Refusal::BadRequest("invalid sign-in URL".into()))?;
-            state.url_signer.verify(&full, now).map_err(|e| {
-                info!(error = %e, "refused sign-in link");
-                Refusal::BadRequest(
-                    "This sign-in link is invalid or has expired. Go back to the application and try again.".into(),
-                )
-            })?;
+            .map_err(|_| Refusal::BadRequest(Malformed::SignInUrl))?;
+            state
+                .url_signer
+                .verify(&full, now)
+                .inspect_err(|e| info!(error = %e, "refused sign-in link"))?;
             let programmatic = query_param(req, PROGRAMMATIC_PARAM)?.as_deref() == Some("true");
             let auth_host = runtime.config.authenticate.host.as_str();
             let allowed = |host: &str, _port: Option<u16>| {
@@ -193,73 +191,52 @@ async fn sign_in(
                     host == auth_host || runtime.routes.has_host(host)
                 }
             };
-            let url = validate_redirect(&raw, &allowed).map_err(|_| {
-                Refusal::BadRequest("The return address is not an application served here.".into())
-            })?;
+            let url = validate_redirect(&raw, &allowed)?;
             if programmatic {
                 // Marks the flow for the callback: the token goes back to the command line.
                 format!("{PROGRAMMATIC_MARK}{url}")
             } else {
                 // Already signed in on the authenticate host: hand the same session to the
                 // route host, so that one sign-out (which deletes it) ends it on every host.
-                if let Some(current) = load_session(state, runtime, req, &mut ctx.bearer, now)
+                if let Some(current) = load_session(state, runtime, req, &mut ctx.found.bearer, now)
                     .await
                     .ok()
                     .flatten()
                 {
-                    return Ok(Flow::Reply(return_to(
-                        state,
-                        runtime,
-                        &current.id,
-                        &url,
-                        now,
-                    )));
+                    return Ok(return_to(state, runtime, &current.id, &url, now));
                 }
                 url.to_string()
             }
         }
     };
-    let provider = state.oidc().await.ok_or_else(idp_unavailable)?;
+    let provider = state
+        .oidc()
+        .await
+        .ok_or(Refusal::Unavailable(Dependency::IdentityProvider))?;
     let (idp_url, login) = provider.authorize_url_for(&target, now);
-    let sealed = state
-        .cipher
-        .seal_json(LOGIN_STATE_PURPOSE, &login)
-        .map_err(|_| Refusal::Unavailable("Sign-in cannot start right now.".into()))?;
+    let sealed = state.cipher.seal_json(LOGIN_STATE_PURPOSE, &login)?;
     let mut reply = Reply::redirect(idp_url.as_str());
     reply.header(
         header::SET_COOKIE,
         runtime.login_state_cookie().set_cookie(&sealed),
     );
-    Ok(Flow::Reply(reply))
+    Ok(reply)
 }
 
 /// Prefix of a login state's return URL when the flow is a programmatic login.
 const PROGRAMMATIC_MARK: &str = "programmatic:";
-
-fn idp_unavailable() -> Refusal {
-    Refusal::Unavailable(
-        "The identity provider cannot be reached right now, so sign-in is not possible. Try again in a moment.".into(),
-    )
-}
 
 async fn oauth_callback(
     state: &State,
     runtime: &Runtime,
     req: &RequestHeader,
     ctx: &mut Ctx,
-) -> Result<Flow, Refusal> {
+) -> Result<Reply, Refusal> {
     let now = now_unix();
     let login_cookie = runtime.login_state_cookie();
-    let login: LoginState = find_cookie(
-        req.headers.get_all(header::COOKIE),
-        &login_cookie.name,
-    )
-    .and_then(|c| state.cipher.open_json(LOGIN_STATE_PURPOSE, c))
-    .ok_or_else(|| {
-        Refusal::BadRequest(
-            "This sign-in has expired or was started in another browser. Go back to the application and sign in again.".into(),
-        )
-    })?;
+    let login: LoginState = find_cookie(req.headers.get_all(header::COOKIE), &login_cookie.name)
+        .and_then(|c| state.cipher.open_json(LOGIN_STATE_PURPOSE, c))
+        .ok_or(Refusal::BadRequest(Malformed::LoginStateLost))?;
     if let Some(error) = query_param(req, "error")? {
         state
             .metrics
@@ -268,37 +245,30 @@ async fn oauth_callback(
             .inc();
         let description = query_param(req, "error_description")?.unwrap_or_default();
         info!(request_id = %ctx.request_id, error = %error, "identity provider refused the sign-in");
-        return Err(Refusal::SignInFailed(format!(
-            "The identity provider refused the sign-in ({error}{}{description}).",
-            if description.is_empty() { "" } else { ": " }
-        )));
+        return Err(Refusal::SignInFailed(SignInFailure::IdpRefused {
+            error,
+            description,
+        }));
     }
-    let code = query_param(req, "code")?
-        .ok_or_else(|| Refusal::BadRequest("the identity provider sent no code".into()))?;
-    let returned_state = query_param(req, "state")?
-        .ok_or_else(|| Refusal::BadRequest("the identity provider sent no state".into()))?;
+    let code = query_param(req, "code")?.ok_or(Refusal::BadRequest(Malformed::NoCode))?;
+    let returned_state =
+        query_param(req, "state")?.ok_or(Refusal::BadRequest(Malformed::NoState))?;
     let iss = query_param(req, "iss")?;
-    let provider = state.oidc().await.ok_or_else(idp_unavailable)?;
+    let provider = state
+        .oidc()
+        .await
+        .ok_or(Refusal::Unavailable(Dependency::IdentityProvider))?;
     let ttl = runtime.config.cookie.expire.as_secs() as i64;
     let session = provider
         .exchange(&code, &returned_state, iss.as_deref(), &login, now, ttl)
         .await
-        .map_err(|e| {
+        .inspect_err(|e| {
             state.metrics.sign_ins.with_label_values(&["failure"]).inc();
             warn!(request_id = %ctx.request_id, error = %e, "sign-in failed");
-            if e.is_transient() {
-                idp_unavailable()
-            } else {
-                Refusal::SignInFailed(
-                    "The sign-in could not be completed. Please try again.".into(),
-                )
-            }
         })?;
     state.sessions.put(&session).await.map_err(|e| {
         warn!(error = %e, "cannot store the new session");
-        Refusal::Unavailable(
-            "The session store cannot be reached right now. Try again in a moment.".into(),
-        )
+        Refusal::Unavailable(Dependency::SessionStore)
     })?;
     state.metrics.sign_ins.with_label_values(&["success"]).inc();
     info!(request_id = %ctx.request_id, user = %session.user_id, email = %session.email, "signed in");
@@ -316,8 +286,8 @@ async fn oauth_callback(
         Some(t) => (true, t),
         None => (false, login.redirect_uri.as_str()),
     };
-    let target = Url::parse(target)
-        .map_err(|_| Refusal::BadRequest("the return address is invalid".into()))?;
+    let target =
+        Url::parse(target).map_err(|_| Refusal::BadRequest(Malformed::ReturnAddressInvalid))?;
     let mut reply;
     if programmatic {
         let mut back = target.clone();
@@ -334,7 +304,7 @@ async fn oauth_callback(
         );
     }
     reply.header(header::SET_COOKIE, login_cookie.clear_cookie());
-    Ok(Flow::Reply(reply))
+    Ok(reply)
 }
 
 /// The redirect that takes session `session_id` back to `target`: directly when `target` is
@@ -372,19 +342,15 @@ fn host_callback(
     runtime: &Runtime,
     req: &RequestHeader,
     ctx: &mut Ctx,
-) -> Result<Flow, Refusal> {
+) -> Result<Reply, Refusal> {
     let now = now_unix();
-    let invalid = || {
-        Refusal::BadRequest(
-            "This sign-in link is invalid, expired or already used. Go back to the application and sign in again.".into(),
-        )
-    };
+    let invalid = || Refusal::BadRequest(Malformed::HandoffInvalid);
     let token = query_param(req, HANDOFF_PARAM)?.ok_or_else(invalid)?;
     let handoff = Handoff::open(
         &state.cipher,
         &token,
         now,
-        &format!("{}:{}", ctx.host, ctx.port),
+        &format!("{}:{}", ctx.request.host, ctx.request.port),
     )
     .ok_or_else(invalid)?;
     let target = Url::parse(&handoff.redirect_uri).map_err(|_| invalid())?;
@@ -393,8 +359,8 @@ fn host_callback(
         .host_str()
         .map(|h| h.trim_end_matches('.').to_ascii_lowercase());
     let default_port = if state.tls { 443 } else { 80 };
-    if target_host.as_deref() != Some(ctx.host.as_str())
-        || target.port().unwrap_or(default_port) != ctx.port
+    if target_host.as_deref() != Some(ctx.request.host.as_str())
+        || target.port().unwrap_or(default_port) != ctx.request.port
     {
         warn!(request_id = %ctx.request_id, "handoff token presented on the wrong host");
         return Err(invalid());
@@ -415,7 +381,7 @@ fn host_callback(
         header::SET_COOKIE,
         runtime.session_cookie.set_cookie(&cookie),
     );
-    Ok(Flow::Reply(reply))
+    Ok(reply)
 }
 
 async fn sign_out(
@@ -423,7 +389,7 @@ async fn sign_out(
     runtime: &Runtime,
     req: &RequestHeader,
     ctx: &mut Ctx,
-) -> Result<Flow, Refusal> {
+) -> Result<Reply, Refusal> {
     match req.method {
         http::Method::GET | http::Method::HEAD | http::Method::POST => {}
         _ => return Err(Refusal::MethodNotAllowed),
@@ -431,7 +397,7 @@ async fn sign_out(
     let now = now_unix();
     // The id token is only a hint for the IdP; a store outage must not keep anyone signed in,
     // so the deletion below is what decides the answer.
-    let current = load_session(state, runtime, req, &mut ctx.bearer, now)
+    let current = load_session(state, runtime, req, &mut ctx.found.bearer, now)
         .await
         .ok()
         .flatten();
@@ -456,9 +422,7 @@ async fn sign_out(
     if let Some(id) = &session_id {
         state.sessions.delete(id).await.map_err(|e| {
             warn!(error = %e, "sign-out: cannot delete the session");
-            Refusal::Unavailable(
-                "The session store cannot be reached, so the sign-out could not be recorded. Try again in a moment.".into(),
-            )
+            Refusal::Unavailable(Dependency::SessionStoreAtSignOut)
         })?;
         state.assertions.invalidate_session(id);
         info!(request_id = %ctx.request_id, session = %id, "signed out");
@@ -473,7 +437,7 @@ async fn sign_out(
         None => Reply::html(200, pages::signed_out()),
     };
     reply.header(header::SET_COOKIE, runtime.session_cookie.clear_cookie());
-    Ok(Flow::Reply(reply))
+    Ok(reply)
 }
 
 async fn user_page(
@@ -481,27 +445,27 @@ async fn user_page(
     runtime: &Runtime,
     req: &RequestHeader,
     ctx: &mut Ctx,
-) -> Result<Flow, Refusal> {
+) -> Result<Reply, Refusal> {
     only_get(req)?;
     let now = now_unix();
-    let Some(current) = load_session(state, runtime, req, &mut ctx.bearer, now).await? else {
-        if ctx.json || ctx.bearer {
+    let Some(current) = load_session(state, runtime, req, &mut ctx.found.bearer, now).await? else {
+        if ctx.answers_json() {
             return Err(Refusal::Unauthorized);
         }
         let here = format!(
             "{}://{}{}",
             if state.tls { "https" } else { "http" },
-            ctx.authority,
+            ctx.request.authority,
             USER_PATH
         );
         return Err(Refusal::SignIn {
             location: sign_in_url(state, runtime, &here, now),
         });
     };
-    ctx.session = Some(Arc::clone(&current));
-    ctx.outcome = "allow";
+    ctx.found.session = Some(Arc::clone(&current));
+    ctx.outcome = Outcome::Allow;
     let s = &*current;
-    if ctx.json {
+    if ctx.request.json {
         let claims = s.identity.claims_json();
         let body = serde_json::json!({
             "user": s.user_id(),
@@ -513,31 +477,26 @@ async fn user_page(
             "issued_at": s.issued_at,
             "expires_at": s.expires_at,
         });
-        return Ok(Flow::Reply(Reply::json(200, &body)));
+        return Ok(Reply::json(200, &body));
     }
     let sign_out = format!(
         "{}://{}{}",
         if state.tls { "https" } else { "http" },
-        ctx.authority,
+        ctx.request.authority,
         SIGN_OUT_PATH
     );
-    Ok(Flow::Reply(Reply::html(
-        200,
-        pages::user(&current, &sign_out, now),
-    )))
+    Ok(Reply::html(200, pages::user(&current, &sign_out, now)))
 }
 
 /// Programmatic login: answers with a sign-in URL that, once completed in a browser, sends
 /// the session token to the command-line client's loopback listener.
-fn login_api(state: &State, runtime: &Runtime, req: &RequestHeader) -> Result<Flow, Refusal> {
+fn login_api(state: &State, runtime: &Runtime, req: &RequestHeader) -> Result<Reply, Refusal> {
     only_get(req)?;
-    let raw = query_param(req, REDIRECT_PARAM)?
-        .ok_or_else(|| Refusal::BadRequest(format!("{REDIRECT_PARAM} is required")))?;
-    let url = validate_redirect(&raw, &|host, _| is_loopback_host(host)).map_err(|_| {
-        Refusal::BadRequest(format!(
-            "{REDIRECT_PARAM} must be an http://localhost or loopback URL"
-        ))
-    })?;
+    let raw = query_param(req, REDIRECT_PARAM)?.ok_or(Refusal::BadRequest(
+        Malformed::MissingParameter(REDIRECT_PARAM),
+    ))?;
+    let url = validate_redirect(&raw, &|host, _| is_loopback_host(host))
+        .map_err(|_| Refusal::BadRequest(Malformed::NotLoopback(REDIRECT_PARAM)))?;
     let link = signed_sign_in_url(state, runtime, url.as_str(), true, now_unix());
-    Ok(Flow::Reply(Reply::text(200, link)))
+    Ok(Reply::text(200, link))
 }

@@ -2,7 +2,7 @@
 //! body of unknown length) on a protected route is authorized again every
 //! `stream_recheck_interval` for as long as it lives, and closed once its session is signed out
 //! or the configuration (after a reload) no longer lets it through. The re-check is
-//! [`crate::service::authorize`], the code that authorizes every request.
+//! [`crate::authorize::authorize`], the code that authorizes every request.
 //!
 //! An idle websocket runs no filter at all, so the watch ends a stream through one of its
 //! sockets, with a [`Tripwire`]; the client sees its connection close.
@@ -15,17 +15,18 @@
 //! - Otherwise (HTTP/2 on both sides: connections shared with other requests) no socket; the
 //!   stream ends at its next body chunk, with an error.
 
-use std::net::IpAddr;
 use std::os::unix::io::RawFd;
 use std::sync::{Arc, OnceLock};
 
 use pingora::http::RequestHeader;
 use tracing::{debug, info};
 
+use crate::authorize::{authorize, Asker, Found};
+use crate::observe::outcome::Outcome;
+use crate::request::Validated;
 use crate::respond::Refusal;
-use crate::service::{authorize, Asker, Found};
 use crate::state::{now_unix, State};
-use crate::tripwire::Tripwire;
+use crate::upstream::tripwire::Tripwire;
 
 /// Why a stream was closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,10 +41,8 @@ pub enum CloseReason {
 pub struct Subject {
     /// The client's request, path normalized, as `request_filter` judged it.
     pub request: RequestHeader,
-    /// Lowercase host, no port.
-    pub host: String,
-    pub port: u16,
-    pub client_ip: Option<IpAddr>,
+    /// What validation learned of it.
+    pub asked: Validated,
     /// The stream was authorized with a session (not by a policy that needs none).
     pub signed_in: bool,
     /// For the log line.
@@ -78,10 +77,10 @@ impl CloseReason {
     }
 
     /// The access log's `decision` for a stream closed for this reason.
-    pub fn outcome(self) -> &'static str {
+    pub fn outcome(self) -> Outcome {
         match self {
-            CloseReason::SignedOut => "stream_closed_signed_out",
-            CloseReason::Policy => "stream_closed_policy",
+            CloseReason::SignedOut => Outcome::StreamClosedSignedOut,
+            CloseReason::Policy => Outcome::StreamClosedPolicy,
         }
     }
 }
@@ -147,7 +146,7 @@ async fn watch(state: Arc<State>, subject: Subject, shared: Arc<Shared>) {
             request_id = %subject.request_id,
             route = %route,
             email = %subject.email,
-            decision = reason.outcome(),
+            decision = reason.outcome().as_str(),
             reason = %why,
             "stream closed: its authorization ended"
         );
@@ -158,11 +157,7 @@ async fn watch(state: Arc<State>, subject: Subject, shared: Arc<Shared>) {
 /// `None` while the stream may go on; otherwise why it must end, in words, and the route name.
 async fn recheck(state: &State, subject: &Subject) -> Option<(CloseReason, String, String)> {
     let runtime = state.runtime.load_full();
-    let asker = Asker {
-        host: &subject.host,
-        port: subject.port,
-        client_ip: subject.client_ip,
-    };
+    let asker = Asker::from(&subject.asked);
     let mut found = Found::default();
     let authorized = authorize(
         state,
@@ -206,8 +201,8 @@ async fn recheck(state: &State, subject: &Subject) -> Option<(CloseReason, Strin
         Err(refusal) => Some((
             CloseReason::Policy,
             match refusal {
-                Refusal::BadRequest(why) => why,
-                other => other.outcome().to_owned(),
+                Refusal::BadRequest(why) => why.text().into_owned(),
+                other => other.outcome().as_str().to_owned(),
             },
             route_name(&found),
         )),

@@ -3,8 +3,8 @@
 //! Pingora gives nothing outside a request a handle on it while it waits: not for the upstream's
 //! response, not on an idle websocket. shutdown(2) on one of the request's sockets is what ends
 //! such a wait (Pingora's read returns end of file), so a [`Tripwire`] holds a socket for a task
-//! that may have to end one: the route's deadline ([`crate::deadline`]) or the re-check of a
-//! live stream ([`crate::streams`]).
+//! that may have to end one: the route's deadline ([`crate::upstream::deadline`]) or the re-check of a
+//! live stream ([`crate::upstream::streams`]).
 //!
 //! It is only safe while the socket is the request's. The request arms the tripwire with a
 //! descriptor it owns at that moment and disarms it before Pingora may close the connection or

@@ -16,6 +16,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::observe::outcome::Outcome;
+
 /// The statuses whose `portcullis_requests_total` series a route keeps (others are looked up
 /// by label).
 const KEPT_STATUSES: [u16; 11] = [200, 201, 204, 301, 302, 304, 401, 403, 404, 502, 503];
@@ -200,7 +202,8 @@ impl Metrics {
     }
 
     /// Counts an authorization decision.
-    pub fn decided(&self, outcome: &'static str) {
+    pub fn decided(&self, outcome: Outcome) {
+        let outcome = outcome.as_str();
         let by_label = || self.decisions.with_label_values(&[outcome]);
         match self.kept_decisions.get(outcome, by_label) {
             Some(counter) => counter.inc(),
@@ -359,7 +362,12 @@ mod tests {
     fn decisions_count_in_their_outcomes_series() {
         let metrics = Metrics::new().expect("metrics");
         assert!(!rendered(&metrics).contains("portcullis_decisions_total{"));
-        for outcome in ["allow", "allow", "deny", "not_found"] {
+        for outcome in [
+            Outcome::Allow,
+            Outcome::Allow,
+            Outcome::Deny,
+            Outcome::NotFound,
+        ] {
             metrics.decided(outcome);
         }
         metrics.decisions.with_label_values(&["allow"]).inc();

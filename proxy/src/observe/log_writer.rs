@@ -1,13 +1,11 @@
 //! The log writer: every thread appends its lines to one shared buffer, and one writer thread
 //! writes what has gathered to stdout.
 //!
-//! It replaces a queue of one message per line (`tracing_appender::non_blocking`), whose writer
-//! thread woke, spun and wrote once per line when traffic was steady: about 1.4 µs of CPU per
-//! request on the proxy's own cores, a few percent of a proxied request. Here a line costs an
-//! uncontended lock and a copy, and a busy proxy writes in large pieces.
+//! A line costs an uncontended lock and a copy, and a busy proxy writes in large pieces; a
+//! queue of one message per line would wake the writer thread for every line.
 //!
-//! - The per-request lines ([`crate::request_log`], through [`LogWriter::append`]) wait at most
-//!   [`FLUSH_INTERVAL`], or until [`FLUSH_BYTES`] have gathered.
+//! - The per-request lines ([`crate::observe::request_log`], through [`LogWriter::append`])
+//!   wait at most [`FLUSH_INTERVAL`], or until [`FLUSH_BYTES`] have gathered.
 //! - Every other line (`tracing` events: start, reloads, warnings) wakes the writer at once, and
 //!   takes what gathered before it along, in order.
 //!
@@ -20,6 +18,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+/// The `tracing` targets of the per-request lines ([`crate::observe::request_log`]): their
+/// lines may wait for the next flush.
+pub const REQUEST_TARGETS: [&str; 2] = ["access", "authorize"];
 /// How long a per-request line may wait in the buffer.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(5);
 /// The writer is woken early once this much has gathered.
@@ -205,7 +206,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
     fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
         LogWriter {
             shared: self.shared.clone(),
-            urgent: !crate::request_log::TARGETS.contains(&meta.target()),
+            urgent: !REQUEST_TARGETS.contains(&meta.target()),
         }
     }
 }
@@ -289,7 +290,7 @@ mod tests {
             .finish();
         tracing::subscriber::with_default(subscriber, || {
             std::thread::sleep(Duration::from_millis(50));
-            for target in crate::request_log::TARGETS {
+            for target in REQUEST_TARGETS {
                 match target {
                     "access" => tracing::info!(target: "access", "a request line"),
                     "authorize" => tracing::info!(target: "authorize", "a refusal line"),

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use crate::tripwire::{Socket, Tripwire};
+use crate::upstream::tripwire::{Socket, Tripwire};
 
 /// How often the sweeper looks for passed deadlines: a deadline passes at most this late.
 const SWEEP_EVERY: Duration = Duration::from_millis(50);

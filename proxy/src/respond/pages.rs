@@ -2,6 +2,7 @@
 //!
 //! Every value that reaches a page goes through [`escape`]. No page ever shows a token.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use crate::sessions::CachedSession;
@@ -29,20 +30,10 @@ a.button.secondary{background:#e8eaf0;color:#1d2330}
 footer{color:#8a90a0;font-size:12px;text-align:center;margin:24px 0}
 "#;
 
-/// Escapes text for HTML element content and attribute values.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+/// Escapes text for HTML element content and double-quoted attribute values (`&`, `<`, `>`,
+/// `"` and `'`).
+fn escape(s: &str) -> Cow<'_, str> {
+    html_escape::encode_quoted_attribute(s)
 }
 
 fn layout(title: &str, body: &str) -> String {
@@ -195,7 +186,7 @@ mod tests {
     fn escapes_markup_and_quotes() {
         assert_eq!(
             escape("<script>alert('x')</script>&\""),
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;"
+            "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;&amp;&quot;"
         );
     }
 

@@ -1,6 +1,7 @@
 //! Active HTTP health checks (`health_check` on a route).
 //!
-//! One background thread per route table probes every upstream of every route that has a
+//! One background thread per route table (started by whoever installs the table: start-up
+//! and reload) probes every upstream of every route that has a
 //! `health_check`, through the same peers (TLS settings, h2c) that requests use, and flips
 //! the upstream's [`Health`] after `unhealthy_threshold` consecutive failures or
 //! `healthy_threshold` consecutive successes. The thread stops by itself once the route table
@@ -16,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::config::HealthCheck;
 use crate::routes::{Health, RouteTable};
-use crate::service::upstream_http_peer;
+use crate::upstream::peer::upstream_http_peer;
 
 /// One upstream of one route to probe.
 struct Target {

@@ -567,7 +567,7 @@ mod tests {
     }
 
     fn cache(store: Arc<dyn Store>) -> SessionCache {
-        let metrics = Arc::new(crate::metrics::Metrics::new().expect("metrics"));
+        let metrics = Arc::new(crate::observe::metrics::Metrics::new().expect("metrics"));
         SessionCache::new(store, metrics, 100, Duration::from_secs(60))
     }
 
