@@ -1,6 +1,6 @@
 //! Session cookie opening (`SessionCookie::open`). Arbitrary values never open (a forgery is a
-//! crash); a sealed cookie opens exactly while it is valid; a value changed anywhere opens
-//! only as the very same cookie, and never as a handoff.
+//! crash); a sealed cookie opens exactly while it is valid and only for its own scope; a value
+//! changed anywhere opens only as the very same cookie, and never as a handoff.
 
 #![no_main]
 
@@ -12,6 +12,8 @@ use portcullis_auth::{Cipher, Handoff, Secret, SessionCookie};
 struct Input<'a> {
     value: &'a str,
     session_id: String,
+    scope: String,
+    presented_for: String,
     issued_at: i64,
     expires_at: i64,
     now: i64,
@@ -21,20 +23,31 @@ struct Input<'a> {
 
 fuzz_target!(|input: Input<'_>| {
     let cipher = Cipher::new(&Secret::from_bytes([7; 32]));
-    assert_eq!(SessionCookie::open(&cipher, input.value, input.now), None);
+    assert_eq!(
+        SessionCookie::open(&cipher, input.value, input.now, &input.scope),
+        None
+    );
 
     let cookie = SessionCookie {
         session_id: input.session_id,
+        scope: input.scope,
         issued_at: input.issued_at,
         expires_at: input.expires_at,
     };
     let sealed = cookie.seal(&cipher);
-    let opened = SessionCookie::open(&cipher, &sealed, input.now);
-    let valid = input.now < cookie.expires_at && !cookie.session_id.is_empty();
+    let scope = cookie.scope.as_str();
+    let opened = SessionCookie::open(&cipher, &sealed, input.now, scope);
+    let valid = input.now < cookie.expires_at && !cookie.session_id.is_empty() && !scope.is_empty();
     assert_eq!(opened.as_ref(), valid.then_some(&cookie));
-    assert!(Handoff::open(&cipher, &sealed, input.now).is_none());
+    if input.presented_for != scope {
+        assert_eq!(
+            SessionCookie::open(&cipher, &sealed, input.now, &input.presented_for),
+            None
+        );
+    }
+    assert!(Handoff::open(&cipher, &sealed, input.now, scope).is_none());
     let other = Cipher::new(&Secret::from_bytes([8; 32]));
-    assert_eq!(SessionCookie::open(&other, &sealed, input.now), None);
+    assert_eq!(SessionCookie::open(&other, &sealed, input.now, scope), None);
 
     let mut tampered = sealed.into_bytes();
     if tampered.is_empty() {
@@ -43,7 +56,7 @@ fuzz_target!(|input: Input<'_>| {
     let at = input.flip_at % tampered.len();
     tampered[at] = input.flip_to;
     if let Ok(tampered) = String::from_utf8(tampered) {
-        if let Some(c) = SessionCookie::open(&cipher, &tampered, input.now) {
+        if let Some(c) = SessionCookie::open(&cipher, &tampered, input.now, &cookie.scope) {
             assert_eq!(c, cookie, "a changed value opened as another cookie");
         }
     }
