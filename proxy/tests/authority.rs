@@ -61,7 +61,10 @@ async fn a_route_host_on_a_port_no_route_serves_is_not_found() {
         let (status, text) = raw_get(env.port, &format!("public.localhost:{port}"), "/", "").await;
         assert_not_served(status, &text, "public route on an unserved port");
     }
-    assert!(env.upstream.requests().is_empty(), "nothing reached the upstream");
+    assert!(
+        env.upstream.requests().is_empty(),
+        "nothing reached the upstream"
+    );
 
     // The listener's own port and the scheme's default (no port) work as before.
     for host in [
@@ -77,7 +80,8 @@ async fn a_route_host_on_a_port_no_route_serves_is_not_found() {
         assert_eq!(status, 200, "{host}: {text}");
         assert!(text.contains("portcullis_signature"), "{host}: {text}");
     }
-    let (status, text) = raw_get(env.port, &format!("public.localhost:{}", env.port), "/", "").await;
+    let (status, text) =
+        raw_get(env.port, &format!("public.localhost:{}", env.port), "/", "").await;
     assert_eq!(status, 200, "{text}");
 }
 
@@ -98,7 +102,10 @@ async fn a_route_with_a_port_is_served_on_that_port_only() {
     assert!(is_sign_in_redirect(status, &text), "{text}");
     let location = text
         .lines()
-        .find_map(|l| l.strip_prefix("location: ").or_else(|| l.strip_prefix("Location: ")))
+        .find_map(|l| {
+            l.strip_prefix("location: ")
+                .or_else(|| l.strip_prefix("Location: "))
+        })
         .expect("a Location")
         .trim();
     let link = Url::parse(location).unwrap();
@@ -122,7 +129,11 @@ async fn a_route_with_a_port_is_served_on_that_port_only() {
     // On the listener's own port, the default port or another: no such route.
     for other in [env.port, 80, 1] {
         let host = format!("app.localhost:{other}");
-        for path in ["/x", "/.portcullis/", "/.portcullis/api/v1/login?portcullis_redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2F"] {
+        for path in [
+            "/x",
+            "/.portcullis/",
+            "/.portcullis/api/v1/login?portcullis_redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2F",
+        ] {
             let (status, text) = raw_get(env.port, &host, path, "").await;
             assert_not_served(status, &text, &format!("{host}{path}"));
         }
@@ -160,7 +171,10 @@ async fn a_malformed_host_is_refused() {
             assert!(!text.contains("portcullis_signature"), "{host}: {text}");
         }
     }
-    assert!(env.upstream.requests().is_empty(), "nothing reached the upstream");
+    assert!(
+        env.upstream.requests().is_empty(),
+        "nothing reached the upstream"
+    );
 
     // An IPv6 literal is a host like any other: no route serves it.
     for host in [format!("[::1]:{}", env.port), "[::1]".to_owned()] {
@@ -202,7 +216,10 @@ async fn a_signed_link_back_to_an_unserved_port_is_refused() {
         let resp = b.get(&sign_in(&back)).await;
         assert_eq!(resp.status(), 302, "{back}");
         let to = resp.headers()["location"].to_str().unwrap();
-        assert!(to.contains("/.portcullis/callback/?portcullis_handoff="), "{back}: {to}");
+        assert!(
+            to.contains("/.portcullis/callback/?portcullis_handoff="),
+            "{back}: {to}"
+        );
     }
 }
 
@@ -215,13 +232,14 @@ async fn the_authenticate_host_on_another_port_is_not_found() {
     let b = env.signed_in("app", "alice").await;
     let cookie = format!(
         "Cookie: {COOKIE}={}\r\n",
-        b.cookie(&env.authenticate_url(), COOKIE).expect("a cookie on the authenticate host")
+        b.cookie(&env.authenticate_url(), COOKIE)
+            .expect("a cookie on the authenticate host")
     );
     for port in [1, 8443] {
         let host = format!("authenticate.localhost:{port}");
         // Signed for the real authenticate URL: only the port it is asked on is wrong.
-        let mut url = Url::parse(&format!("{}/.portcullis/sign_in", env.authenticate_url()))
-            .unwrap();
+        let mut url =
+            Url::parse(&format!("{}/.portcullis/sign_in", env.authenticate_url())).unwrap();
         url.query_pairs_mut()
             .append_pair("portcullis_redirect_uri", &env.url("app", "/"));
         let signed = signer.sign(&url, now(), 300);
