@@ -3,6 +3,8 @@
 //! hosts asks it: route matching, Portcullis's own endpoints, signed return URLs, the
 //! programmatic redirect and the handoff.
 
+use url::Url;
+
 /// The listener requests arrive on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listener {
@@ -23,10 +25,9 @@ impl Listener {
         }
     }
 
-    /// The port a request for a URL with this explicit port (`None`: the scheme's default)
-    /// arrives with: a browser sends no port in `Host` for the scheme's default.
-    pub fn port_of(&self, url_port: Option<u16>) -> u16 {
-        url_port.unwrap_or(self.default_port())
+    /// The port a request for `url` arrives on: its own, or its scheme's default.
+    pub fn port_of(&self, url: &Url) -> u16 {
+        url.port_or_known_default().unwrap_or(self.default_port())
     }
 
     /// Whether a configured URL with port `configured` (`None`: it names none) serves a request
@@ -72,8 +73,13 @@ mod tests {
         assert!(tls.serves(None, 443));
         assert!(tls.serves(None, 8443));
         assert!(!tls.serves(None, 80));
-        assert_eq!(tls.port_of(None), 443);
-        assert_eq!(plain.port_of(None), 80);
-        assert_eq!(plain.port_of(Some(1)), 1);
+        let url = |s: &str| Url::parse(s).unwrap();
+        assert_eq!(plain.port_of(&url("http://a.test/")), 80);
+        assert_eq!(plain.port_of(&url("http://a.test:1/")), 1);
+        // A URL's scheme decides its default port: `https://a.test/` is never served by a
+        // plain listener on another port.
+        assert_eq!(plain.port_of(&url("https://a.test/")), 443);
+        assert!(!plain.serves(None, plain.port_of(&url("https://a.test/"))));
+        assert_eq!(tls.port_of(&url("https://a.test/")), 443);
     }
 }

@@ -44,7 +44,7 @@ pub fn evaluate(config: Config, probe: &Probe) -> Result<Verdict, String> {
         .ok_or_else(|| format!("--url {:?} has no host", probe.url))?
         .trim_end_matches('.')
         .to_ascii_lowercase();
-    let port = config.listener().port_of(url.port());
+    let port = config.listener().port_of(&url);
     let path =
         path::normalize(url.path()).map_err(|e| format!("--url: {e} (the proxy answers 400)"))?;
     let now = match &probe.time {

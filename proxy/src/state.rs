@@ -10,6 +10,7 @@ use portcullis_auth::{
 };
 use tokio::sync::Mutex;
 use tracing::{info, warn};
+use url::Url;
 
 use crate::authority::Listener;
 use crate::config::{self, Config};
@@ -116,6 +117,16 @@ impl Runtime {
     /// service or a route. Nothing else gets a page, a signed link or a handoff.
     pub fn serves(&self, host: &str, port: u16) -> bool {
         self.is_authenticate(host, port) || self.routes.serves(host, port)
+    }
+
+    /// The authority (normalized host, port) a browser sent to `url` arrives with.
+    pub fn authority_of(&self, url: &Url) -> (String, u16) {
+        let host = url
+            .host_str()
+            .unwrap_or_default()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        (host, self.listener.port_of(url))
     }
 
     /// The login-state cookie: host-only on the authenticate host, `Lax` so that the IdP's

@@ -203,6 +203,8 @@ async fn a_signed_link_back_to_an_unserved_port_is_refused() {
         "http://app.localhost:8443/x".to_owned(),
         format!("http://app.localhost:{}/", free_port()),
         "http://authenticate.localhost:1/".to_owned(),
+        // The scheme's default port, 443, is not served by this plain listener.
+        "https://app.localhost/x".to_owned(),
     ] {
         let link = sign_in(&back);
         for (who, browser) in [("signed in", &b), ("anonymous", &anonymous)] {

@@ -183,14 +183,14 @@ async fn sign_in(
                 .verify(&full, now)
                 .inspect_err(|e| info!(error = %e, "refused sign-in link"))?;
             let programmatic = query_param(req, PROGRAMMATIC_PARAM)?.as_deref() == Some("true");
-            let allowed = |host: &str, port: Option<u16>| {
-                if programmatic {
-                    is_loopback_host(host)
-                } else {
-                    runtime.serves(host, runtime.listener.port_of(port))
-                }
-            };
+            let allowed = |host: &str, _port: Option<u16>| !programmatic || is_loopback_host(host);
             let url = validate_redirect(&raw, &allowed)?;
+            // Back only to an authority Portcullis serves: host and port, the scheme's default
+            // when the URL names none.
+            let (host, port) = runtime.authority_of(&url);
+            if !programmatic && !runtime.serves(&host, port) {
+                return Err(Refusal::BadRequest(Malformed::ReturnAddressNotServed));
+            }
             if programmatic {
                 // Marks the flow for the callback: the token goes back to the command line.
                 format!("{PROGRAMMATIC_MARK}{url}")
@@ -310,12 +310,7 @@ async fn oauth_callback(
 /// on the authenticate host (whose cookie the caller sets), otherwise through a single-use
 /// handoff to the target host's callback.
 fn return_to(state: &State, runtime: &Runtime, session_id: &str, target: &Url, now: i64) -> Reply {
-    let host = target
-        .host_str()
-        .unwrap_or_default()
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
-    let port = runtime.listener.port_of(target.port());
+    let (host, port) = runtime.authority_of(target);
     if runtime.is_authenticate(&host, port) {
         return Reply::redirect(target.as_str());
     }
