@@ -54,7 +54,8 @@ policy = [
 fn table(n: usize) -> RouteTable {
     let config = Config::from_toml(&config_text(n), Vec::new(), Path::new("."))
         .unwrap_or_else(|e| panic!("{e}"));
-    RouteTable::new(config.routes)
+    let listener = config.listener();
+    RouteTable::new(config.routes, listener)
 }
 
 fn decision(c: &mut Criterion) {
@@ -142,7 +143,8 @@ fn build(c: &mut Criterion) {
         b.iter(|| {
             let config = Config::from_toml(black_box(&text), Vec::new(), Path::new("."))
                 .unwrap_or_else(|e| panic!("{e}"));
-            black_box(RouteTable::new(config.routes))
+            let listener = config.listener();
+            black_box(RouteTable::new(config.routes, listener))
         })
     });
     group.finish();

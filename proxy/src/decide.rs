@@ -29,7 +29,7 @@ pub async fn decide(
 
     // Portcullis's own endpoints (rare): they need the session mutably, so they get a copy.
     let path = session.req_header().uri.path();
-    let authenticate_host = ctx.request.host == runtime.config.authenticate.host;
+    let authenticate_host = runtime.is_authenticate(&ctx.request.host, ctx.request.port);
     let own_endpoint = path.starts_with("/.portcullis/")
         || path == "/.portcullis"
         || path == authenticate::JWKS_PATH;
@@ -40,7 +40,7 @@ pub async fn decide(
                 .await
                 .map(Flow::Reply);
         }
-        if !runtime.routes.has_host(&ctx.request.host) {
+        if !runtime.routes.serves(&ctx.request.host, ctx.request.port) {
             return Err(Refusal::NotFound);
         }
         return authenticate::serve_route_host(state, runtime, session, ctx, &path)

@@ -28,6 +28,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod authenticate;
+pub mod authority;
 pub mod authorize;
 pub mod config;
 pub mod ctx;

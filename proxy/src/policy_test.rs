@@ -44,7 +44,7 @@ pub fn evaluate(config: Config, probe: &Probe) -> Result<Verdict, String> {
         .ok_or_else(|| format!("--url {:?} has no host", probe.url))?
         .trim_end_matches('.')
         .to_ascii_lowercase();
-    let port = url.port_or_known_default().unwrap_or(443);
+    let port = config.listener().port_of(&url);
     let path =
         path::normalize(url.path()).map_err(|e| format!("--url: {e} (the proxy answers 400)"))?;
     let now = match &probe.time {
@@ -85,7 +85,8 @@ pub fn evaluate(config: Config, probe: &Probe) -> Result<Verdict, String> {
         Identity::new(user, email.clone(), probe.groups.clone(), claims)
     });
 
-    let table = RouteTable::new(config.routes);
+    let listener = config.listener();
+    let table = RouteTable::new(config.routes, listener);
     let Some(route) = table.find(&host, port, &path) else {
         return Ok(Verdict {
             allowed: false,

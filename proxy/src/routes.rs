@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::authority::Listener;
 use crate::config::{HostPattern, PathMatcher, Route, Upstream};
 
 /// The compiled routes with their host index.
@@ -23,6 +24,8 @@ pub struct RouteTable {
     wildcard: HashMap<String, Vec<usize>>,
     /// Per route: the weighted round-robin schedule and its cursor.
     balancers: Vec<Balancer>,
+    /// Which ports a route's `from` serves.
+    listener: Listener,
 }
 
 #[derive(Debug)]
@@ -76,7 +79,7 @@ impl Health {
 // === impl RouteTable ===
 
 impl RouteTable {
-    pub fn new(routes: Vec<Route>) -> Self {
+    pub fn new(routes: Vec<Route>, listener: Listener) -> Self {
         let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
         let mut wildcard: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, r) in routes.iter().enumerate() {
@@ -91,6 +94,7 @@ impl RouteTable {
             exact,
             wildcard,
             balancers,
+            listener,
         }
     }
 
@@ -98,17 +102,24 @@ impl RouteTable {
         &self.routes
     }
 
-    /// Whether any route serves `host` (lowercase, no port).
-    pub fn has_host(&self, host: &str) -> bool {
-        self.exact.contains_key(host) || self.wildcard_candidates(host).next().is_some()
+    /// Whether any route serves the authority `host` (lowercase, no port, no trailing dot) on
+    /// `port`, whatever the path.
+    pub fn serves(&self, host: &str, port: u16) -> bool {
+        let serves = |&i: &usize| self.listener.serves(self.routes[i].from.port, port);
+        self.exact
+            .get(host)
+            .is_some_and(|list| list.iter().any(serves))
+            || self
+                .wildcard_candidates(host)
+                .any(|list| list.iter().any(serves))
     }
 
     /// The first route in file order matching `host` (lowercase, no port, no trailing dot),
-    /// the request's `port`, and the normalized `path`.
+    /// the request's `port` ([`Listener::serves`]), and the normalized `path`.
     pub fn find(&self, host: &str, port: u16, path: &str) -> Option<&Route> {
         let matches = |&i: &usize| {
             let r = &self.routes[i];
-            r.from.port.is_none_or(|p| p == port) && path_matches(&r.path, path)
+            self.listener.serves(r.from.port, port) && path_matches(&r.path, path)
         };
         let exact = self
             .exact
@@ -237,7 +248,8 @@ idp_client_secret = "secret"
         );
         let config = Config::from_toml(&text, Vec::new(), std::path::Path::new("."))
             .unwrap_or_else(|e| panic!("{e}"));
-        RouteTable::new(config.routes)
+        let listener = config.listener();
+        RouteTable::new(config.routes, listener)
     }
 
     #[test]
@@ -266,6 +278,9 @@ allow_any_authenticated_user = true
         assert!(t.find("example.com", 443, "/").is_none());
         assert!(t.find("evil.com", 443, "/").is_none());
         assert!(t.find("app.example.com.evil.com", 443, "/").is_none());
+        assert!(t.serves("app.example.com", 443) && t.serves("x.y.example.com", 80));
+        assert!(!t.serves("app.example.com", 1) && !t.serves("x.example.com", 8443));
+        assert!(!t.serves("example.com", 443));
     }
 
     #[test]
@@ -287,11 +302,19 @@ allow_any_authenticated_user = true
         assert_eq!(t.find("a.test", 8080, "/exact").unwrap().index, 0);
         assert!(t.find("a.test", 8081, "/exact").is_none());
         assert!(t.find("a.test", 8080, "/exact/x").is_none());
-        assert_eq!(t.find("a.test", 1, "/r/12").unwrap().index, 1);
+        assert_eq!(t.find("a.test", 80, "/r/12").unwrap().index, 1);
         assert!(
-            t.find("a.test", 1, "/r/12/x").is_none(),
+            t.find("a.test", 80, "/r/12/x").is_none(),
             "regex is anchored"
         );
+        // Without a port: the scheme's default (80 here, `insecure_server`) and the listener's
+        // own (443, the default `address`), nothing else.
+        assert_eq!(t.find("a.test", 443, "/r/12").unwrap().index, 1);
+        assert!(t.find("a.test", 1, "/r/12").is_none());
+        assert!(t.find("a.test", 8080, "/r/12").is_none());
+        assert!(t.serves("a.test", 8080) && t.serves("a.test", 80) && t.serves("a.test", 443));
+        assert!(!t.serves("a.test", 8081) && !t.serves("a.test", 1));
+        assert!(!t.serves("b.test", 80));
     }
 
     #[test]

@@ -10,7 +10,9 @@ use portcullis_auth::{
 };
 use tokio::sync::Mutex;
 use tracing::{info, warn};
+use url::Url;
 
+use crate::authority::Listener;
 use crate::config::{self, Config};
 use crate::observe::metrics::{Metrics, RouteSeries};
 use crate::routes::RouteTable;
@@ -26,6 +28,8 @@ pub struct Runtime {
     pub session_cookie: CookieOptions,
     /// Origin of the authenticate service (`https://authenticate.example.com[:port]`).
     pub authenticate_origin: String,
+    /// Which ports a configured URL serves ([`Listener::serves`]).
+    pub listener: Listener,
 }
 
 /// Shared state of the proxy service.
@@ -76,7 +80,8 @@ impl Runtime {
                 );
             }
         }
-        let routes = RouteTable::new(std::mem::take(&mut config.routes));
+        let listener = config.listener();
+        let routes = RouteTable::new(std::mem::take(&mut config.routes), listener);
         let route_series = routes.routes().iter().map(|_| RouteSeries::new()).collect();
         let session_cookie = CookieOptions {
             name: config.cookie.name.clone(),
@@ -97,7 +102,31 @@ impl Runtime {
             route_series,
             session_cookie,
             authenticate_origin,
+            listener,
         }
+    }
+
+    /// Whether the authority `host` (lowercase, no port, no trailing dot) on `port` is the
+    /// authenticate service's: its host, on a port its URL serves.
+    pub fn is_authenticate(&self, host: &str, port: u16) -> bool {
+        let authenticate = &self.config.authenticate;
+        host == authenticate.host && self.listener.serves(authenticate.port, port)
+    }
+
+    /// Whether Portcullis answers for the authority `host` on `port` at all: the authenticate
+    /// service or a route. Nothing else gets a page, a signed link or a handoff.
+    pub fn serves(&self, host: &str, port: u16) -> bool {
+        self.is_authenticate(host, port) || self.routes.serves(host, port)
+    }
+
+    /// The authority (normalized host, port) a browser sent to `url` arrives with.
+    pub fn authority_of(&self, url: &Url) -> (String, u16) {
+        let host = url
+            .host_str()
+            .unwrap_or_default()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        (host, self.listener.port_of(url))
     }
 
     /// The login-state cookie: host-only on the authenticate host, `Lax` so that the IdP's

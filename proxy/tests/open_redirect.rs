@@ -1,8 +1,8 @@
 //! End to end: the open-redirect corpus (`auth/tests/data/open_redirect_payloads.txt`) offered
 //! to every parameter of the live proxy that takes a URL to send a browser to, on one proxy.
-//! No answer's `Location`, and no link on an answered page, may lead to a host that is not
-//! configured (a route host, the authenticate host or the IdP); the programmatic login's
-//! return address may only be a loopback one.
+//! No answer's `Location`, and no link on an answered page, may lead to an authority (host and
+//! port) that is not configured (a route host or the authenticate host on a port they serve,
+//! or the IdP); the programmatic login's return address may only be a loopback one.
 //!
 //! The parameters: `portcullis_redirect_uri` of `/.portcullis/sign_in` (signed, browser and
 //! programmatic), of `/.portcullis/api/v1/login` (authenticate and route host), what a
@@ -45,11 +45,12 @@ fn payloads(env: &TestEnv) -> Vec<String> {
 }
 
 /// Checks one answer to `request`: its `Location` and the links of its page lead only to
-/// `allowed` hosts. Returns where `Location` leads, resolved as a browser would.
+/// `allowed` authorities (`host:port`). Returns where `Location` leads, resolved as a browser
+/// would.
 async fn check(
     resp: reqwest::Response,
     request: &Url,
-    allowed: &[&str],
+    allowed: &[String],
     what: &str,
 ) -> Option<Url> {
     let status = resp.status().as_u16();
@@ -62,9 +63,13 @@ async fn check(
         let target = request
             .join(link)
             .unwrap_or_else(|e| panic!("{what}: unparsable link {link:?}: {e}"));
-        let host = target.host_str().unwrap_or_default().to_owned();
+        let authority = format!(
+            "{}:{}",
+            target.host_str().unwrap_or_default(),
+            target.port_or_known_default().unwrap_or_default()
+        );
         assert!(
-            matches!(target.scheme(), "http" | "https") && allowed.contains(&host.as_str()),
+            matches!(target.scheme(), "http" | "https") && allowed.contains(&authority),
             "{what}: {status} leads to {target}"
         );
         target
@@ -100,7 +105,19 @@ async fn no_url_parameter_leads_off_the_configured_hosts() {
     let signer = UrlSigner::new(&Secret::from_base64(env.shared_secret()).unwrap());
     let idp = Url::parse(env.idp.issuer()).unwrap();
     let idp_host = idp.host_str().unwrap().to_owned();
-    let configured = ["app.localhost", "authenticate.localhost", idp_host.as_str()];
+    let idp_authority = format!(
+        "{idp_host}:{}",
+        idp.port_or_known_default().unwrap_or_default()
+    );
+    // Route and authenticate hosts without a port in their URL: the listener's port and the
+    // scheme's default.
+    let configured = [
+        format!("app.localhost:{}", env.port),
+        "app.localhost:80".to_owned(),
+        format!("authenticate.localhost:{}", env.port),
+        "authenticate.localhost:80".to_owned(),
+        idp_authority,
+    ];
     let loopback = ["localhost", "127.0.0.1", "[::1]"];
     let auth = env.authenticate_url();
     let app = env.url("app", "/");
@@ -210,7 +227,8 @@ async fn a_handoff_returns_only_to_its_own_host_over_http() {
         let resp = anonymous
             .get_with(url.as_str(), &[("cookie", &binding_cookie)])
             .await;
-        if let Some(to) = check(resp, &url, &["app.localhost"], &what).await {
+        let allowed = [format!("app.localhost:{}", env.port)];
+        if let Some(to) = check(resp, &url, &allowed, &what).await {
             assert_eq!(to.port(), Some(env.port), "{what}: {to}");
             returned += 1;
         }

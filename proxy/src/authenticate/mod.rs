@@ -183,15 +183,14 @@ async fn sign_in(
                 .verify(&full, now)
                 .inspect_err(|e| info!(error = %e, "refused sign-in link"))?;
             let programmatic = query_param(req, PROGRAMMATIC_PARAM)?.as_deref() == Some("true");
-            let auth_host = runtime.config.authenticate.host.as_str();
-            let allowed = |host: &str, _port: Option<u16>| {
-                if programmatic {
-                    is_loopback_host(host)
-                } else {
-                    host == auth_host || runtime.routes.has_host(host)
-                }
-            };
+            let allowed = |host: &str, _port: Option<u16>| !programmatic || is_loopback_host(host);
             let url = validate_redirect(&raw, &allowed)?;
+            // Back only to an authority Portcullis serves: host and port, the scheme's default
+            // when the URL names none.
+            let (host, port) = runtime.authority_of(&url);
+            if !programmatic && !runtime.serves(&host, port) {
+                return Err(Refusal::BadRequest(Malformed::ReturnAddressNotServed));
+            }
             if programmatic {
                 // Marks the flow for the callback: the token goes back to the command line.
                 format!("{PROGRAMMATIC_MARK}{url}")
@@ -311,16 +310,11 @@ async fn oauth_callback(
 /// on the authenticate host (whose cookie the caller sets), otherwise through a single-use
 /// handoff to the target host's callback.
 fn return_to(state: &State, runtime: &Runtime, session_id: &str, target: &Url, now: i64) -> Reply {
-    if target.host_str().map(str::to_ascii_lowercase).as_deref()
-        == Some(runtime.config.authenticate.host.as_str())
-    {
+    let (host, port) = runtime.authority_of(target);
+    if runtime.is_authenticate(&host, port) {
         return Reply::redirect(target.as_str());
     }
-    let authority = format!(
-        "{}:{}",
-        target.host_str().unwrap_or_default().trim_end_matches('.'),
-        target.port().unwrap_or(if state.tls { 443 } else { 80 })
-    );
+    let authority = format!("{host}:{port}");
     let handoff = Handoff::new(
         session_id.to_owned(),
         target.as_str(),

@@ -14,6 +14,8 @@ use portcullis_policy::Policy;
 use regex::Regex;
 use url::Url;
 
+use crate::authority::Listener;
+
 /// Which services this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Services {
@@ -67,6 +69,16 @@ pub struct Config {
     /// (`stream_recheck_interval`), by the stream re-check.
     pub stream_recheck_interval: Duration,
     pub routes: Vec<Route>,
+}
+
+impl Config {
+    /// The listener this configuration describes, for the authority rule.
+    pub fn listener(&self) -> Listener {
+        Listener {
+            tls: !self.insecure_server,
+            port: self.address.port(),
+        }
+    }
 }
 
 /// An external URL of a service (the authenticate service).
@@ -154,7 +166,8 @@ pub struct HealthCheck {
 pub struct FromMatcher {
     pub tls: bool,
     pub host: HostPattern,
-    /// When absent, the route matches on the listener's port.
+    /// When absent, the route matches on the scheme's default port and the listener's own
+    /// ([`Listener::serves`]).
     pub port: Option<u16>,
 }
 

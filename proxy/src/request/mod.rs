@@ -5,7 +5,7 @@
 pub mod path;
 
 use std::borrow::Cow;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use http::header;
 use pingora::http::RequestHeader;
@@ -16,10 +16,12 @@ use crate::respond::{Malformed, Refusal};
 /// What validation learned of a request, for the later stages and the logs.
 #[derive(Debug, Clone, Default)]
 pub struct Validated {
-    /// Lowercase host, no port.
+    /// Lowercase host, no port, no trailing dot; an IPv6 literal in brackets, in its
+    /// canonical form.
     pub host: String,
     /// Host header as sent (`host[:port]`).
     pub authority: String,
+    /// The effective port: the `Host` header's, or the listener scheme's default.
     pub port: u16,
     /// The path as the client sent it, for the access log.
     pub path: String,
@@ -153,39 +155,108 @@ fn request_host(req: &RequestHeader, tls: bool) -> Result<(String, u16, String),
     }
     let (host, port) =
         split_host_port(authority).ok_or(Refusal::BadRequest(Malformed::InvalidHost))?;
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
     let port = port.unwrap_or(if tls { 443 } else { 80 });
     Ok((host, port, authority.to_string()))
 }
 
-fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
-    if let Some(rest) = authority.strip_prefix('[') {
-        let (v6, after) = rest.split_once(']')?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => Some(p.parse().ok()?),
-            None if after.is_empty() => None,
-            None => return None,
-        };
-        return Some((v6, port));
+/// Splits a `Host` value into its host (lowercase, no trailing dot; an IPv6 literal in
+/// brackets, canonical) and its port, if it names one. `None` for anything else: an empty
+/// host, a bracketed host that is not an IPv6 literal, two ports, a port that is empty, not
+/// all digits or outside 1–65535, anything after the port.
+fn split_host_port(authority: &str) -> Option<(String, Option<u16>)> {
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(rest) => {
+            let (literal, after) = rest.split_once(']')?;
+            let ip: Ipv6Addr = literal.parse().ok()?;
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':')?),
+            };
+            (format!("[{ip}]"), port)
+        }
+        None => {
+            let (host, port) = match authority.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            };
+            if host.contains(['[', ']']) {
+                return None;
+            }
+            (host.trim_end_matches('.').to_ascii_lowercase(), port)
+        }
+    };
+    if host.is_empty() {
+        return None;
     }
-    match authority.rsplit_once(':') {
-        Some((h, p)) => Some((h, Some(p.parse().ok()?))),
-        None => Some((authority, None)),
+    let port = match port {
+        Some(p) => Some(parse_port(p)?),
+        None => None,
+    };
+    Some((host, port))
+}
+
+/// A port as `Host` must write it: one to five digits (no sign, no space), 1–65535.
+fn parse_port(raw: &str) -> Option<u16> {
+    if raw.is_empty() || raw.len() > 5 || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
+    raw.parse().ok().filter(|&p| p != 0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn split(authority: &str) -> Option<(&'static str, Option<u16>)> {
+        split_host_port(authority).map(|(h, p)| (&*h.leak(), p))
+    }
+
     #[test]
     fn host_port_parsing() {
-        assert_eq!(split_host_port("a.test:8080"), Some(("a.test", Some(8080))));
-        assert_eq!(split_host_port("a.test"), Some(("a.test", None)));
-        assert_eq!(split_host_port("[::1]:443"), Some(("::1", Some(443))));
-        assert_eq!(split_host_port("[::1]"), Some(("::1", None)));
-        assert_eq!(split_host_port("a.test:x"), None);
-        assert_eq!(split_host_port("[::1]x"), None);
+        assert_eq!(split("a.test:8080"), Some(("a.test", Some(8080))));
+        assert_eq!(split("a.test"), Some(("a.test", None)));
+        assert_eq!(split("A.Test.:1"), Some(("a.test", Some(1))));
+        assert_eq!(split("a.test:65535"), Some(("a.test", Some(65535))));
+        assert_eq!(split("a.test:00080"), Some(("a.test", Some(80))));
+        assert_eq!(split("[::1]:443"), Some(("[::1]", Some(443))));
+        assert_eq!(split("[::1]"), Some(("[::1]", None)));
+        assert_eq!(split("[0:0::0001]"), Some(("[::1]", None)));
+        assert_eq!(split("[FE80::A]:80"), Some(("[fe80::a]", Some(80))));
+    }
+
+    #[test]
+    fn malformed_hosts_are_refused() {
+        for bad in [
+            "a.test:x",
+            "a.test:",
+            "a.test:0",
+            "a.test:65536",
+            "a.test:99999",
+            "a.test:000080",
+            "a.test:+80",
+            "a.test:-1",
+            "a.test: 80",
+            "a.test:80x",
+            "a.test:1:2",
+            ":80",
+            "",
+            ".",
+            "[a.test]",
+            "[a.test]:80",
+            "[127.0.0.1]",
+            "[::1",
+            "[::1]x",
+            "[::1]:",
+            "[::1]:1:2",
+            "[::1]]",
+            "[]",
+            "[fe80::1%eth0]",
+            "a.test]",
+            "a[.test",
+            "::1",
+        ] {
+            assert_eq!(split_host_port(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
