@@ -151,14 +151,19 @@ pub async fn load_session(
     Ok(session)
 }
 
-/// The bearer token in `Authorization`, when it is one of ours
-/// (`Bearer Portcullis-<token>`, `Portcullis <token>`, or `Bearer <token>`).
+/// The bearer token in `Authorization`, when it is one of ours (see [`portcullis_token`]).
 fn bearer_token(req: &RequestHeader) -> Option<&str> {
-    let value = req.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
+    portcullis_token(req.headers.get(header::AUTHORIZATION)?)
+}
+
+/// The token in an `Authorization` value that is Portcullis's: `Bearer Portcullis-<token>` or
+/// `Portcullis <token>` (schemes in any case). Any other value (an application's own bearer
+/// token, Basic credentials) is not ours: it neither stands for a session nor hides a cookie.
+pub fn portcullis_token(value: &http::HeaderValue) -> Option<&str> {
+    let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
     let token = token.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
-        Some(token.strip_prefix("Portcullis-").unwrap_or(token))
+        token.strip_prefix("Portcullis-")
     } else if scheme.eq_ignore_ascii_case("portcullis") {
         Some(token)
     } else {
@@ -182,5 +187,12 @@ mod tests {
         req.insert_header("authorization", "Basic dXNlcjpw")
             .unwrap();
         assert_eq!(bearer_token(&req), None);
+        // An application's own bearer token is not a Portcullis token.
+        req.insert_header("authorization", "Bearer app-token")
+            .unwrap();
+        assert_eq!(bearer_token(&req), None);
+        req.insert_header("authorization", "bearer Portcullis-abc")
+            .unwrap();
+        assert_eq!(bearer_token(&req), Some("abc"));
     }
 }

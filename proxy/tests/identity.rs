@@ -371,7 +371,16 @@ async fn sign_out_ends_the_session_on_every_host() {
         assert_eq!(resp.status(), 200, "{host} before sign-out");
     }
 
-    let resp = b.get(&env.url("app", "/.portcullis/sign_out")).await;
+    // A same-origin POST, as the sign-out page's button sends it.
+    let origin = env.url("app", "/").trim_end_matches('/').to_owned();
+    let resp = b
+        .request(
+            reqwest::Method::POST,
+            &env.url("app", "/.portcullis/sign_out"),
+            &[("origin", &origin)],
+            None,
+        )
+        .await;
     assert_eq!(resp.status(), 302);
     let loc = location(&resp);
     assert!(

@@ -95,7 +95,9 @@ async fn streams_close_soon_after_their_session_is_signed_out_and_others_go_on()
     tokio::time::sleep(INTERVAL * 3).await;
     assert!(echoes(&mut alice_ws, b"still here").await, "{}", env.logs());
 
-    alice.get(&env.url("app", "/.portcullis/sign_out")).await;
+    alice
+        .sign_out(&env.url("app", "/.portcullis/sign_out"))
+        .await;
     let ws_after = ends_within(&mut alice_ws, LIMIT).await;
     assert!(
         ws_after.is_some(),
@@ -234,7 +236,9 @@ async fn an_event_stream_over_http2_closes_soon_after_sign_out() {
     assert!(String::from_utf8_lossy(&first).contains("data: first"));
     tokio::time::sleep(INTERVAL * 3).await;
 
-    alice.get(&env.url("app", "/.portcullis/sign_out")).await;
+    alice
+        .sign_out(&env.url("app", "/.portcullis/sign_out"))
+        .await;
     let started = std::time::Instant::now();
     let ended = tokio::time::timeout(LIMIT, async {
         while let Ok(Some(_)) = events.chunk().await {}

@@ -62,12 +62,13 @@ impl ApiClient {
         crate::metric(&text, name)
     }
 
-    /// Signs session `cookie` out at `url` (a `/.portcullis/sign_out` URL); panics unless the
-    /// answer is a redirect (to the IdP's end-session page) or a success.
+    /// Signs session `cookie` out at `url` (a `/.portcullis/sign_out` URL) with a POST, as a
+    /// script does (no `Origin`); panics unless the answer is a redirect (to the IdP's
+    /// end-session page) or a success.
     pub async fn sign_out(&self, url: &str, cookie: &str) {
         let answer = self
             .client
-            .get(url)
+            .post(url)
             .header("cookie", format!("{}={cookie}", self.cookie_name))
             .send()
             .await

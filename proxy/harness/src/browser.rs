@@ -182,10 +182,35 @@ impl Browser {
         self.drive(url, Some(login)).await
     }
 
-    /// GETs `url` (e.g. `/.portcullis/sign_out`) and follows redirects, confirming the IdP's
-    /// logout form; returns the first non-redirect response that is not an IdP form page.
+    /// Signs out as a person does: GETs `url` (e.g. `/.portcullis/sign_out`), submits the
+    /// page's POST form with an `Origin` of the page's origin (as a browser sends it), then
+    /// follows redirects, confirming the IdP's logout form; returns the first non-redirect
+    /// response that is not an IdP form page. Panics when the page has no POST form.
     pub async fn sign_out(&self, url: &str) -> (Response, Vec<String>) {
-        self.drive(url, None).await
+        let page = self.get(url).await;
+        let status = page.status();
+        let page_url = page.url().clone();
+        let html = page.text().await.unwrap_or_default();
+        let form = forms(&html, &page_url)
+            .into_iter()
+            .find(|f| f.method == "POST")
+            .unwrap_or_else(|| panic!("no sign-out form at {url} ({status}): {html}"));
+        let body: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&form.fields)
+            .finish();
+        let resp = self
+            .request(
+                Method::POST,
+                &form.action,
+                &[
+                    ("content-type", "application/x-www-form-urlencoded"),
+                    ("origin", &origin(&page_url)),
+                ],
+                Some(body.into_bytes()),
+            )
+            .await;
+        let visited = vec![url.to_owned(), form.action.clone()];
+        self.drive_from(resp, visited, None, &|_| false).await
     }
 
     /// [`Browser::sign_in_visited`], but stops at the first redirect whose absolute target
@@ -212,8 +237,19 @@ impl Browser {
         login: Option<&str>,
         stop: &(dyn Fn(&str) -> bool + Sync),
     ) -> (Response, Vec<String>) {
-        let mut visited = vec![url.to_owned()];
-        let mut resp = self.get(url).await;
+        let resp = self.get(url).await;
+        self.drive_from(resp, vec![url.to_owned()], login, stop)
+            .await
+    }
+
+    /// [`Browser::drive_until`] from `resp`, the answer to the last URL in `visited`.
+    async fn drive_from(
+        &self,
+        mut resp: Response,
+        mut visited: Vec<String>,
+        login: Option<&str>,
+        stop: &(dyn Fn(&str) -> bool + Sync),
+    ) -> (Response, Vec<String>) {
         for _ in 0..MAX_STEPS * 2 {
             if let Some(next) = redirect_target(&resp) {
                 let done = stop(&next);

@@ -384,9 +384,14 @@ async fn sign_out(
     req: &RequestHeader,
     ctx: &mut Ctx,
 ) -> Result<Reply, Refusal> {
+    // A GET (a link, an image, a prefetch) changes nothing: it shows the button that POSTs.
     match req.method {
-        http::Method::GET | http::Method::HEAD | http::Method::POST => {}
+        http::Method::GET | http::Method::HEAD => return Ok(Reply::html(200, pages::sign_out())),
+        http::Method::POST => {}
         _ => return Err(Refusal::MethodNotAllowed),
+    }
+    if !same_site(req, state.tls, &ctx.request.authority) {
+        return Err(Refusal::CrossSite);
     }
     let now = now_unix();
     // The id token is only a hint for the IdP; a store outage must not keep anyone signed in,
@@ -432,6 +437,32 @@ async fn sign_out(
     };
     reply.header(header::SET_COOKIE, runtime.session_cookie.clear_cookie());
     Ok(reply)
+}
+
+/// Whether a state-changing request comes from this site. A browser says where a request
+/// comes from: refused when `Sec-Fetch-Site` names another site, or when `Origin` is not this
+/// request's own (`scheme://authority`); a request with neither (curl, command-line clients)
+/// is no cross-site browser request and goes through.
+fn same_site(req: &RequestHeader, tls: bool, authority: &str) -> bool {
+    let (scheme, default_port) = if tls {
+        ("https://", ":443")
+    } else {
+        ("http://", ":80")
+    };
+    let own = authority.strip_suffix(default_port).unwrap_or(authority);
+    let from_here = |origin: &http::HeaderValue| {
+        origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.strip_prefix(scheme))
+            .map(|a| a.strip_suffix(default_port).unwrap_or(a))
+            .is_some_and(|a| a.eq_ignore_ascii_case(own))
+    };
+    req.headers
+        .get_all("sec-fetch-site")
+        .iter()
+        .all(|v| matches!(v.as_bytes(), b"same-origin" | b"same-site" | b"none"))
+        && req.headers.get_all(header::ORIGIN).iter().all(from_here)
 }
 
 async fn user_page(

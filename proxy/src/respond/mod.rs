@@ -31,6 +31,8 @@ pub enum Refusal {
     Unauthorized,
     /// Signed in, but the policy denies.
     Forbidden { details: Vec<String> },
+    /// A state-changing request (a sign-out) sent from another site.
+    CrossSite,
     /// A dependency is down (the session store, the IdP); never an allow.
     Unavailable(Dependency),
     /// Upstream refused or failed.
@@ -60,7 +62,7 @@ impl Refusal {
             Refusal::BadRequest(_) => 400,
             Refusal::SignIn { .. } => 302,
             Refusal::Unauthorized => 401,
-            Refusal::Forbidden { .. } => 403,
+            Refusal::Forbidden { .. } | Refusal::CrossSite => 403,
             Refusal::Unavailable(_) => 503,
             Refusal::BadGateway => 502,
             Refusal::GatewayTimeout => 504,
@@ -76,7 +78,7 @@ impl Refusal {
             Refusal::BadRequest(_) => Outcome::BadRequest,
             Refusal::SignIn { .. } => Outcome::SignIn,
             Refusal::Unauthorized => Outcome::Unauthenticated,
-            Refusal::Forbidden { .. } => Outcome::Deny,
+            Refusal::Forbidden { .. } | Refusal::CrossSite => Outcome::Deny,
             Refusal::Unavailable(_) => Outcome::Unavailable,
             Refusal::BadGateway => Outcome::BadGateway,
             Refusal::GatewayTimeout => Outcome::GatewayTimeout,

@@ -25,6 +25,7 @@ th{width:34%;color:#5b6272;font-weight:500}
 code{font:13px ui-monospace,SFMono-Regular,Menlo,monospace;background:#f1f2f5;border-radius:4px;padding:1px 5px}
 .tag{display:inline-block;background:#eef2ff;color:#2f4bb5;border-radius:4px;padding:0 7px;margin:2px 4px 2px 0;font-size:13px}
 .actions{margin-top:22px;display:flex;gap:10px}
+form{margin:0}
 a.button,button{display:inline-block;background:#2f4bb5;color:#fff;text-decoration:none;border:0;border-radius:6px;padding:8px 16px;font:inherit;cursor:pointer}
 a.button.secondary{background:#e8eaf0;color:#1d2330}
 footer{color:#8a90a0;font-size:12px;text-align:center;margin:24px 0}
@@ -150,12 +151,26 @@ pub fn user(session: &CachedSession, sign_out_url: &str, now_unix: i64) -> Strin
         }
         body.push_str("</table>");
     }
+    // Signing out changes state: a form's POST, never a link a GET could follow.
     let _ = write!(
         body,
-        "<div class=\"actions\"><a class=\"button\" href=\"{}\">Sign out</a></div>",
+        "<div class=\"actions\"><form method=\"post\" action=\"{}\">\
+<button type=\"submit\">Sign out</button></form></div>",
         escape(sign_out_url)
     );
     layout("Signed in", &body)
+}
+
+/// The sign-out page (`GET /.portcullis/sign_out`): a button that POSTs to the same path,
+/// which is what ends the session.
+pub fn sign_out() -> String {
+    layout(
+        "Sign out",
+        "<h1>Sign out?</h1>\
+<p>This ends your session on every application behind this proxy.</p>\
+<div class=\"actions\"><form method=\"post\" action=\"/.portcullis/sign_out\">\
+<button type=\"submit\">Sign out</button></form></div>",
+    )
 }
 
 /// The page after a sign-out when the IdP has no end-session endpoint.
@@ -204,5 +219,12 @@ mod tests {
         assert!(page.contains("&lt;b&gt;no&lt;/b&gt;"));
         assert!(!page.contains("<b>no</b>"));
         assert!(page.contains("href=\"/x\">Sign out</a>"));
+    }
+
+    #[test]
+    fn sign_out_page_posts_to_its_own_path() {
+        assert!(
+            sign_out().contains("<form method=\"post\" action=\"/.portcullis/sign_out\"><button")
+        );
     }
 }

@@ -189,6 +189,10 @@ impl Refusal {
                 "Access denied",
                 "You are signed in, but this application's policy does not allow your request.",
             ),
+            Refusal::CrossSite => fixed(
+                "Forbidden",
+                "This request came from another site, so nothing was changed. To sign out, use the button on the sign-out page.",
+            ),
             Refusal::Unavailable(what) => ("Service unavailable", Cow::Borrowed(what.text())),
             Refusal::BadGateway => fixed(
                 "Bad gateway",
@@ -214,6 +218,7 @@ impl Refusal {
                 ("Your session", "/.portcullis/"),
                 ("Sign out and use another account", "/.portcullis/sign_out"),
             ],
+            Refusal::CrossSite => &[("Sign-out page", "/.portcullis/sign_out")],
             _ => &[],
         }
     }

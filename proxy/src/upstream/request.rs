@@ -13,6 +13,7 @@ use pingora::prelude::*;
 use pingora::ErrorType;
 use portcullis_auth::strip_cookies;
 
+use crate::authorize::portcullis_token;
 use crate::config::{PathMatcher, Route, TemplatePart};
 use crate::ctx::Ctx;
 use crate::state::{Runtime, State};
@@ -20,7 +21,6 @@ use crate::upstream::identity;
 
 /// Header names used on every request, built once.
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -66,11 +66,9 @@ async fn edit(
 
     // 1. Nothing a client sends may pose as Portcullis or as the forwarding chain. One scan
     // finds them (most requests carry none); X-Forwarded-Host, -Proto and -For (when the
-    // address is known) are replaced below.
+    // address is known) are set below.
     let spoofed = |name: &HeaderName| {
-        name.as_str().starts_with(IDENTITY_PREFIX)
-            || *name == header::FORWARDED
-            || *name == X_REAL_IP
+        forged_by_client(name.as_str())
             || *name == config.jwt_assertion_header
             || config.jwt_claims_headers.iter().any(|(h, _)| h == name)
             || route.remove_request_headers.iter().any(|h| h == name)
@@ -81,7 +79,13 @@ async fn edit(
             headers.remove(&name);
         }
     }
-    if ctx.found.bearer {
+    // Portcullis's own tokens never go upstream, on any route (public ones, where no session
+    // was looked for, included); any other `Authorization` is the application's.
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .any(|v| portcullis_token(v).is_some())
+    {
         headers.remove(header::AUTHORIZATION);
     }
 
@@ -183,6 +187,32 @@ async fn edit(
         }
     }
     Ok(())
+}
+
+/// Whether a client's header `name` (lowercase) is one only Portcullis may send upstream:
+/// Portcullis's own (`x-portcullis-*`); the forwarding chain's (`Forwarded`, `X-Real-IP`,
+/// every `X-Forwarded-*`) and the other names servers take a client's address or original
+/// URL from; and any name with `_`, which CGI, PHP, Rack and some WSGI servers read as `-`
+/// (so `X_Email` would pass for `X-Email`), dropped as nginx does. No allocation: one look at
+/// the name's bytes.
+fn forged_by_client(name: &str) -> bool {
+    if name.as_bytes().contains(&b'_') {
+        return true;
+    }
+    match name.as_bytes().first() {
+        Some(b'x') => {
+            name.starts_with(IDENTITY_PREFIX)
+                || name.starts_with("x-forwarded-")
+                || matches!(
+                    name,
+                    "x-real-ip" | "x-client-ip" | "x-original-url" | "x-rewrite-url"
+                )
+        }
+        Some(b'f') => name == "forwarded",
+        Some(b't') => name == "true-client-ip",
+        Some(b'c') => name == "cf-connecting-ip",
+        _ => false,
+    }
 }
 
 /// An address as a header value, formatted on the stack.
@@ -290,6 +320,43 @@ fn rewrite_path<'a>(route: &Route, base_path: Option<&str>, uri: &'a http::Uri) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forged_names_are_the_forwarding_chains_portcullis_and_any_with_underscore() {
+        for name in [
+            "x-portcullis-jwt-assertion",
+            "x_email",
+            "transfer_encoding",
+            "_",
+            "forwarded",
+            "x-real-ip",
+            "x-forwarded-for",
+            "x-forwarded-prefix",
+            "x-forwarded-port",
+            "x-forwarded-server",
+            "x-forwarded-uri",
+            "x-original-url",
+            "x-rewrite-url",
+            "true-client-ip",
+            "x-client-ip",
+            "cf-connecting-ip",
+        ] {
+            assert!(forged_by_client(name), "{name}");
+        }
+        for name in [
+            "accept",
+            "authorization",
+            "cookie",
+            "x-email",
+            "x-forwarded",
+            "x-request-id",
+            "client-ip",
+            "forwarded-for",
+            "transfer-encoding",
+        ] {
+            assert!(!forged_by_client(name), "{name}");
+        }
+    }
 
     #[test]
     fn forwarded_for_values_are_the_address_as_text() {
