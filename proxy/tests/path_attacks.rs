@@ -10,9 +10,8 @@
 //! never decoded and encoded again; the query goes on byte for byte.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use portcullis_harness::TestEnv;
+use portcullis_harness::{raw_request_bytes, TestEnv};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -116,17 +115,7 @@ async fn get_raw(env: &TestEnv, host: &str, target: &[u8], headers: &str) -> (u1
         )
         .as_bytes(),
     );
-    let mut stream = TcpStream::connect(("127.0.0.1", env.port)).await.unwrap();
-    stream.write_all(&request).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    (status, text)
+    raw_request_bytes(env.port, &request).await
 }
 
 fn show(bytes: &[u8]) -> String {

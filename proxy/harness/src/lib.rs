@@ -67,8 +67,8 @@ pub use crate::idp::{Idp, IdpOptions};
 pub use crate::portcullis::{Portcullis, PortcullisBuilder};
 pub use crate::postgres::{psql, PrivatePostgres, TestDb};
 pub use crate::raw::{
-    echoes, ends_within, raw_get, raw_request, read_head, read_until, websocket_handshake,
-    WEBSOCKET_101, WEBSOCKET_KEY,
+    echoes, ends_within, raw_get, raw_request, raw_request_bytes, read_head, read_until,
+    websocket_handshake, WEBSOCKET_101, WEBSOCKET_KEY,
 };
 pub use crate::raw_upstream::{echo, raw_upstream, stream_upstream};
 pub use crate::response::{location, metric, query_param, set_cookies};

@@ -18,13 +18,16 @@ pub const WEBSOCKET_101: &str = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: we
 /// answer (10 s at most; the request should carry `Connection: close`). Returns the status
 /// code (0 when there was no answer) and the raw response text.
 pub async fn raw_request(port: u16, request: &str) -> (u16, String) {
+    raw_request_bytes(port, request.as_bytes()).await
+}
+
+/// [`raw_request`] of bytes that need not be text (a request line with bytes outside ASCII,
+/// or not UTF-8 at all).
+pub async fn raw_request_bytes(port: u16, request: &[u8]) -> (u16, String) {
     let mut stream = TcpStream::connect((LOOPBACK, port))
         .await
         .expect("connect to the proxy");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("write the request");
+    stream.write_all(request).await.expect("write the request");
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
     let text = String::from_utf8_lossy(&buf).into_owned();
