@@ -15,7 +15,7 @@ use crate::{b64url, b64url_decode, AuthError, Secret};
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 /// Tokens longer than this are refused before decoding: no cookie is that big.
-const MAX_TOKEN_LEN: usize = 16 * 1024;
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 
 /// Seals and opens purpose-bound tokens with a key derived from a [`Secret`].
 #[derive(Clone)]
