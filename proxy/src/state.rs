@@ -1,5 +1,6 @@
 //! Everything the proxy builds once at start-up and shares between requests.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +27,9 @@ pub struct Runtime {
     pub session_cookie: CookieOptions,
     /// Origin of the authenticate service (`https://authenticate.example.com[:port]`).
     pub authenticate_origin: String,
+    /// `cookie_domain` normalized (lowercase, no leading or trailing dot): when set, the
+    /// scope of every session cookie (see [`Runtime::session_scope`]).
+    cookie_scope: Option<String>,
 }
 
 /// Shared state of the proxy service.
@@ -91,12 +95,26 @@ impl Runtime {
             max_age: config.cookie.expire,
         };
         let authenticate_origin = config.authenticate.url.origin().ascii_serialization();
+        let cookie_scope = cookie_domain_scope(&config);
         Self {
             config,
             routes,
             route_series,
             session_cookie,
             authenticate_origin,
+            cookie_scope,
+        }
+    }
+
+    /// Where a session cookie presented on `host` (lowercase, no trailing dot) and `port` is
+    /// a session: the configured cookie domain when there is one (the cookie is then sent to,
+    /// and opens on, every host under it), else the request's own authority `host:port`. A
+    /// cookie is sealed with the scope of the host it is set on and opens only where the
+    /// request's scope is the same.
+    pub fn session_scope<'a>(&'a self, host: &str, port: u16) -> Cow<'a, str> {
+        match &self.cookie_scope {
+            Some(domain) => Cow::Borrowed(domain),
+            None => Cow::Owned(format!("{host}:{port}")),
         }
     }
 
@@ -117,6 +135,16 @@ impl Runtime {
     pub fn oauth_callback_url(&self) -> String {
         format!("{}/oauth2/callback", self.authenticate_origin)
     }
+}
+
+/// `cookie_domain` as a session scope (lowercase, without leading or trailing dots), when set.
+pub fn cookie_domain_scope(config: &Config) -> Option<String> {
+    config
+        .cookie
+        .domain
+        .as_deref()
+        .map(|d| d.trim().trim_matches('.').to_ascii_lowercase())
+        .filter(|d| !d.is_empty())
 }
 
 // === impl State ===
