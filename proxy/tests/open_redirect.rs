@@ -109,13 +109,16 @@ async fn no_url_parameter_leads_off_the_configured_hosts() {
     // handoff to where it returns, instead of a trip through the IdP.
     let browser: Browser = env.signed_in("app", "alice").await;
     let anonymous = env.browser();
+    let binding = BrowserBinding::new();
 
     let mut returned = 0;
     for raw in &payloads {
         // 1. The signed sign-in link, browser flow: refused, or a handoff to a route host.
         let mut url = Url::parse(&format!("{auth}/.portcullis/sign_in")).unwrap();
+        // With a binding digest, as a route host's link carries (required for route hosts).
         url.query_pairs_mut()
-            .append_pair("portcullis_redirect_uri", raw);
+            .append_pair("portcullis_redirect_uri", raw)
+            .append_pair("portcullis_binding", binding.digest().as_str());
         let signed = signer.sign(&url, now(), 300);
         let what = format!("sign_in {raw:?}");
         let resp = browser.get(signed.as_str()).await;
@@ -126,7 +129,8 @@ async fn no_url_parameter_leads_off_the_configured_hosts() {
 
         // 2. The same, programmatic: refused, or off to the IdP (the return is checked at 3).
         url.query_pairs_mut()
-            .append_pair("portcullis_programmatic", "true");
+            .append_pair("portcullis_programmatic", "true")
+            .append_pair("portcullis_scope", "app.localhost:80");
         let signed = signer.sign(&url, now(), 300);
         let what = format!("programmatic sign_in {raw:?}");
         let resp = anonymous.get(signed.as_str()).await;
