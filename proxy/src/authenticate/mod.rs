@@ -21,8 +21,8 @@ use http::header;
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use portcullis_auth::{
-    find_cookie, validate_redirect, BindingDigest, BrowserBinding, Handoff, HandoffRefusal,
-    SessionCookie, SignInFlow, SignInReturn,
+    find_cookie, validate_redirect, BindingDigest, BrowserBinding, Handoff, SessionCookie,
+    SignInFlow, SignInReturn,
 };
 use tracing::{info, warn};
 use url::Url;
@@ -77,17 +77,6 @@ pub fn send_to_sign_in(
     )
     .and_then(BrowserBinding::from_cookie)
     .unwrap_or_else(BrowserBinding::new);
-    sign_in_with(state, runtime, &binding, original, now)
-}
-
-/// [`send_to_sign_in`] with the binding `binding`.
-fn sign_in_with(
-    state: &State,
-    runtime: &Runtime,
-    binding: &BrowserBinding,
-    original: &str,
-    now: i64,
-) -> Refusal {
     let digest = binding.digest();
     Refusal::SignIn {
         location: signed_sign_in_url(
@@ -99,7 +88,7 @@ fn sign_in_with(
         ),
         binding_cookie: runtime
             .session_cookie
-            .set_binding_cookie(binding, LOGIN_STATE_COOKIE_TTL),
+            .set_binding_cookie(&binding, LOGIN_STATE_COOKIE_TTL),
     }
 }
 
@@ -446,42 +435,29 @@ fn host_callback(
     let authority = format!("{}:{}", ctx.request.host, ctx.request.port);
     let binding_cookie = runtime.session_cookie.binding_cookie_name();
     let binding = find_cookie(req.headers.get_all(header::COOKIE), &binding_cookie);
-    let handoff = match Handoff::redeem(
+    // A link minted for another browser (copied, or sent by someone else) signs this one in
+    // as nobody (400), and stays unused for the browser it was minted for.
+    let handoff = Handoff::redeem(
         &state.cipher,
         &token,
         now,
         &authority,
         binding,
         &state.replay,
-    ) {
-        Ok(handoff) => handoff,
-        // A link minted for another browser (copied, or sent by someone else): this browser
-        // is signed in as nobody; it starts a sign-in of its own, to the same page, under a
-        // new binding. The token stays unused for the browser it was minted for.
-        Err(HandoffRefusal::OtherBrowser) => {
-            warn!(request_id = %ctx.request_id, "handoff token presented by another browser");
-            let handoff =
-                Handoff::open(&state.cipher, &token, now, &authority).ok_or_else(invalid)?;
-            let target = Url::parse(&handoff.redirect_uri).map_err(|_| invalid())?;
-            if !is_this_host(state, ctx, &target) {
-                return Err(invalid());
-            }
-            return Err(sign_in_with(
-                state,
-                runtime,
-                &BrowserBinding::new(),
-                target.as_str(),
-                now,
-            ));
-        }
-        Err(e) => {
-            warn!(request_id = %ctx.request_id, error = %e, "handoff token refused");
-            return Err(invalid());
-        }
-    };
+    )
+    .map_err(|e| {
+        warn!(request_id = %ctx.request_id, error = %e, "handoff token refused");
+        invalid()
+    })?;
     let target = Url::parse(&handoff.redirect_uri).map_err(|_| invalid())?;
     // A token minted for one host never sets a cookie on another.
-    if !is_this_host(state, ctx, &target) {
+    let target_host = target
+        .host_str()
+        .map(|h| h.trim_end_matches('.').to_ascii_lowercase());
+    let default_port = if state.tls { 443 } else { 80 };
+    if target_host.as_deref() != Some(ctx.request.host.as_str())
+        || target.port().unwrap_or(default_port) != ctx.request.port
+    {
         warn!(request_id = %ctx.request_id, "handoff token presented on the wrong host");
         return Err(invalid());
     }
@@ -505,16 +481,6 @@ fn host_callback(
         runtime.session_cookie.clear_binding_cookie(),
     );
     Ok(reply)
-}
-
-/// Whether `target` is on the request's own host and port.
-fn is_this_host(state: &State, ctx: &Ctx, target: &Url) -> bool {
-    let target_host = target
-        .host_str()
-        .map(|h| h.trim_end_matches('.').to_ascii_lowercase());
-    let default_port = if state.tls { 443 } else { 80 };
-    target_host.as_deref() == Some(ctx.request.host.as_str())
-        && target.port().unwrap_or(default_port) == ctx.request.port
 }
 
 async fn sign_out(
