@@ -86,7 +86,7 @@ pub fn seed(config: &Config, options: &SeedOptions, out: &mut dyn Write) -> Resu
 /// The scope the seeded cookies are sealed for, as the proxy computes it for a request to
 /// `host` (`host:port`), or by default to the first route's host.
 fn scope(config: &Config, host: Option<&str>) -> Result<String, String> {
-    if let Some(domain) = crate::state::cookie_domain_scope(config) {
+    if let Some(domain) = config.cookie.domain_scope() {
         return Ok(domain);
     }
     if let Some(host) = host {

@@ -95,7 +95,7 @@ impl Runtime {
             max_age: config.cookie.expire,
         };
         let authenticate_origin = config.authenticate.url.origin().ascii_serialization();
-        let cookie_scope = cookie_domain_scope(&config);
+        let cookie_scope = config.cookie.domain_scope();
         Self {
             config,
             routes,
@@ -135,16 +135,6 @@ impl Runtime {
     pub fn oauth_callback_url(&self) -> String {
         format!("{}/oauth2/callback", self.authenticate_origin)
     }
-}
-
-/// `cookie_domain` as a session scope (lowercase, without leading or trailing dots), when set.
-pub fn cookie_domain_scope(config: &Config) -> Option<String> {
-    config
-        .cookie
-        .domain
-        .as_deref()
-        .map(|d| d.trim().trim_matches('.').to_ascii_lowercase())
-        .filter(|d| !d.is_empty())
 }
 
 // === impl State ===
