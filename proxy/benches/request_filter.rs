@@ -77,8 +77,8 @@ fn proxy(rt: &tokio::runtime::Runtime) -> (Proxy, Vec<String>, Vec<String>) {
     let seal = |s: Vec<&StoredSession>| -> Vec<String> {
         s.into_iter()
             .map(|s| {
-                SessionCookie::for_session(s, portcullis::sessions::INTERIM_SESSION_SCOPE)
-                    .seal(&cipher)
+                // Sealed for the host the requests name (`request`).
+                SessionCookie::for_session(s, format!("{APP}:8000")).seal(&cipher)
             })
             .collect()
     };

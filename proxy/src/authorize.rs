@@ -88,7 +88,8 @@ pub async fn authorize<'r>(
     }
 
     if !route.policy.is_public() {
-        found.session = load_session(state, runtime, req, &mut found.bearer, now).await?;
+        let scope = runtime.session_scope(asker.host, asker.port);
+        found.session = load_session(state, runtime, req, &scope, &mut found.bearer, now).await?;
     }
     let request = PolicyRequest {
         identity: found.session.as_ref().map(|s| &s.identity),
@@ -102,12 +103,14 @@ pub async fn authorize<'r>(
     Ok((route, route.policy.evaluate(&request)))
 }
 
-/// The session the request's cookie or bearer token names, when it is valid and live; `bearer`
-/// is set when the credential came from `Authorization`.
+/// The session the request's cookie or bearer token names, when it is valid for `scope` (the
+/// request's, [`Runtime::session_scope`]) and live; `bearer` is set when the credential came
+/// from `Authorization`.
 pub async fn load_session(
     state: &State,
     runtime: &Runtime,
     req: &RequestHeader,
+    scope: &str,
     bearer: &mut bool,
     now: i64,
 ) -> Result<Option<Arc<CachedSession>>, Refusal> {
@@ -130,8 +133,9 @@ pub async fn load_session(
     let sessions = &state.sessions;
     let cookie = match state
         .opened_cookies
-        .open(&state.cipher, sealed, now, |s| sessions.is_current(s, now))
-    {
+        .open(&state.cipher, sealed, now, scope, |s| {
+            sessions.is_current(s, now)
+        }) {
         None => return Ok(None),
         // The steady state: the value's last lookup found this session, and it is still the
         // one the cache would answer with.

@@ -74,9 +74,7 @@ pub async fn decide(
             ctx.request.authority,
             req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
         );
-        Refusal::SignIn {
-            location: authenticate::sign_in_url(state, runtime, &original, now),
-        }
+        authenticate::send_to_sign_in(state, runtime, req, &original, now)
     };
     let session = ctx.found.session.as_ref();
     request_log::refused(&request_log::Refused {

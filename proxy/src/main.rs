@@ -50,6 +50,11 @@ enum SessionsCommand {
         /// Write the cookies to this file instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The authority (`host:port`) whose requests the cookies are for (a session cookie
+        /// opens only on the host it was issued for); by default the first route's host, with
+        /// the listener's port when its `from` names none. Ignored with `cookie_domain`.
+        #[arg(long, value_name = "HOST:PORT")]
+        host: Option<String>,
     },
 }
 
@@ -168,9 +173,9 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Sessions {
-            command: SessionsCommand::Seed { count, out },
+            command: SessionsCommand::Seed { count, out, host },
         }) => {
-            let options = portcullis::seed::SeedOptions { count };
+            let options = portcullis::seed::SeedOptions { count, host };
             let result = match out {
                 Some(file) => std::fs::File::create(&file)
                     .map_err(|e| format!("{}: {e}", file.display()))

@@ -5,7 +5,9 @@
 //! databroker at `databroker_service_url`, or PostgreSQL (`databroker_storage_type =
 //! "postgres"`). An in-memory store lives inside one proxy process and cannot be reached from
 //! outside, so it is refused. Each cookie is sealed with `cookie_secret` exactly as a sign-in
-//! would seal it, so a proxy with the same secrets accepts it.
+//! would seal it, so a proxy with the same secrets accepts it, on the one host it is sealed
+//! for: `cookie_domain` when set, else the `--host` authority (by default the first route's,
+//! with the listener's port when its `from` names none).
 //!
 //! Users are random (`seed-<hex>@example.com`) with a few groups out of [`GROUPS`]; every
 //! tenth session has no `users` group so that a policy on `users` has something to deny.
@@ -30,6 +32,8 @@ const BATCH: usize = 500;
 #[derive(Debug, Clone)]
 pub struct SeedOptions {
     pub count: usize,
+    /// The authority (`host:port`) the cookies are for; `None` for the first route's.
+    pub host: Option<String>,
 }
 
 // === seeding ===
@@ -47,6 +51,7 @@ pub fn seed(config: &Config, options: &SeedOptions, out: &mut dyn Write) -> Resu
                 .into(),
         );
     }
+    let scope = scope(config, options.host.as_deref())?;
     let store = crate::databroker::proxy_store(config)?;
     let cipher = Cipher::new(&config.cookie_secret);
     let now = now_unix();
@@ -66,7 +71,7 @@ pub fn seed(config: &Config, options: &SeedOptions, out: &mut dyn Write) -> Resu
             .collect();
         put(&rt, &store, &sessions)?;
         for s in &sessions {
-            let cookie = SessionCookie::for_session(s, crate::sessions::INTERIM_SESSION_SCOPE);
+            let cookie = SessionCookie::for_session(s, scope.as_str());
             writeln!(out, "{}", cookie.seal(&cipher)).map_err(|e| format!("write: {e}"))?;
         }
         written += n;
@@ -76,6 +81,37 @@ pub fn seed(config: &Config, options: &SeedOptions, out: &mut dyn Write) -> Resu
     }
     out.flush().map_err(|e| format!("write: {e}"))?;
     Ok(())
+}
+
+/// The scope the seeded cookies are sealed for, as the proxy computes it for a request to
+/// `host` (`host:port`), or by default to the first route's host.
+fn scope(config: &Config, host: Option<&str>) -> Result<String, String> {
+    if let Some(domain) = config.cookie.domain_scope() {
+        return Ok(domain);
+    }
+    if let Some(host) = host {
+        let (name, port) = host
+            .rsplit_once(':')
+            .and_then(|(name, port)| Some((name, port.parse::<u16>().ok()?)))
+            .filter(|(name, _)| !name.is_empty())
+            .ok_or_else(|| format!("--host {host}: expected host:port"))?;
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        return Ok(format!("{name}:{port}"));
+    }
+    let route = config
+        .routes
+        .first()
+        .ok_or("sessions seed: no route to seed cookies for; give --host host:port")?;
+    match &route.from.host {
+        crate::config::HostPattern::Exact(name) => Ok(format!(
+            "{name}:{}",
+            route.from.port.unwrap_or(config.address.port())
+        )),
+        crate::config::HostPattern::Wildcard(_) => Err(format!(
+            "sessions seed: the first route ({}) names no single host; give --host host:port",
+            route.name
+        )),
+    }
 }
 
 fn put(
@@ -173,7 +209,15 @@ mod tests {
         let config = Config::from_toml(&text, Vec::new(), std::path::Path::new("."))
             .unwrap_or_else(|e| panic!("{e}"));
         let mut out = Vec::new();
-        let err = seed(&config, &SeedOptions { count: 1 }, &mut out).unwrap_err();
+        let err = seed(
+            &config,
+            &SeedOptions {
+                count: 1,
+                host: None,
+            },
+            &mut out,
+        )
+        .unwrap_err();
         assert!(err.contains("databroker_service_url"), "{err}");
         assert!(out.is_empty());
     }

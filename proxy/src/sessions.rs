@@ -29,11 +29,6 @@ use tracing::{debug, info, warn};
 
 use crate::observe::metrics::Metrics;
 
-/// The scope every session cookie is sealed and opened with until the proxy passes each
-/// request's own (issue #23: the route authority, or the cookie domain); with one scope for
-/// all, a cookie is not yet bound to its host.
-pub const INTERIM_SESSION_SCOPE: &str = "portcullis-interim-unbound";
-
 /// The longest wait between two attempts to reach the store again.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -573,13 +568,17 @@ mod tests {
         let cipher = Cipher::new(&Secret::from_bytes([7; 32]));
         let value = SessionCookie {
             session_id: id.into(),
-            scope: super::INTERIM_SESSION_SCOPE.into(),
+            scope: "app.localhost:443".into(),
             issued_at: NOW - 60,
             expires_at: NOW + 3600,
         }
         .seal(&cipher);
         let memo = OpenedCookies::new(1024);
-        let lookup = || memo.open(&cipher, &value, NOW, |s| cache.is_current(s, NOW));
+        let lookup = || {
+            memo.open(&cipher, &value, NOW, "app.localhost:443", |s| {
+                cache.is_current(s, NOW)
+            })
+        };
 
         // First visit: the cookie only; the caller looks the session up and attaches it.
         let Some(Known::Cookie(opened)) = lookup() else {

@@ -1,5 +1,6 @@
 //! Everything the proxy builds once at start-up and shares between requests.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -30,6 +31,9 @@ pub struct Runtime {
     pub authenticate_origin: String,
     /// Which ports a configured URL serves ([`Listener::serves`]).
     pub listener: Listener,
+    /// `cookie_domain` normalized (lowercase, no leading or trailing dot): when set, the
+    /// scope of every session cookie (see [`Runtime::session_scope`]).
+    cookie_scope: Option<String>,
 }
 
 /// Shared state of the proxy service.
@@ -96,6 +100,7 @@ impl Runtime {
             max_age: config.cookie.expire,
         };
         let authenticate_origin = config.authenticate.url.origin().ascii_serialization();
+        let cookie_scope = config.cookie.domain_scope();
         Self {
             config,
             routes,
@@ -103,6 +108,19 @@ impl Runtime {
             session_cookie,
             authenticate_origin,
             listener,
+            cookie_scope,
+        }
+    }
+
+    /// Where a session cookie presented on `host` (lowercase, no trailing dot) and `port` is
+    /// a session: the configured cookie domain when there is one (the cookie is then sent to,
+    /// and opens on, every host under it), else the request's own authority `host:port`. A
+    /// cookie is sealed with the scope of the host it is set on and opens only where the
+    /// request's scope is the same.
+    pub fn session_scope<'a>(&'a self, host: &str, port: u16) -> Cow<'a, str> {
+        match &self.cookie_scope {
+            Some(domain) => Cow::Borrowed(domain),
+            None => Cow::Owned(format!("{host}:{port}")),
         }
     }
 

@@ -35,13 +35,14 @@ fn verify(set: &JwkSet, jwt: &str, host: &str) -> (String, Value) {
     (kid, data.claims)
 }
 
-/// A cookie sealed with `cookie_secret` for `session_id`.
-fn seal(cookie_secret: &str, session_id: &str, expires_in: i64) -> String {
+/// A cookie sealed with `cookie_secret` for `session_id`, on the host whose scope is `scope`
+/// (`host:port`).
+fn seal(cookie_secret: &str, scope: &str, session_id: &str, expires_in: i64) -> String {
     let now = unix_now();
     let cipher = Cipher::new(&Secret::from_base64(cookie_secret).unwrap());
     SessionCookie {
         session_id: session_id.to_owned(),
-        scope: portcullis::sessions::INTERIM_SESSION_SCOPE.to_owned(),
+        scope: scope.to_owned(),
         issued_at: now - 10,
         expires_at: now + expires_in,
     }
@@ -255,7 +256,8 @@ async fn tampered_cookies_are_refused() {
 
     // Control: a cookie sealed with the right secret for the live session is accepted, so
     // the refusals below are about the cookie, not the way it is sent.
-    let control = seal(env.cookie_secret(), &session_id, 3600);
+    let app_scope = format!("app.localhost:{}", env.port);
+    let control = seal(env.cookie_secret(), &app_scope, &session_id, 3600);
     let resp = env
         .browser()
         .get_with(
@@ -286,16 +288,33 @@ async fn tampered_cookies_are_refused() {
         ("empty".into(), String::new()),
         (
             "sealed with another cookie_secret".into(),
-            seal(&portcullis_harness::random_secret(), &session_id, 3600),
+            seal(
+                &portcullis_harness::random_secret(),
+                &app_scope,
+                &session_id,
+                3600,
+            ),
         ),
         (
             "sealed with the shared_secret".into(),
-            seal(env.shared_secret(), &session_id, 3600),
+            seal(env.shared_secret(), &app_scope, &session_id, 3600),
         ),
-        ("expired".into(), seal(env.cookie_secret(), &session_id, -1)),
+        (
+            "expired".into(),
+            seal(env.cookie_secret(), &app_scope, &session_id, -1),
+        ),
         (
             "unknown session id".into(),
-            seal(env.cookie_secret(), "no-such-session", 3600),
+            seal(env.cookie_secret(), &app_scope, "no-such-session", 3600),
+        ),
+        (
+            "sealed for the admin host".into(),
+            seal(
+                env.cookie_secret(),
+                &format!("admin.localhost:{}", env.port),
+                &session_id,
+                3600,
+            ),
         ),
         ("another host's handoff token".into(), handoff),
     ]);
@@ -620,7 +639,8 @@ async fn programmatic_login_yields_a_bearer_token() {
     let env = TestEnv::app_admin_public(BIN).start().await;
     let port = free_port();
     let cb = format!("http://127.0.0.1:{port}/cb");
-    let api = format!("{}/.portcullis/api/v1/login", env.authenticate_url());
+    // Asked on the route host the token is for, as Pomerium's CLI does.
+    let api = env.url("app", "/.portcullis/api/v1/login");
     let resp = env
         .browser()
         .get(&format!("{api}?portcullis_redirect_uri={cb}"))
@@ -686,6 +706,20 @@ async fn programmatic_login_yields_a_bearer_token() {
         .await;
     assert_eq!(resp.status(), 401);
 
+    // The token is app's: on the admin host it is no credential at all.
+    let resp = cli
+        .get_with(&env.url("admin", "/api"), &[("authorization", &bearer)])
+        .await;
+    assert_eq!(resp.status(), 401, "{}", env.logs());
+
+    // The authenticate host's own endpoint keeps answering.
+    let own = format!(
+        "{}/.portcullis/api/v1/login?portcullis_redirect_uri={cb}",
+        env.authenticate_url()
+    );
+    let resp = env.browser().get(&own).await;
+    assert_eq!(resp.status(), 200, "{}", env.logs());
+
     // Only loopback return addresses.
     for bad in [
         "https://evil.example/cb",
@@ -708,7 +742,12 @@ async fn oauth_callback_needs_its_state_cookie() {
     let callback = format!("{}/oauth2/callback", env.authenticate_url());
 
     // No state cookie, or a forged one, or another sealed token in its place.
-    let session_sealed = seal(env.cookie_secret(), "whatever", 3600);
+    let session_sealed = seal(
+        env.cookie_secret(),
+        "authenticate.localhost:1",
+        "whatever",
+        3600,
+    );
     for cookie in [
         None,
         Some("_portcullis_login=forged".to_owned()),

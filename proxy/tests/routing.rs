@@ -138,10 +138,13 @@ async fn sign_in_refuses_open_redirects_and_bad_signatures() {
     let b = env.browser();
     let signer = UrlSigner::new(&Secret::from_base64(env.shared_secret()).unwrap());
     let base = format!("{}/.portcullis/sign_in", env.authenticate_url());
+    let binding = portcullis_auth::BrowserBinding::new();
     let unsigned = |redirect: &str| {
         let mut url = Url::parse(&base).unwrap();
+        // A route host's link carries its binding digest (required for route-host targets).
         url.query_pairs_mut()
-            .append_pair("portcullis_redirect_uri", redirect);
+            .append_pair("portcullis_redirect_uri", redirect)
+            .append_pair("portcullis_binding", binding.digest().as_str());
         url
     };
     let signed = |redirect: &str| signer.sign(&unsigned(redirect), unix_now(), 300);

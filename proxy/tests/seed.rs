@@ -80,6 +80,34 @@ policy = [ { allow = { and = [ { domain = { is = "example.com" } }, { groups = {
     let status = client.status(&env.url("app", "/seeded"), &cookies[9]).await;
     assert_eq!(status, 403);
 
+    // By default the cookies are for the first route's host; sealed for another (`--host`),
+    // a seeded cookie is no session on app.
+    let other_path = dir.path().join("other.txt");
+    let out = Portcullis::run(
+        binary.as_ref(),
+        &[
+            "sessions",
+            "seed",
+            "--count",
+            "1",
+            "--host",
+            "other.localhost:1",
+            "--out",
+            other_path.to_str().unwrap(),
+        ],
+        &config,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let other = std::fs::read_to_string(&other_path).unwrap();
+    let status = client
+        .status(&env.url("app", "/seeded"), other.trim())
+        .await;
+    assert_eq!(status, 401);
+
     // The in-memory store of a lone proxy cannot be seeded.
     let lone = config.replace(
         &format!("databroker_service_url = \"http://127.0.0.1:{grpc}\""),

@@ -13,6 +13,11 @@ use portcullis_harness::{
     free_port, random_secret, route, ApiClient, Portcullis, TestDb, TestEnv, COOKIE,
 };
 
+/// The proxies of a split deployment are replicas behind one public origin, so a session
+/// cookie of one is a session on the other: here both hosts' cookies share a scope, the cookie
+/// domain (a session cookie is otherwise bound to the host and port that issued it).
+const SHARED_COOKIE: &str = r#"cookie_domain = "localhost""#;
+
 const TRIALS: usize = 100;
 
 /// A databroker process on `db` and its gRPC URL.
@@ -36,6 +41,7 @@ async fn sign_out_through_one_proxy_ends_the_session_on_the_other() {
     // Proxy A (with the IdP and the upstream) on databroker 1.
     let env = TestEnv::builder(binary)
         .route(&route::any_user("app"))
+        .config(SHARED_COOKIE)
         .on_databroker(&broker1_url, &shared_secret)
         .start()
         .await;

@@ -20,6 +20,11 @@ use portcullis_harness::{
     Portcullis, PrivatePostgres, TestDb, TestEnv, COOKIE,
 };
 
+/// The proxies of a split deployment are replicas behind one public origin, so a session
+/// cookie of one is a session on the other: here both hosts' cookies share a scope, the cookie
+/// domain (a session cookie is otherwise bound to the host and port that issued it).
+const SHARED_COOKIE: &str = r#"cookie_domain = "localhost""#;
+
 async fn start(binary: &str, config: &str) -> Portcullis {
     Portcullis::builder(binary)
         .config(config)
@@ -63,7 +68,7 @@ fn cookie_for(cookie_secret: &str, id: &str) -> String {
     let now = unix_now();
     SessionCookie {
         session_id: id.to_owned(),
-        scope: portcullis::sessions::INTERIM_SESSION_SCOPE.to_owned(),
+        scope: "localhost".to_owned(),
         issued_at: now,
         expires_at: now + 3600,
     }
@@ -134,6 +139,7 @@ async fn killing_the_lease_holder_hands_refresh_to_the_other_proxy() {
     let db = TestDb::create("portcullis_res");
     let mut env = TestEnv::builder(binary)
         .route(&route::any_user("app"))
+        .config(SHARED_COOKIE)
         .config(&format!(
             "databroker_storage_type = \"postgres\"\ndatabroker_storage_connection_string = \"{}\"",
             db.url()
@@ -247,6 +253,7 @@ async fn a_stopped_databroker_serves_cached_sessions_refuses_unknown_ones_and_re
 
     let env = TestEnv::builder(binary)
         .route(&route::any_user("app"))
+        .config(SHARED_COOKIE)
         .on_databroker(&format!("http://127.0.0.1:{grpc}"), &shared_secret)
         .config(&format!(
             "databroker_cache_staleness = \"{}s\"",
@@ -335,6 +342,7 @@ async fn restarting_postgresql_loses_no_session_and_everything_recovers_within_5
     // Proxy A on databroker 1, proxy B on databroker 2.
     let mut env = TestEnv::builder(binary)
         .route(&route::any_user("app"))
+        .config(SHARED_COOKIE)
         .on_databroker(&broker1_url, &shared_secret)
         .start()
         .await;
@@ -483,6 +491,7 @@ async fn rss_per_100k_cached_sessions() {
     let db = TestDb::create("portcullis_res");
     let env = TestEnv::builder(binary)
         .route(&route::any_user("app"))
+        .config(SHARED_COOKIE)
         .config(&format!(
             "databroker_storage_type = \"postgres\"\ndatabroker_storage_connection_string = \"{}\"\nlog_level = \"warn\"",
             db.url()

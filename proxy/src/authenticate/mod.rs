@@ -7,16 +7,22 @@
 //! session by setting that host's cookie), `/.portcullis/sign_out` and the JWKS.
 //!
 //! Cookies never cross hosts: a session reaches a route host only through a short-lived,
-//! single-use, encrypted handoff token minted by the authenticate host for that host.
+//! single-use, encrypted handoff token minted by the authenticate host for that host, and
+//! each session cookie is sealed for the scope of the host that sets it
+//! ([`Runtime::session_scope`]). Before a route host sends a browser to sign in, it sets a
+//! host-only browser-binding cookie (`<cookie_name>_csrf`, `Path=/.portcullis/`) and puts the
+//! digest of its value in the signed sign-in link; the handoff carries that digest, and the
+//! route host's callback redeems it only with the matching cookie, so a copied link signs
+//! no other browser in.
 
 use std::sync::Arc;
 
 use http::header;
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
-use portcullis_auth::cookie::LOGIN_STATE_PURPOSE;
 use portcullis_auth::{
-    find_cookie, validate_redirect, BrowserBinding, Handoff, LoginState, SessionCookie,
+    find_cookie, validate_redirect, BindingDigest, BrowserBinding, Handoff, SessionCookie,
+    SignInFlow, SignInReturn,
 };
 use tracing::{info, warn};
 use url::Url;
@@ -26,8 +32,7 @@ use crate::ctx::Ctx;
 use crate::observe::outcome::Outcome;
 use crate::respond::pages;
 use crate::respond::{Dependency, Malformed, Refusal, Reply, SignInFailure};
-use crate::sessions::INTERIM_SESSION_SCOPE;
-use crate::state::{now_unix, Runtime, State};
+use crate::state::{now_unix, Runtime, State, LOGIN_STATE_COOKIE_TTL};
 
 pub const JWKS_PATH: &str = "/.well-known/portcullis/jwks.json";
 pub const SIGN_IN_PATH: &str = "/.portcullis/sign_in";
@@ -46,20 +51,53 @@ pub const HANDOFF_PARAM: &str = "portcullis_handoff";
 pub const PROGRAMMATIC_PARAM: &str = "portcullis_programmatic";
 /// Query parameter carrying the session token back to a command-line client.
 pub const TOKEN_PARAM: &str = "portcullis_token";
+/// Signed query parameter of a sign-in link to a route host: the digest of the browser's
+/// binding cookie on that host.
+pub const BINDING_PARAM: &str = "portcullis_binding";
+/// Signed query parameter of a programmatic sign-in link: the scope the token is sealed for
+/// (that of the host whose login endpoint minted the link).
+pub const SCOPE_PARAM: &str = "portcullis_scope";
 
 /// How long a signed sign-in link stays valid.
 const SIGN_IN_LINK_TTL_SECS: i64 = 300;
 
-/// The signed sign-in URL that returns to `original` afterwards.
-pub fn sign_in_url(state: &State, runtime: &Runtime, original: &str, now: i64) -> String {
-    signed_sign_in_url(state, runtime, original, false, now)
+/// Sends a browser to sign in and come back to `original`: the signed sign-in link, bound to
+/// the browser's binding cookie on this host (its current one when it has one, so that two
+/// tabs signing in at once do not undo each other, else a new one, set with the redirect).
+pub fn send_to_sign_in(
+    state: &State,
+    runtime: &Runtime,
+    req: &RequestHeader,
+    original: &str,
+    now: i64,
+) -> Refusal {
+    let binding = find_cookie(
+        req.headers.get_all(header::COOKIE),
+        &runtime.session_cookie.binding_cookie_name(),
+    )
+    .and_then(BrowserBinding::from_cookie)
+    .unwrap_or_else(BrowserBinding::new);
+    let digest = binding.digest();
+    Refusal::SignIn {
+        location: signed_sign_in_url(
+            state,
+            runtime,
+            original,
+            &[(BINDING_PARAM, digest.as_str())],
+            now,
+        ),
+        binding_cookie: runtime
+            .session_cookie
+            .set_binding_cookie(&binding, LOGIN_STATE_COOKIE_TTL),
+    }
 }
 
+/// The signed sign-in URL that returns to `target`, with the `extra` parameters (signed too).
 fn signed_sign_in_url(
     state: &State,
     runtime: &Runtime,
     target: &str,
-    programmatic: bool,
+    extra: &[(&str, &str)],
     now: i64,
 ) -> String {
     let mut url = runtime.config.authenticate.url.clone();
@@ -67,8 +105,8 @@ fn signed_sign_in_url(
     {
         let mut q = url.query_pairs_mut();
         q.append_pair(REDIRECT_PARAM, target);
-        if programmatic {
-            q.append_pair(PROGRAMMATIC_PARAM, "true");
+        for (name, value) in extra {
+            q.append_pair(name, value);
         }
     }
     state
@@ -97,7 +135,7 @@ pub async fn serve_authenticate_host(
         }
         SIGN_OUT_PATH => sign_out(state, runtime, req, ctx).await,
         SIGNED_OUT_PATH => Ok(Reply::html(200, pages::signed_out())),
-        LOGIN_API_PATH => login_api(state, runtime, req),
+        LOGIN_API_PATH => login_api(state, runtime, req, ctx),
         JWKS_PATH => Ok(jwks(state)),
         "/" | USER_PATH => user_page(state, runtime, req, ctx).await,
         _ => Err(Refusal::NotFound),
@@ -120,7 +158,7 @@ pub async fn serve_route_host(
             host_callback(state, runtime, req, ctx)
         }
         SIGN_OUT_PATH => sign_out(state, runtime, req, ctx).await,
-        LOGIN_API_PATH => login_api(state, runtime, req),
+        LOGIN_API_PATH => login_api(state, runtime, req, ctx),
         JWKS_PATH => Ok(jwks(state)),
         _ => Err(Refusal::NotFound),
     }
@@ -169,8 +207,10 @@ async fn sign_in(
     ctx: &mut Ctx,
 ) -> Result<Reply, Refusal> {
     let now = now_unix();
-    let target = match query_param(req, REDIRECT_PARAM)? {
-        None => format!("{}{}", runtime.authenticate_origin, USER_PATH),
+    let returns = match query_param(req, REDIRECT_PARAM)? {
+        None => SignInReturn::AuthenticateHost {
+            redirect_uri: format!("{}{}", runtime.authenticate_origin, USER_PATH),
+        },
         Some(raw) => {
             let full = Url::parse(&format!(
                 "{}{}",
@@ -192,19 +232,33 @@ async fn sign_in(
                 return Err(Refusal::BadRequest(Malformed::ReturnAddressNotServed));
             }
             if programmatic {
-                // Marks the flow for the callback: the token goes back to the command line.
-                format!("{PROGRAMMATIC_MARK}{url}")
+                // The token goes back to the command line, sealed for the host that asked.
+                let scope = query_param(req, SCOPE_PARAM)?
+                    .filter(|s| !s.is_empty())
+                    .ok_or(Refusal::BadRequest(Malformed::MissingParameter(
+                        SCOPE_PARAM,
+                    )))?;
+                SignInReturn::Programmatic {
+                    redirect_uri: url.to_string(),
+                    scope,
+                }
             } else {
+                let binding = query_param(req, BINDING_PARAM)?
+                    .as_deref()
+                    .and_then(BindingDigest::parse);
+                let returns = sign_in_return(runtime, &url, binding)?;
                 // Already signed in on the authenticate host: hand the same session to the
                 // route host, so that one sign-out (which deletes it) ends it on every host.
-                if let Some(current) = load_session(state, runtime, req, &mut ctx.found.bearer, now)
-                    .await
-                    .ok()
-                    .flatten()
+                let scope = runtime.session_scope(&ctx.request.host, ctx.request.port);
+                if let Some(current) =
+                    load_session(state, runtime, req, &scope, &mut ctx.found.bearer, now)
+                        .await
+                        .ok()
+                        .flatten()
                 {
-                    return Ok(return_to(state, runtime, &current.id, &url, now));
+                    return return_to(state, &current.id, &returns, now);
                 }
-                url.to_string()
+                returns
             }
         }
     };
@@ -212,8 +266,8 @@ async fn sign_in(
         .oidc()
         .await
         .ok_or(Refusal::Unavailable(Dependency::IdentityProvider))?;
-    let (idp_url, login) = provider.authorize_url_for(&target, now);
-    let sealed = state.cipher.seal_json(LOGIN_STATE_PURPOSE, &login)?;
+    let (idp_url, login) = provider.authorize_url_for(returns.redirect_uri(), now);
+    let sealed = SignInFlow { login, returns }.seal(&state.cipher);
     let mut reply = Reply::redirect(idp_url.as_str());
     reply.header(
         header::SET_COOKIE,
@@ -222,8 +276,27 @@ async fn sign_in(
     Ok(reply)
 }
 
-/// Prefix of a login state's return URL when the flow is a programmatic login.
-const PROGRAMMATIC_MARK: &str = "programmatic:";
+/// Where a browser sign-in that returns to `url` goes: the authenticate host itself, or a
+/// route host through a handoff bound to the browser whose binding digest the link carries
+/// (required: a route host always puts it in the links it sends browsers to).
+fn sign_in_return(
+    runtime: &Runtime,
+    target: &Url,
+    binding: Option<BindingDigest>,
+) -> Result<SignInReturn, Refusal> {
+    let (host, port) = runtime.authority_of(target);
+    if runtime.is_authenticate(&host, port) {
+        return Ok(SignInReturn::AuthenticateHost {
+            redirect_uri: target.to_string(),
+        });
+    }
+    let authority = format!("{host}:{port}");
+    Ok(SignInReturn::RouteHost {
+        redirect_uri: target.to_string(),
+        authority,
+        binding: binding.ok_or(Refusal::BadRequest(Malformed::BindingMissing))?,
+    })
+}
 
 async fn oauth_callback(
     state: &State,
@@ -233,8 +306,8 @@ async fn oauth_callback(
 ) -> Result<Reply, Refusal> {
     let now = now_unix();
     let login_cookie = runtime.login_state_cookie();
-    let login: LoginState = find_cookie(req.headers.get_all(header::COOKIE), &login_cookie.name)
-        .and_then(|c| state.cipher.open_json(LOGIN_STATE_PURPOSE, c))
+    let flow = find_cookie(req.headers.get_all(header::COOKIE), &login_cookie.name)
+        .and_then(|c| SignInFlow::open(&state.cipher, c))
         .ok_or(Refusal::BadRequest(Malformed::LoginStateLost))?;
     if let Some(error) = query_param(req, "error")? {
         state
@@ -259,7 +332,14 @@ async fn oauth_callback(
         .ok_or(Refusal::Unavailable(Dependency::IdentityProvider))?;
     let ttl = runtime.config.cookie.expire.as_secs() as i64;
     let session = provider
-        .exchange(&code, &returned_state, iss.as_deref(), &login, now, ttl)
+        .exchange(
+            &code,
+            &returned_state,
+            iss.as_deref(),
+            &flow.login,
+            now,
+            ttl,
+        )
         .await
         .inspect_err(|e| {
             state.metrics.sign_ins.with_label_values(&["failure"]).inc();
@@ -272,54 +352,59 @@ async fn oauth_callback(
     state.metrics.sign_ins.with_label_values(&["success"]).inc();
     info!(request_id = %ctx.request_id, user = %session.user_id, email = %session.email, "signed in");
 
-    let expires_at = session.expires_at;
-    let sealed_session = SessionCookie {
-        session_id: session.id.clone(),
-        scope: INTERIM_SESSION_SCOPE.to_owned(),
-        issued_at: now,
-        expires_at,
-    }
-    .seal(&state.cipher);
-
-    let (programmatic, target) = match login.redirect_uri.strip_prefix(PROGRAMMATIC_MARK) {
-        Some(t) => (true, t),
-        None => (false, login.redirect_uri.as_str()),
+    let sealed_for = |scope: &str| SessionCookie::for_session(&session, scope).seal(&state.cipher);
+    let mut reply = match &flow.returns {
+        SignInReturn::Programmatic {
+            redirect_uri,
+            scope,
+        } => {
+            let mut back = Url::parse(redirect_uri)
+                .map_err(|_| Refusal::BadRequest(Malformed::ReturnAddressInvalid))?;
+            back.query_pairs_mut()
+                .append_pair(TOKEN_PARAM, &sealed_for(scope));
+            Reply::redirect(back.as_str())
+        }
+        browser => {
+            // The authenticate host keeps the session too, with its own scope, so that signing
+            // in on another route host reuses it (see `sign_in`) instead of starting a second.
+            let mut reply = return_to(state, &session.id, browser, now)?;
+            let scope = runtime.session_scope(&ctx.request.host, ctx.request.port);
+            reply.header(
+                header::SET_COOKIE,
+                runtime.session_cookie.set_cookie(&sealed_for(&scope)),
+            );
+            reply
+        }
     };
-    let target =
-        Url::parse(target).map_err(|_| Refusal::BadRequest(Malformed::ReturnAddressInvalid))?;
-    let mut reply;
-    if programmatic {
-        let mut back = target.clone();
-        back.query_pairs_mut()
-            .append_pair(TOKEN_PARAM, &sealed_session);
-        reply = Reply::redirect(back.as_str());
-    } else {
-        // The authenticate host keeps the session too, so that signing in on another route
-        // host reuses it (see `sign_in`) instead of starting a second one.
-        reply = return_to(state, runtime, &session.id, &target, now);
-        reply.header(
-            header::SET_COOKIE,
-            runtime.session_cookie.set_cookie(&sealed_session),
-        );
-    }
     reply.header(header::SET_COOKIE, login_cookie.clear_cookie());
     Ok(reply)
 }
 
-/// The redirect that takes session `session_id` back to `target`: directly when `target` is
-/// on the authenticate host (whose cookie the caller sets), otherwise through a single-use
-/// handoff to the target host's callback.
-fn return_to(state: &State, runtime: &Runtime, session_id: &str, target: &Url, now: i64) -> Reply {
-    let (host, port) = runtime.authority_of(target);
-    if runtime.is_authenticate(&host, port) {
-        return Reply::redirect(target.as_str());
-    }
-    let authority = format!("{host}:{port}");
+/// The redirect that takes session `session_id` back where a browser sign-in returns: directly
+/// to a page of the authenticate host (whose cookie the caller sets), otherwise through a
+/// single-use handoff to the route host's callback, bound to the browser's binding. A
+/// programmatic sign-in is the caller's (its token goes in the URL), never passed here.
+fn return_to(
+    state: &State,
+    session_id: &str,
+    returns: &SignInReturn,
+    now: i64,
+) -> Result<Reply, Refusal> {
+    let SignInReturn::RouteHost {
+        redirect_uri,
+        authority,
+        binding,
+    } = returns
+    else {
+        return Ok(Reply::redirect(returns.redirect_uri()));
+    };
+    let target = Url::parse(redirect_uri)
+        .map_err(|_| Refusal::BadRequest(Malformed::ReturnAddressInvalid))?;
     let handoff = Handoff::new(
         session_id.to_owned(),
-        target.as_str(),
-        authority,
-        BrowserBinding::new().digest(),
+        redirect_uri.as_str(),
+        authority.as_str(),
+        binding.clone(),
         now,
     )
     .seal(&state.cipher);
@@ -328,7 +413,7 @@ fn return_to(state: &State, runtime: &Runtime, session_id: &str, target: &Url, n
     next.set_query(None);
     next.set_fragment(None);
     next.query_pairs_mut().append_pair(HANDOFF_PARAM, &handoff);
-    Reply::redirect(next.as_str())
+    Ok(Reply::redirect(next.as_str()))
 }
 
 fn host_callback(
@@ -340,32 +425,37 @@ fn host_callback(
     let now = now_unix();
     let invalid = || Refusal::BadRequest(Malformed::HandoffInvalid);
     let token = query_param(req, HANDOFF_PARAM)?.ok_or_else(invalid)?;
-    let handoff = Handoff::open(
+    let authority = format!("{}:{}", ctx.request.host, ctx.request.port);
+    let binding_cookie = runtime.session_cookie.binding_cookie_name();
+    let binding = find_cookie(req.headers.get_all(header::COOKIE), &binding_cookie);
+    // A link minted for another browser (copied, or sent by someone else) signs this one in
+    // as nobody (400), and stays unused for the browser it was minted for.
+    let handoff = Handoff::redeem(
         &state.cipher,
         &token,
         now,
-        &format!("{}:{}", ctx.request.host, ctx.request.port),
+        &authority,
+        binding,
+        &state.replay,
     )
-    .ok_or_else(invalid)?;
+    .map_err(|e| {
+        warn!(request_id = %ctx.request_id, error = %e, "handoff token refused");
+        invalid()
+    })?;
     let target = Url::parse(&handoff.redirect_uri).map_err(|_| invalid())?;
-    // A token minted for one host never sets a cookie on another.
-    let target_host = target
-        .host_str()
-        .map(|h| h.trim_end_matches('.').to_ascii_lowercase());
-    let default_port = if state.tls { 443 } else { 80 };
-    if target_host.as_deref() != Some(ctx.request.host.as_str())
-        || target.port().unwrap_or(default_port) != ctx.request.port
-    {
+    // A token minted for one host never sets a cookie on another, nor sends the browser to
+    // another scheme (the listener's is the only one a return URL may have).
+    let (host, port) = runtime.authority_of(&target);
+    let scheme = if state.tls { "https" } else { "http" };
+    if target.scheme() != scheme || host != ctx.request.host || port != ctx.request.port {
         warn!(request_id = %ctx.request_id, "handoff token presented on the wrong host");
-        return Err(invalid());
-    }
-    if !state.replay.first_use(&handoff.nonce) {
-        warn!(request_id = %ctx.request_id, "handoff token replayed");
         return Err(invalid());
     }
     let cookie = SessionCookie {
         session_id: handoff.session_id,
-        scope: INTERIM_SESSION_SCOPE.to_owned(),
+        scope: runtime
+            .session_scope(&ctx.request.host, ctx.request.port)
+            .into_owned(),
         issued_at: now,
         expires_at: now + runtime.config.cookie.expire.as_secs() as i64,
     }
@@ -374,6 +464,11 @@ fn host_callback(
     reply.header(
         header::SET_COOKIE,
         runtime.session_cookie.set_cookie(&cookie),
+    );
+    // Its handoff is used: the binding has served.
+    reply.header(
+        header::SET_COOKIE,
+        runtime.session_cookie.clear_binding_cookie(),
     );
     Ok(reply)
 }
@@ -396,7 +491,8 @@ async fn sign_out(
     let now = now_unix();
     // The id token is only a hint for the IdP; a store outage must not keep anyone signed in,
     // so the deletion below is what decides the answer.
-    let current = load_session(state, runtime, req, &mut ctx.found.bearer, now)
+    let scope = runtime.session_scope(&ctx.request.host, ctx.request.port);
+    let current = load_session(state, runtime, req, &scope, &mut ctx.found.bearer, now)
         .await
         .ok()
         .flatten();
@@ -405,7 +501,7 @@ async fn sign_out(
             req.headers.get_all(header::COOKIE),
             &runtime.config.cookie.name,
         )?;
-        SessionCookie::open(&state.cipher, cookie, now, INTERIM_SESSION_SCOPE).map(|c| c.session_id)
+        SessionCookie::open(&state.cipher, cookie, now, &scope).map(|c| c.session_id)
     });
     // The cache holds no tokens: read the ID token from the store before the deletion.
     let id_token = match &current {
@@ -473,7 +569,10 @@ async fn user_page(
 ) -> Result<Reply, Refusal> {
     only_get(req)?;
     let now = now_unix();
-    let Some(current) = load_session(state, runtime, req, &mut ctx.found.bearer, now).await? else {
+    let scope = runtime.session_scope(&ctx.request.host, ctx.request.port);
+    let Some(current) =
+        load_session(state, runtime, req, &scope, &mut ctx.found.bearer, now).await?
+    else {
         if ctx.answers_json() {
             return Err(Refusal::Unauthorized);
         }
@@ -483,9 +582,7 @@ async fn user_page(
             ctx.request.authority,
             USER_PATH
         );
-        return Err(Refusal::SignIn {
-            location: sign_in_url(state, runtime, &here, now),
-        });
+        return Err(send_to_sign_in(state, runtime, req, &here, now));
     };
     ctx.found.session = Some(Arc::clone(&current));
     ctx.outcome = Outcome::Allow;
@@ -514,14 +611,27 @@ async fn user_page(
 }
 
 /// Programmatic login: answers with a sign-in URL that, once completed in a browser, sends
-/// the session token to the command-line client's loopback listener.
-fn login_api(state: &State, runtime: &Runtime, req: &RequestHeader) -> Result<Reply, Refusal> {
+/// the command-line client's loopback listener a session token for this host (its scope is a
+/// signed parameter of the link), served on every route host and on the authenticate host.
+fn login_api(
+    state: &State,
+    runtime: &Runtime,
+    req: &RequestHeader,
+    ctx: &Ctx,
+) -> Result<Reply, Refusal> {
     only_get(req)?;
     let raw = query_param(req, REDIRECT_PARAM)?.ok_or(Refusal::BadRequest(
         Malformed::MissingParameter(REDIRECT_PARAM),
     ))?;
     let url = validate_redirect(&raw, &|host, _| is_loopback_host(host))
         .map_err(|_| Refusal::BadRequest(Malformed::NotLoopback(REDIRECT_PARAM)))?;
-    let link = signed_sign_in_url(state, runtime, url.as_str(), true, now_unix());
+    let scope = runtime.session_scope(&ctx.request.host, ctx.request.port);
+    let link = signed_sign_in_url(
+        state,
+        runtime,
+        url.as_str(),
+        &[(PROGRAMMATIC_PARAM, "true"), (SCOPE_PARAM, &scope)],
+        now_unix(),
+    );
     Ok(Reply::text(200, link))
 }

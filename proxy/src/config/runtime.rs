@@ -100,6 +100,17 @@ pub struct CookieSettings {
     pub same_site: SameSite,
 }
 
+impl CookieSettings {
+    /// `cookie_domain` as a session scope (lowercase, without leading or trailing dots), when
+    /// set: the scope of every session cookie then (see `Runtime::session_scope`).
+    pub fn domain_scope(&self) -> Option<String> {
+        self.domain
+            .as_deref()
+            .map(|d| d.trim().trim_matches('.').to_ascii_lowercase())
+            .filter(|d| !d.is_empty())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct IdpSettings {
     pub provider_url: String,

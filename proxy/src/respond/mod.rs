@@ -25,8 +25,12 @@ pub enum Refusal {
     NotFound,
     /// Malformed request.
     BadRequest(Malformed),
-    /// No valid session on a protected route: browsers are sent to sign in.
-    SignIn { location: String },
+    /// No valid session on a protected route: browsers are sent to sign in, with the
+    /// `Set-Cookie` of the browser-binding cookie the sign-in's handoff will require.
+    SignIn {
+        location: String,
+        binding_cookie: String,
+    },
     /// No valid session, and the client is not a browser (JSON or bearer).
     Unauthorized,
     /// Signed in, but the policy denies.
@@ -114,8 +118,14 @@ impl Refusal {
 
     pub fn reply(&self, request_id: &str, json: bool, show_details: bool) -> Reply {
         let status = self.status();
-        if let Refusal::SignIn { location } = self {
-            return Reply::redirect(location);
+        if let Refusal::SignIn {
+            location,
+            binding_cookie,
+        } = self
+        {
+            let mut reply = Reply::redirect(location);
+            reply.header(header::SET_COOKIE, binding_cookie);
+            return reply;
         }
         let (title, text) = self.wording();
         let details: &[String] = match self {

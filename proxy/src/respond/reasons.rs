@@ -59,6 +59,8 @@ pub enum Malformed {
     ReturnAddressInvalid,
     /// A handoff token that is invalid, expired, replayed or for another host.
     HandoffInvalid,
+    /// A sign-in link to a route host without the digest of the browser's binding cookie.
+    BindingMissing,
 }
 
 /// What is down when a request cannot be decided (503; never an allow).
@@ -128,6 +130,9 @@ impl Malformed {
             Malformed::ReturnAddressInvalid => "the return address is invalid",
             Malformed::HandoffInvalid => {
                 "This sign-in link is invalid, expired or already used. Go back to the application and sign in again."
+            }
+            Malformed::BindingMissing => {
+                "This sign-in link was not made for a browser. Go back to the application and sign in again."
             }
         })
     }

@@ -1,5 +1,6 @@
 //! Session cookies opened recently: the sealed value a client sends, mapped to the session id
-//! it names, the time it expires, and the cached session it led to last.
+//! it names, the scope it was opened for, the time it expires, and the cached session it led
+//! to last.
 //!
 //! A client sends the same sealed value with every request, and opening it (base64, AES-256-GCM,
 //! JSON) is the largest part of what authorization adds to a request. A hit here costs a hash
@@ -7,8 +8,8 @@
 //!
 //! What is kept is exactly what opening the value says, and only for values that opened: a
 //! lookup compares the whole value (never a hash of it alone), in constant time as for any
-//! secret, and the expiry is checked on every hit, so a hit answers what opening would have
-//! answered. The cookie key cannot change
+//! secret, and the scope and the expiry are checked on every hit, so a hit answers what
+//! opening would have answered: a value opened on one host is no session on another. The cookie key cannot change
 //! while the process runs (`cookie_secret` is restart-only).
 //!
 //! Whether the session is still live is the session cache's to say. A kept value also points
@@ -28,7 +29,7 @@ use std::sync::{Arc, RwLock, Weak};
 use hashbrown::{DefaultHashBuilder, Equivalent, HashMap};
 use portcullis_auth::{Cipher, SessionCookie};
 
-use super::{CachedSession, INTERIM_SESSION_SCOPE};
+use super::CachedSession;
 
 /// Lock shards, so that the threads of a busy proxy rarely wait for one another.
 const SHARDS: usize = 16;
@@ -52,6 +53,8 @@ pub enum Known {
 /// A kept value's entry.
 struct Kept {
     opened: Opened,
+    /// The scope the value was opened for: the only one it is a session in.
+    scope: Box<str>,
     /// The cached session the last lookup of this value found.
     session: Weak<CachedSession>,
 }
@@ -103,14 +106,15 @@ impl OpenedCookies {
         }
     }
 
-    /// What the sealed `value` says, when it opens with `cipher` and has not expired at
-    /// `now_unix`: the same answer as [`SessionCookie::open`]. When the value led to a cached
-    /// session before and `current` still accepts that session, the session itself.
+    /// What the sealed `value` says, when it opens with `cipher` for `scope` and has not
+    /// expired at `now_unix`: the same answer as [`SessionCookie::open`]. When the value led to
+    /// a cached session before and `current` still accepts that session, the session itself.
     pub fn open(
         &self,
         cipher: &Cipher,
         value: &(impl AsRef<[u8]> + ?Sized),
         now_unix: i64,
+        scope: &str,
         current: impl Fn(&CachedSession) -> bool,
     ) -> Option<Known> {
         // Compared as bytes; decoded (UTF-8) only to be opened.
@@ -118,7 +122,8 @@ impl OpenedCookies {
         let shard = self.shard(value);
         if let Ok(map) = shard.read() {
             if let Some(kept) = map.get(&Presented(value)) {
-                if now_unix >= kept.opened.expires_at {
+                // Sealed for one scope, the value opens in no other.
+                if now_unix >= kept.opened.expires_at || *kept.scope != *scope {
                     return None;
                 }
                 return Some(match kept.session.upgrade() {
@@ -127,12 +132,8 @@ impl OpenedCookies {
                 });
             }
         }
-        let cookie = SessionCookie::open(
-            cipher,
-            std::str::from_utf8(value).ok()?,
-            now_unix,
-            INTERIM_SESSION_SCOPE,
-        )?;
+        let cookie =
+            SessionCookie::open(cipher, std::str::from_utf8(value).ok()?, now_unix, scope)?;
         let opened = Opened {
             session_id: cookie.session_id.into(),
             expires_at: cookie.expires_at,
@@ -143,6 +144,7 @@ impl OpenedCookies {
             }
             let kept = Kept {
                 opened: opened.clone(),
+                scope: scope.into(),
                 session: Weak::new(),
             };
             map.insert(Sealed(value.into()), kept);
@@ -201,10 +203,12 @@ mod tests {
         }
     }
 
+    const SCOPE: &str = "app.localhost:443";
+
     fn seal(cipher: &Cipher, id: &str, expires_at: i64) -> String {
         SessionCookie {
             session_id: id.into(),
-            scope: INTERIM_SESSION_SCOPE.into(),
+            scope: SCOPE.into(),
             issued_at: 0,
             expires_at,
         }
@@ -216,14 +220,17 @@ mod tests {
         let c = cipher(1);
         let memo = OpenedCookies::new(1024);
         let value = seal(&c, "s1", 1_000);
-        let first = said(memo.open(&c, &value, 10, |_| true)).expect("opens");
+        let first = said(memo.open(&c, &value, 10, SCOPE, |_| true)).expect("opens");
         assert_eq!(&*first.session_id, "s1");
         assert_eq!(memo.len(), 1);
         // Answered from the memo: a cipher that cannot open it gets the same answer...
         let other = cipher(2);
-        assert_eq!(said(memo.open(&other, &value, 20, |_| true)), Some(first));
+        assert_eq!(
+            said(memo.open(&other, &value, 20, SCOPE, |_| true)),
+            Some(first)
+        );
         // ...but never past the cookie's expiry.
-        assert_eq!(said(memo.open(&c, &value, 1_000, |_| true)), None);
+        assert_eq!(said(memo.open(&c, &value, 1_000, SCOPE, |_| true)), None);
     }
 
     #[test]
@@ -231,19 +238,53 @@ mod tests {
         let c = cipher(1);
         let memo = OpenedCookies::new(1024);
         let value = seal(&c, "s1", 1_000);
-        assert!(said(memo.open(&c, &value, 10, |_| true)).is_some());
+        assert!(said(memo.open(&c, &value, 10, SCOPE, |_| true)).is_some());
         // The same value with one character changed does not open and is not kept.
         let mut tampered = value.clone().into_bytes();
         tampered[10] = if tampered[10] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(tampered).expect("ASCII");
-        assert_eq!(said(memo.open(&c, &tampered, 10, |_| true)), None);
-        assert_eq!(said(memo.open(&c, "garbage", 10, |_| true)), None);
+        assert_eq!(said(memo.open(&c, &tampered, 10, SCOPE, |_| true)), None);
+        assert_eq!(said(memo.open(&c, "garbage", 10, SCOPE, |_| true)), None);
         // Compared as bytes, but only text can open: bytes that are not UTF-8 are refused.
-        assert_eq!(said(memo.open(&c, &b"\xff\xfe"[..], 10, |_| true)), None);
+        assert_eq!(
+            said(memo.open(&c, &b"\xff\xfe"[..], 10, SCOPE, |_| true)),
+            None
+        );
         assert_eq!(memo.len(), 1);
         // Expired at sealing time: not kept either.
-        assert_eq!(said(memo.open(&c, &seal(&c, "s2", 5), 10, |_| true)), None);
+        assert_eq!(
+            said(memo.open(&c, &seal(&c, "s2", 5), 10, SCOPE, |_| true)),
+            None
+        );
         assert_eq!(memo.len(), 1);
+    }
+
+    #[test]
+    fn a_kept_value_opens_only_for_its_scope() {
+        let c = cipher(1);
+        let memo = OpenedCookies::new(1024);
+        let value = seal(&c, "s1", 1_000);
+        assert!(said(memo.open(&c, &value, 10, SCOPE, |_| true)).is_some());
+        let mut rng = rand::thread_rng();
+        let mut session = crate::seed::random_session(&mut rng, 0, 0, 1_000);
+        session.id = "s1".into();
+        let session = Arc::new(CachedSession::new(session, 1));
+        memo.attach(&value, &session);
+        assert!(matches!(
+            memo.open(&c, &value, 10, SCOPE, |_| true),
+            Some(Known::Session(_))
+        ));
+        // Kept for app.localhost:443, and with its session attached: on another host (or
+        // another port of the same host) it is nothing, from the memo as from opening it.
+        for other in ["admin.localhost:443", "app.localhost:8443", ""] {
+            assert!(
+                memo.open(&c, &value, 10, other, |_| true).is_none(),
+                "{other}"
+            );
+        }
+        assert_eq!(memo.len(), 1);
+        // Still a session where it was issued.
+        assert!(memo.open(&c, &value, 10, SCOPE, |_| true).is_some());
     }
 
     #[test]
@@ -253,7 +294,7 @@ mod tests {
         for i in 0..2_000 {
             let value = seal(&c, &format!("s{i}"), 1_000);
             assert_eq!(
-                said(memo.open(&c, &value, 10, |_| true)).map(|o| o.session_id.to_string()),
+                said(memo.open(&c, &value, 10, SCOPE, |_| true)).map(|o| o.session_id.to_string()),
                 Some(format!("s{i}"))
             );
             assert!(memo.len() <= 64, "{} values kept", memo.len());
@@ -266,22 +307,22 @@ mod tests {
         let c = cipher(1);
         let memo = OpenedCookies::new(1024);
         let value = seal(&c, "s1", 1_000);
-        assert!(said(memo.open(&c, &value, 10, |_| true)).is_some());
+        assert!(said(memo.open(&c, &value, 10, SCOPE, |_| true)).is_some());
         let mut rng = rand::thread_rng();
         let mut session = crate::seed::random_session(&mut rng, 0, 0, 1_000);
         session.id = "s1".into();
         let session = Arc::new(CachedSession::new(session, 1));
         memo.attach(&value, &session);
-        match memo.open(&c, &value, 10, |_| true) {
+        match memo.open(&c, &value, 10, SCOPE, |_| true) {
             Some(Known::Session(s)) => assert!(Arc::ptr_eq(&s, &session)),
             other => panic!("the attached session, not {other:?}"),
         }
         // The caller's test decides: a session it rejects is not answered.
-        assert!(said(memo.open(&c, &value, 10, |_| false)).is_some());
+        assert!(said(memo.open(&c, &value, 10, SCOPE, |_| false)).is_some());
         // Once nothing else holds the session, the memo answers with the cookie alone.
         drop(session);
         assert_eq!(
-            said(memo.open(&c, &value, 10, |_| true)).map(|o| o.session_id.to_string()),
+            said(memo.open(&c, &value, 10, SCOPE, |_| true)).map(|o| o.session_id.to_string()),
             Some("s1".to_string())
         );
     }
@@ -291,13 +332,13 @@ mod tests {
         let c = cipher(1);
         let memo = OpenedCookies::new(1024);
         let value = seal(&c, "s1", 1_000);
-        assert!(said(memo.open(&c, &value, 10, |_| true)).is_some());
+        assert!(said(memo.open(&c, &value, 10, SCOPE, |_| true)).is_some());
         let mut rng = rand::thread_rng();
         let other = Arc::new(CachedSession::new(
             crate::seed::random_session(&mut rng, 0, 0, 1_000),
             1,
         ));
         memo.attach(&value, &other);
-        assert!(said(memo.open(&c, &value, 10, |_| true)).is_some());
+        assert!(said(memo.open(&c, &value, 10, SCOPE, |_| true)).is_some());
     }
 }
