@@ -4,7 +4,6 @@
 
 pub mod path;
 
-use std::borrow::Cow;
 use std::net::{IpAddr, Ipv6Addr};
 
 use http::header;
@@ -26,7 +25,7 @@ pub struct Validated {
     /// The path as the client sent it, for the access log.
     pub path: String,
     pub client_ip: Option<IpAddr>,
-    /// Answer in JSON, not HTML.
+    /// Answer in JSON, not HTML: the client asked for JSON or sent a bearer token.
     pub json: bool,
 }
 
@@ -38,7 +37,7 @@ pub fn validate(session: &mut Session, tls: bool, request: &mut Validated) -> Re
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
-    request.json = wants_json(req);
+    request.json = wants_json(req) || has_bearer(req);
     request.path = req.uri.path().to_string();
     reject_smuggling(req)?;
     if req.headers.contains_key(header::TRANSFER_ENCODING)
@@ -55,20 +54,28 @@ pub fn validate(session: &mut Session, tls: bool, request: &mut Validated) -> Re
     request.port = port;
     request.authority = authority;
 
-    // Most paths are already normal (borrowed, no allocation); only a changed one is
-    // written back, so that from here on the request's own path is the normalized one.
-    if let Cow::Owned(normalized) =
-        path::normalize(req.uri.path()).map_err(|e| Refusal::BadRequest(Malformed::Path(e)))?
+    // Most targets are already normal and go on as they came; only a changed one is written
+    // back (from the client's raw bytes, the query byte for byte), so that from here on the
+    // request's own path is the normalized one that routes and policies judge.
+    let parsed = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    if let Some(target) = path::normalize_target(req.raw_path(), parsed)
+        .map_err(|e| Refusal::BadRequest(Malformed::Path(e)))?
     {
-        let pq = match req.uri.query() {
-            Some(q) => format!("{normalized}?{q}"),
-            None => normalized,
-        };
-        let uri =
-            http::Uri::try_from(pq).map_err(|_| Refusal::BadRequest(Malformed::InvalidTarget))?;
-        session.req_header_mut().set_uri(uri);
+        session
+            .req_header_mut()
+            .set_raw_path(&target)
+            .map_err(|_| Refusal::BadRequest(Malformed::InvalidTarget))?;
     }
     Ok(())
+}
+
+/// Whether the request carries a bearer token of any kind: the client is a program, which gets
+/// 401 rather than a redirect to a sign-in page, whether or not the token is Portcullis's.
+fn has_bearer(req: &RequestHeader) -> bool {
+    req.headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().get(..7))
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
 }
 
 pub fn wants_json(req: &RequestHeader) -> bool {
