@@ -19,6 +19,7 @@ use tracing::info;
 
 use crate::config::{Config, Services};
 use crate::observe::metrics::{Metrics, MetricsApp};
+use crate::request::head::GuardedProxy;
 use crate::service::Proxy;
 use crate::sessions::SessionCache;
 use crate::state::State;
@@ -155,6 +156,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), String> {
     let metrics_address = config.metrics_address;
     let certificates = config.certificates.clone();
     let insecure = config.insecure_server;
+    let request_head = config.request_head;
     let state = Arc::new(State::new(config, sessions, metrics.clone())?);
     crate::upstream::health::spawn(&state.runtime.load().routes);
     metrics.reload_success.set(1);
@@ -179,12 +181,15 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let app = pingora::proxy::http_proxy(
         &server.configuration,
         Proxy {
             state: state.clone(),
         },
-        "portcullis proxy",
+    );
+    let mut proxy = Service::new(
+        "portcullis proxy".to_string(),
+        GuardedProxy::new(app, request_head),
     );
     let listen = address.to_string();
     if insecure {

@@ -55,6 +55,13 @@ impl ProxyHttp for Proxy {
     /// filter points. Portcullis passes responses on as the upstream encoded them.
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
+    /// A client that half-closes its connection after a complete request still gets the
+    /// answer (RFC 9112, section 9.6); a connection that is gone fails at the answer's write.
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        session.set_abort_on_close(false);
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let runtime = self.state.runtime.load_full();
         ctx.runtime = Some(runtime.clone());
