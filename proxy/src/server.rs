@@ -156,7 +156,6 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), String> {
     let metrics_address = config.metrics_address;
     let certificates = config.certificates.clone();
     let insecure = config.insecure_server;
-    let request_head = config.request_head;
     let state = Arc::new(State::new(config, sessions, metrics.clone())?);
     crate::upstream::health::spawn(&state.runtime.load().routes);
     metrics.reload_success.set(1);
@@ -189,7 +188,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), String> {
     );
     let mut proxy = Service::new(
         "portcullis proxy".to_string(),
-        GuardedProxy::new(app, request_head),
+        GuardedProxy::new(app, state.clone()),
     );
     let listen = address.to_string();
     if insecure {

@@ -111,7 +111,7 @@ async fn a_request_head_must_arrive_within_the_deadline() {
 }
 
 #[tokio::test]
-async fn the_deadline_does_not_count_a_kept_alive_connection_idle() {
+async fn on_a_kept_alive_connection_the_deadline_starts_at_the_heads_first_byte() {
     let env = env_with(r#"request_header_timeout = "2s""#, None).await;
     let request = format!("GET /first HTTP/1.1\r\nHost: {}\r\n\r\n", host(&env));
     let mut stream = TcpStream::connect((LOOPBACK, env.port)).await.unwrap();
@@ -125,6 +125,14 @@ async fn the_deadline_does_not_count_a_kept_alive_connection_idle() {
         .unwrap();
     let second = read_answer(&mut stream).await;
     assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert_eq!(env.upstream.requests().len(), 2);
+
+    // The next head is held to the deadline from its first byte.
+    stream.write_all(b"GET /third HTTP/1.1\r\n").await.unwrap();
+    let cut_after = ends_within(&mut stream, DEADLINE * 4)
+        .await
+        .expect("the unfinished head's connection is closed");
+    assert!(cut_after < DEADLINE * 2, "closed after {cut_after:?}");
     assert_eq!(env.upstream.requests().len(), 2);
 }
 

@@ -24,6 +24,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::config::RequestHeadLimits;
 use crate::service::Proxy;
+use crate::state::State;
 
 /// How long a kept-alive connection may wait for its next request (Pingora's own default).
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
@@ -36,14 +37,15 @@ Request header fields too large\n";
 /// The proxy service's application: Pingora's proxy behind the request-head limits.
 pub struct GuardedProxy {
     inner: Arc<HttpProxy<Proxy>>,
-    limits: RequestHeadLimits,
+    /// The limits come from the configuration in force when each head starts.
+    state: Arc<State>,
 }
 
 impl GuardedProxy {
-    pub fn new(inner: HttpProxy<Proxy>, limits: RequestHeadLimits) -> Self {
+    pub fn new(inner: HttpProxy<Proxy>, state: Arc<State>) -> Self {
         Self {
             inner: Arc::new(inner),
-            limits,
+            state,
         }
     }
 }
@@ -61,7 +63,8 @@ impl ServerApp for GuardedProxy {
         // Pingora's HTTP/1 loop (`ServerApp for HttpServerApp`), with each head read here first.
         let mut reused: Option<Option<HttpPersistentSettings>> = None;
         loop {
-            let head = match read_head(&mut stream, self.limits, reused.is_some()).await {
+            let limits = self.state.runtime.load().config.request_head;
+            let head = match read_head(&mut stream, limits, reused.is_some()).await {
                 Head::Complete(head) => head,
                 Head::TooLarge => {
                     refuse_too_large(stream).await;
