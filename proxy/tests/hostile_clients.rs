@@ -95,6 +95,7 @@ async fn a_request_head_must_arrive_within_the_deadline() {
         String::from_utf8_lossy(&answer)
     );
     let silent_cut = silent_cut.expect("the silent connection is closed");
+    eprintln!("closed: trickled head after {cut_after:?}, silent connection after {silent_cut:?}");
     assert!(silent_cut < DEADLINE * 2, "closed after {silent_cut:?}");
     assert!(in_time.starts_with("HTTP/1.1 200"), "{in_time}");
     let paths: Vec<_> = env
