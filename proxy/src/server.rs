@@ -19,6 +19,7 @@ use tracing::info;
 
 use crate::config::{Config, Services};
 use crate::observe::metrics::{Metrics, MetricsApp};
+use crate::request::head::GuardedProxy;
 use crate::service::Proxy;
 use crate::sessions::SessionCache;
 use crate::state::State;
@@ -179,12 +180,15 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let app = pingora::proxy::http_proxy(
         &server.configuration,
         Proxy {
             state: state.clone(),
         },
-        "portcullis proxy",
+    );
+    let mut proxy = Service::new(
+        "portcullis proxy".to_string(),
+        GuardedProxy::new(app, state.clone()),
     );
     let listen = address.to_string();
     if insecure {

@@ -55,6 +55,14 @@ impl ProxyHttp for Proxy {
     /// filter points. Portcullis passes responses on as the upstream encoded them.
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
+    /// A client that half-closes its connection after a complete request still gets the
+    /// answer (RFC 9112, section 9.6); a connection that is gone fails at the answer's write.
+    /// A protected stream turns this back on in `response_filter`.
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        session.set_abort_on_close(false);
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let runtime = self.state.runtime.load_full();
         ctx.runtime = Some(runtime.clone());
@@ -157,6 +165,9 @@ impl ProxyHttp for Proxy {
             ctx.deadline = None;
         }
         if body == Some(BodyKind::Stream) && protected && ctx.stream.is_none() {
+            // The re-check ends a stream by shutting its client connection down, which the
+            // proxy must take as the client leaving (see `early_request_filter`).
+            session.set_abort_on_close(true);
             watch_stream(&self.state, session, ctx);
         }
         Ok(())

@@ -11,8 +11,8 @@ use url::Url;
 use super::errors::Errors;
 use super::route::build_route;
 use super::runtime::{
-    Config, CookieSettings, DatabrokerSettings, IdpSettings, LogFormat, Route, SameSite,
-    ServiceUrl, Services, StorageType,
+    Config, CookieSettings, DatabrokerSettings, IdpSettings, LogFormat, RequestHeadLimits, Route,
+    SameSite, ServiceUrl, Services, StorageType,
 };
 use super::schema::{self, top_level_keys};
 use super::tls::signing_key;
@@ -45,6 +45,7 @@ pub(super) fn build(mut file: schema::File, base: &Path, errors: &mut Errors) ->
         file.stream_recheck_interval.take(),
         "5s",
     );
+    let request_head = request_head(&mut file, errors);
     let routes = routes(&mut file, base, errors);
     let needs_sign_in = proxy_runs && routes.iter().any(|r| !r.policy.is_public());
     let idp = idp.settings(needs_sign_in, errors);
@@ -68,9 +69,41 @@ pub(super) fn build(mut file: schema::File, base: &Path, errors: &mut Errors) ->
         log_format: logging.format,
         show_error_details: logging.show_error_details,
         stream_recheck_interval,
+        request_head,
         routes,
     })
 }
+
+/// `request_header_timeout` and `max_request_header_bytes`.
+fn request_head(file: &mut schema::File, errors: &mut Errors) -> RequestHeadLimits {
+    let timeout = duration(
+        errors,
+        "request_header_timeout",
+        file.request_header_timeout.take(),
+        "30s",
+    );
+    let max_bytes = errors.or(
+        "max_request_header_bytes",
+        file.max_request_header_bytes.take(),
+        DEFAULT_MAX_REQUEST_HEADER_BYTES,
+    );
+    if !(1024..=MAX_REQUEST_HEADER_BYTES).contains(&max_bytes) {
+        errors.push(
+            "max_request_header_bytes",
+            format!("{max_bytes} is out of range (1024 to {MAX_REQUEST_HEADER_BYTES} bytes)"),
+        );
+    }
+    RequestHeadLimits {
+        timeout,
+        max_bytes: usize::try_from(max_bytes.clamp(1024, MAX_REQUEST_HEADER_BYTES))
+            .unwrap_or(usize::MAX),
+    }
+}
+
+/// 64 KiB, as the contract fixes.
+const DEFAULT_MAX_REQUEST_HEADER_BYTES: u64 = 64 << 10;
+/// Pingora reads no request head larger than 1 MiB.
+const MAX_REQUEST_HEADER_BYTES: u64 = 1 << 20;
 
 /// `services`, `address`, `insecure_server` and the listener's certificates.
 struct Listener {

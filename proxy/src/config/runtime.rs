@@ -68,7 +68,19 @@ pub struct Config {
     /// How often a live websocket or streamed response is authorized again
     /// (`stream_recheck_interval`), by the stream re-check.
     pub stream_recheck_interval: Duration,
+    /// Request heads of hostile clients: how long the whole head may take to arrive
+    /// (`request_header_timeout`), and how large it may be (`max_request_header_bytes`).
+    pub request_head: RequestHeadLimits,
     pub routes: Vec<Route>,
+}
+
+/// The limits every request head is held to before it is routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHeadLimits {
+    /// From the first byte of a request (or the connection's start) to its head's last byte.
+    pub timeout: Duration,
+    /// The request line and header fields together, in bytes; a larger head gets 431.
+    pub max_bytes: usize,
 }
 
 impl Config {

@@ -79,6 +79,8 @@ pub struct File {
     pub log_format: Field<String>,
     pub show_error_details: Field<bool>,
     pub stream_recheck_interval: Field<String>,
+    pub request_header_timeout: Field<String>,
+    pub max_request_header_bytes: Field<u64>,
     pub routes: Field<Vec<toml::Value>>,
     /// Keys that are not top-level keys (for "did you mean"); filled by [`File::from_table`].
     #[serde(skip)]
@@ -232,6 +234,7 @@ pub const STRING_KEYS: &[&str] = &[
     "log_level",
     "log_format",
     "stream_recheck_interval",
+    "request_header_timeout",
 ];
 
 // === impl Field ===

@@ -348,3 +348,37 @@ fn session_cache_bound_can_come_from_the_environment() {
     .unwrap();
     assert_eq!(c.databroker.session_cache_bytes, 64 << 20);
 }
+
+#[test]
+fn request_head_limits_default_parse_and_name_themselves_in_errors() {
+    let c = load(&base()).unwrap();
+    assert_eq!(c.request_head.timeout, Duration::from_secs(30));
+    assert_eq!(c.request_head.max_bytes, 65536);
+    let c = load(&format!(
+        "{}\nrequest_header_timeout = \"2s\"\nmax_request_header_bytes = 8192\n",
+        base()
+    ))
+    .unwrap();
+    assert_eq!(c.request_head.timeout, Duration::from_secs(2));
+    assert_eq!(c.request_head.max_bytes, 8192);
+    let c = load_env(
+        &base(),
+        &[
+            ("PORTCULLIS_REQUEST_HEADER_TIMEOUT", "10s"),
+            ("PORTCULLIS_MAX_REQUEST_HEADER_BYTES", "4096"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.request_head.timeout, Duration::from_secs(10));
+    assert_eq!(c.request_head.max_bytes, 4096);
+    for (key, bad) in [
+        ("request_header_timeout", "\"soon\""),
+        ("request_header_timeout", "\"0s\""),
+        ("max_request_header_bytes", "100"),
+        ("max_request_header_bytes", "2000000"),
+        ("max_request_header_bytes", "\"64k\""),
+    ] {
+        let errs = errors(&format!("{}\n{key} = {bad}\n", base())).join("\n");
+        assert!(errs.contains(&format!("{key}: ")), "{key} = {bad}: {errs}");
+    }
+}

@@ -2,6 +2,7 @@
 //! sees it. One `Host` (matching the request target), no framing that servers could read
 //! differently (request smuggling), and a normalized path ([`path`]).
 
+pub mod head;
 pub mod path;
 
 use std::net::{IpAddr, Ipv6Addr};

@@ -1,0 +1,183 @@
+//! The HTTP/1 request head, read under the hostile-client limits before Pingora parses it.
+//!
+//! Pingora bounds each read of a head (60 s) but not the whole head, so a client that sends one
+//! byte at a time keeps its connection; and it accepts heads up to 1 MiB. [`GuardedProxy`] runs
+//! Pingora's HTTP/1 connection loop itself and reads every head first: the whole head must
+//! arrive within `request_header_timeout` (counted from the connection's start, or on a reused
+//! connection from the request's first byte), or the connection is closed unanswered; a head
+//! larger than `max_request_header_bytes` gets 431. The head read is then handed to Pingora as
+//! the session's first bytes. HTTP/2 connections go to Pingora unchanged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::v1::server::HttpSession as HttpSessionV1;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{Stream, ALPN};
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{timeout, timeout_at, Instant};
+
+use crate::config::RequestHeadLimits;
+use crate::service::Proxy;
+use crate::state::State;
+
+/// How long a kept-alive connection may wait for its next request (Pingora's own default).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
+/// The answer to a head over the size limit; the connection is closed after it.
+const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
+content-type: text/plain; charset=utf-8\r\ncontent-length: 32\r\nconnection: close\r\n\r\n\
+Request header fields too large\n";
+
+/// The proxy service's application: Pingora's proxy behind the request-head limits.
+pub struct GuardedProxy {
+    inner: Arc<HttpProxy<Proxy>>,
+    /// The limits come from the configuration in force when each head starts.
+    state: Arc<State>,
+}
+
+impl GuardedProxy {
+    pub fn new(inner: HttpProxy<Proxy>, state: Arc<State>) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            state,
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for GuardedProxy {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return ServerApp::process_new(&self.inner, stream, shutdown).await;
+        }
+        // Pingora's HTTP/1 loop (`ServerApp for HttpServerApp`), with each head read here first.
+        let mut reused: Option<Option<HttpPersistentSettings>> = None;
+        loop {
+            let limits = self.state.runtime.load().config.request_head;
+            let head = match read_head(&mut stream, limits, reused.is_some()).await {
+                Head::Complete(head) => head,
+                Head::TooLarge => {
+                    refuse_too_large(stream).await;
+                    return None;
+                }
+                Head::Closed => return None,
+            };
+            let mut h1 = HttpSessionV1::new(stream);
+            h1.set_pipelined_prefix(head);
+            let mut session = ServerSession::H1(h1);
+            match reused {
+                Some(Some(settings)) => settings.apply_to_session(&mut session),
+                Some(None) => {}
+                None if *shutdown.borrow() => session.set_keepalive(None),
+                None => session.set_keepalive(Some(KEEPALIVE_IDLE.as_secs())),
+            }
+            let (next, settings) = self
+                .inner
+                .process_new_http(session, shutdown)
+                .await?
+                .consume();
+            stream = next;
+            reused = Some(settings);
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.inner.http_cleanup().await;
+    }
+}
+
+/// Answers 431 and closes. What the client still sends is read and dropped for a moment
+/// first: closing a socket with unread bytes resets the connection, and the client could lose
+/// the answer.
+async fn refuse_too_large(mut stream: Stream) {
+    if timeout(LINGER, stream.write_all(TOO_LARGE)).await.is_err() {
+        return;
+    }
+    let _ = timeout(LINGER, stream.shutdown()).await;
+    let deadline = Instant::now() + LINGER;
+    let mut sink = [0u8; 4096];
+    while let Ok(Ok(n)) = timeout_at(deadline, stream.read(&mut sink)).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// How long a refused client's remaining bytes are read and dropped.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// What came of reading one request head.
+enum Head {
+    /// Every byte read so far: the whole head, perhaps followed by the start of the body.
+    Complete(BytesMut),
+    TooLarge,
+    /// The client closed, sent nothing in time, or did not finish the head in time.
+    Closed,
+}
+
+async fn read_head(stream: &mut Stream, limits: RequestHeadLimits, reused: bool) -> Head {
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut deadline = (!reused).then(|| Instant::now() + limits.timeout);
+    loop {
+        let read = match deadline {
+            Some(at) => timeout_at(at, stream.read_buf(&mut buf)).await,
+            None => timeout(KEEPALIVE_IDLE, stream.read_buf(&mut buf)).await,
+        };
+        match read {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Head::Closed,
+        }
+        deadline.get_or_insert_with(|| Instant::now() + limits.timeout);
+        match head_len(&buf) {
+            Some(len) if len <= limits.max_bytes => return Head::Complete(buf),
+            None if buf.len() <= limits.max_bytes => buf.reserve(4096),
+            _ => return Head::TooLarge,
+        }
+    }
+}
+
+/// The length of the head at the start of `buf` (blank lines before it not counted), once
+/// its closing empty line has arrived.
+fn head_len(buf: &[u8]) -> Option<usize> {
+    let start = buf
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(buf.len());
+    let head = &buf[start..];
+    let end = head
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|i| i + 2)
+        .into_iter()
+        .chain(
+            head.windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|i| i + 4),
+        )
+        .min()?;
+    Some(end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::head_len;
+
+    #[test]
+    fn a_head_ends_at_its_first_empty_line() {
+        assert_eq!(head_len(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"), Some(27));
+        assert_eq!(head_len(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"), Some(18));
+        assert_eq!(head_len(b"GET / HTTP/1.1\nHost: a\n\n"), Some(24));
+        assert_eq!(head_len(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+        assert_eq!(head_len(b"\r\n\r\n"), None);
+    }
+}
