@@ -5,7 +5,7 @@
 //! route host.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use http::Response;
@@ -33,9 +33,14 @@ pub struct Metrics {
     pub duration: HistogramVec,
     pub session_cache_hits: IntCounter,
     pub session_cache_misses: IntCounter,
-    pub identity_signatures: IntGauge,
+    /// ES256 identity assertions signed since start; a counter that catches up with the
+    /// signer's own count at each scrape ([`Metrics::count_identity_signatures`]).
+    identity_signatures: IntCounter,
     /// The part of `identity_signatures` a request waited for (the rest: background renewals).
-    pub identity_signatures_on_request_path: IntGauge,
+    identity_signatures_on_request_path: IntCounter,
+    /// Held while the two counters above catch up, so that two scrapes at once add each
+    /// signature once.
+    identity_signatures_lock: Mutex<()>,
     pub sign_ins: IntCounterVec,
     /// Session refreshes by result (`success`, `invalid_grant`, `transient`, ...).
     pub session_refreshes: IntCounterVec,
@@ -114,11 +119,11 @@ impl Metrics {
             "portcullis_session_cache_misses_total",
             "Session lookups that went to the databroker",
         )?;
-        let identity_signatures = IntGauge::new(
+        let identity_signatures = IntCounter::new(
             "portcullis_identity_jwt_signatures_total",
             "ES256 identity assertions signed since start (cached assertions are not counted)",
         )?;
-        let identity_signatures_on_request_path = IntGauge::new(
+        let identity_signatures_on_request_path = IntCounter::new(
             "portcullis_identity_jwt_request_path_signatures_total",
             "Of those, the ones a request waited for (the others were renewals signed in the background)",
         )?;
@@ -188,6 +193,7 @@ impl Metrics {
             session_cache_misses,
             identity_signatures,
             identity_signatures_on_request_path,
+            identity_signatures_lock: Mutex::new(()),
             sign_ins,
             session_refreshes,
             identity_manager_leader,
@@ -199,6 +205,22 @@ impl Metrics {
             ready: AtomicBool::new(false),
             kept_decisions: Kept::new(KEPT_OUTCOMES),
         })
+    }
+
+    /// Brings `portcullis_identity_jwt_signatures_total` and
+    /// `portcullis_identity_jwt_request_path_signatures_total` up to the signer's counts since
+    /// start (`total`, and the part a request waited for).
+    pub fn count_identity_signatures(&self, total: u64, on_request_path: u64) {
+        let _held = self
+            .identity_signatures_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (counter, now) in [
+            (&self.identity_signatures, total),
+            (&self.identity_signatures_on_request_path, on_request_path),
+        ] {
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
     }
 
     /// Counts an authorization decision.
@@ -385,6 +407,30 @@ mod tests {
             decisions("public"),
             None,
             "nothing counted, no series: {text}"
+        );
+    }
+
+    #[test]
+    fn identity_signatures_are_counters_that_catch_up() {
+        let metrics = Metrics::new().expect("metrics");
+        metrics.count_identity_signatures(5, 2);
+        metrics.count_identity_signatures(5, 2);
+        metrics.count_identity_signatures(7, 2);
+        let text = rendered(&metrics);
+        assert!(
+            text.contains("# TYPE portcullis_identity_jwt_signatures_total counter"),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "portcullis_identity_jwt_signatures_total"),
+            Some(7.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "portcullis_identity_jwt_request_path_signatures_total"
+            ),
+            Some(2.0)
         );
     }
 }
