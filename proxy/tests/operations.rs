@@ -49,9 +49,89 @@ async fn metrics_follow_prometheus_naming() {
     // A request, so that the labelled series (requests, durations, decisions) are there too.
     let resp = env.browser().get(&env.url("public", "/")).await;
     assert_eq!(resp.status(), 200, "{}", env.logs());
-    let text = env.proxy.metrics().await;
+    // The request is counted once its response is sent: wait for it.
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = env.proxy.metrics().await;
+        if text.contains("portcullis_requests_total{") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert!(text.contains("portcullis_requests_total{"), "{text}");
     if let Err(findings) = promtool_check(&text) {
         panic!("promtool check metrics:\n{findings}\n--- /metrics ---\n{text}");
     }
+}
+
+#[tokio::test]
+async fn failed_tls_handshakes_are_counted_and_logged_at_debug() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_self_signed(dir.path(), "app", &["public.localhost"]);
+    let env = TestEnv::builder(BIN)
+        .tls_certificate(&cert, &key)
+        .config(r#"log_level = "debug""#)
+        .route(
+            r#"from = "https://public.localhost"
+to = "{upstream}"
+allow_public_unauthenticated_access = true"#,
+        )
+        .start()
+        .await;
+    let failures = "portcullis_tls_handshake_failures_total";
+    // The harness's readiness probe (a bare TCP connection) may already count as one.
+    let Some(before) = env.proxy.metric(failures).await else {
+        panic!("{failures} not exported: {}", env.proxy.metrics().await);
+    };
+
+    // Plain HTTP on the TLS port: the handshake fails.
+    for _ in 0..3 {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", env.port))
+            .await
+            .unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: public.localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tcp.read_to_end(&mut sink),
+        )
+        .await;
+    }
+    let mut counted = None;
+    for _ in 0..50 {
+        counted = env.proxy.metric(failures).await;
+        if counted == Some(before + 3.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(counted, Some(before + 3.0), "{}", env.logs());
+
+    let logs = env.proxy.json_logs();
+    let handshake_lines: Vec<_> = logs
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("handshake error"))
+        })
+        .collect();
+    assert_eq!(handshake_lines.len() as f64, before + 3.0, "{}", env.logs());
+    for line in handshake_lines {
+        assert_eq!(line["level"], "DEBUG", "{line}");
+        assert_eq!(line["target"], "portcullis::tls", "{line}");
+    }
+    assert!(
+        !logs.iter().any(|l| l["level"] == "ERROR"),
+        "no ERROR line: {}",
+        env.logs()
+    );
+
+    // A good handshake is not counted.
+    let resp = env.browser().get(&env.url("public", "/")).await;
+    assert_eq!(resp.status(), 200, "{}", env.logs());
+    assert_eq!(env.proxy.metric(failures).await, Some(before + 3.0));
 }

@@ -5,7 +5,7 @@
 //! route host.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use http::Response;
@@ -24,6 +24,16 @@ const KEPT_STATUSES: [u16; 11] = [200, 201, 204, 301, 302, 304, 401, 403, 404, 5
 
 /// The decision outcomes whose series are kept: those of the requests a proxy sees most.
 const KEPT_OUTCOMES: [&str; 4] = ["allow", "public", "deny", "sign_in"];
+
+/// Failed TLS handshakes on the proxy listener, counted where Pingora logs them
+/// ([`crate::observe::pingora_log`]): process-wide, as that log is.
+pub static TLS_HANDSHAKE_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    IntCounter::new(
+        "portcullis_tls_handshake_failures_total",
+        "TLS handshakes on the proxy listener that failed or timed out",
+    )
+    .expect("a valid metric name and help")
+});
 
 /// Every metric Portcullis exports.
 pub struct Metrics {
@@ -180,6 +190,7 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(streams_closed.clone()))?;
+        registry.register(Box::new(TLS_HANDSHAKE_FAILURES.clone()))?;
         // Both series exist from the start, so that a dashboard sees 0 rather than nothing.
         for reason in ["signed_out", "policy"] {
             streams_closed.with_label_values(&[reason]);
