@@ -209,10 +209,10 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), String> {
             metrics.clone(),
             Box::new(move |m: &Metrics| {
                 let assertions = &refresh_state.assertions;
-                m.identity_signatures
-                    .set(assertions.signatures_total() as i64);
-                m.identity_signatures_on_request_path
-                    .set(assertions.signatures_on_request_path() as i64);
+                m.count_identity_signatures(
+                    assertions.signatures_total(),
+                    assertions.signatures_on_request_path(),
+                );
             }),
         );
         let mut service = Service::new("portcullis metrics".to_string(), app);

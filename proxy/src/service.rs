@@ -9,7 +9,7 @@
 //! - `upstream_request_filter` edits the request for the backend
 //!   ([`crate::upstream::request`]).
 //! - `connected_to_upstream` starts the route's deadline ([`crate::upstream::deadline`]).
-//! - `response_filter` applies the route's response headers and starts the watch of a live
+//! - `response_filter` sets the default and the route's response headers and starts the watch of a live
 //!   stream ([`crate::upstream::streams`]); `logging` records the request
 //!   ([`crate::observe`]).
 
@@ -33,7 +33,7 @@ use crate::observe::request_log;
 use crate::respond::Refusal;
 use crate::state::State;
 use crate::upstream::deadline::Deadline;
-use crate::upstream::response::{body_kind, BodyKind};
+use crate::upstream::response::{body_kind, set_headers, BodyKind};
 use crate::upstream::streams::{StreamWatch, Subject};
 use crate::upstream::{self, peer, tripwire};
 
@@ -155,9 +155,11 @@ impl ProxyHttp for Proxy {
         let Some((_, route)) = ctx.route() else {
             return Ok(());
         };
-        for (name, value) in &route.set_response_headers {
-            upstream_response.insert_header(name.clone(), value.clone())?;
-        }
+        set_headers(
+            upstream_response,
+            &route.set_response_headers,
+            self.state.tls,
+        )?;
         let protected = !route.policy.is_public();
         let body = body_kind(session.req_header(), upstream_response);
         if body.is_some_and(|b| b != BodyKind::Sized) {

@@ -270,10 +270,15 @@ async fn portcullis_pages_carry_security_headers_and_hsts_only_over_tls() {
             tls,
             "HSTS only over TLS (tls = {tls})"
         );
-        // Proxied responses are the application's: Portcullis adds no HSTS of its own there.
+        // Proxied responses get Pomerium's defaults, HSTS over TLS only too
+        // (tests/response_headers.rs).
         let resp = env.browser().get(&env.url("public", "/app")).await;
         assert_eq!(resp.status(), 200, "{}", env.logs());
-        assert!(!resp.headers().contains_key("strict-transport-security"));
+        assert_eq!(
+            resp.headers().contains_key("strict-transport-security"),
+            tls,
+            "proxied: HSTS only over TLS (tls = {tls})"
+        );
     }
 }
 

@@ -5,7 +5,7 @@
 //! route host.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use http::Response;
@@ -25,6 +25,16 @@ const KEPT_STATUSES: [u16; 11] = [200, 201, 204, 301, 302, 304, 401, 403, 404, 5
 /// The decision outcomes whose series are kept: those of the requests a proxy sees most.
 const KEPT_OUTCOMES: [&str; 4] = ["allow", "public", "deny", "sign_in"];
 
+/// Failed TLS handshakes on the proxy listener, counted where Pingora logs them
+/// ([`crate::observe::pingora_log`]): process-wide, as that log is.
+pub static TLS_HANDSHAKE_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    IntCounter::new(
+        "portcullis_tls_handshake_failures_total",
+        "TLS handshakes on the proxy listener that failed or timed out",
+    )
+    .expect("a valid metric name and help")
+});
+
 /// Every metric Portcullis exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -33,9 +43,14 @@ pub struct Metrics {
     pub duration: HistogramVec,
     pub session_cache_hits: IntCounter,
     pub session_cache_misses: IntCounter,
-    pub identity_signatures: IntGauge,
+    /// ES256 identity assertions signed since start; a counter that catches up with the
+    /// signer's own count at each scrape ([`Metrics::count_identity_signatures`]).
+    identity_signatures: IntCounter,
     /// The part of `identity_signatures` a request waited for (the rest: background renewals).
-    pub identity_signatures_on_request_path: IntGauge,
+    identity_signatures_on_request_path: IntCounter,
+    /// Held while the two counters above catch up, so that two scrapes at once add each
+    /// signature once.
+    identity_signatures_lock: Mutex<()>,
     pub sign_ins: IntCounterVec,
     /// Session refreshes by result (`success`, `invalid_grant`, `transient`, ...).
     pub session_refreshes: IntCounterVec,
@@ -114,11 +129,11 @@ impl Metrics {
             "portcullis_session_cache_misses_total",
             "Session lookups that went to the databroker",
         )?;
-        let identity_signatures = IntGauge::new(
+        let identity_signatures = IntCounter::new(
             "portcullis_identity_jwt_signatures_total",
             "ES256 identity assertions signed since start (cached assertions are not counted)",
         )?;
-        let identity_signatures_on_request_path = IntGauge::new(
+        let identity_signatures_on_request_path = IntCounter::new(
             "portcullis_identity_jwt_request_path_signatures_total",
             "Of those, the ones a request waited for (the others were renewals signed in the background)",
         )?;
@@ -175,6 +190,7 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(streams_closed.clone()))?;
+        registry.register(Box::new(TLS_HANDSHAKE_FAILURES.clone()))?;
         // Both series exist from the start, so that a dashboard sees 0 rather than nothing.
         for reason in ["signed_out", "policy"] {
             streams_closed.with_label_values(&[reason]);
@@ -188,6 +204,7 @@ impl Metrics {
             session_cache_misses,
             identity_signatures,
             identity_signatures_on_request_path,
+            identity_signatures_lock: Mutex::new(()),
             sign_ins,
             session_refreshes,
             identity_manager_leader,
@@ -199,6 +216,22 @@ impl Metrics {
             ready: AtomicBool::new(false),
             kept_decisions: Kept::new(KEPT_OUTCOMES),
         })
+    }
+
+    /// Brings `portcullis_identity_jwt_signatures_total` and
+    /// `portcullis_identity_jwt_request_path_signatures_total` up to the signer's counts since
+    /// start (`total`, and the part a request waited for).
+    pub fn count_identity_signatures(&self, total: u64, on_request_path: u64) {
+        let _held = self
+            .identity_signatures_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (counter, now) in [
+            (&self.identity_signatures, total),
+            (&self.identity_signatures_on_request_path, on_request_path),
+        ] {
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
     }
 
     /// Counts an authorization decision.
@@ -385,6 +418,30 @@ mod tests {
             decisions("public"),
             None,
             "nothing counted, no series: {text}"
+        );
+    }
+
+    #[test]
+    fn identity_signatures_are_counters_that_catch_up() {
+        let metrics = Metrics::new().expect("metrics");
+        metrics.count_identity_signatures(5, 2);
+        metrics.count_identity_signatures(5, 2);
+        metrics.count_identity_signatures(7, 2);
+        let text = rendered(&metrics);
+        assert!(
+            text.contains("# TYPE portcullis_identity_jwt_signatures_total counter"),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "portcullis_identity_jwt_signatures_total"),
+            Some(7.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "portcullis_identity_jwt_request_path_signatures_total"
+            ),
+            Some(2.0)
         );
     }
 }

@@ -4,6 +4,7 @@
 pub mod log_writer;
 pub mod metrics;
 pub mod outcome;
+pub mod pingora_log;
 pub mod request_log;
 
 use crate::config::{Config, LogFormat};
@@ -24,19 +25,24 @@ pub fn init_logging(config: &Config) -> log_writer::Guard {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer.clone());
-    match config.log_format {
-        LogFormat::Json => {
-            let installed = builder
+    let installed = match config.log_format {
+        LogFormat::Json => tracing::subscriber::set_global_default(
+            builder
                 .json()
                 .flatten_event(true)
                 .with_current_span(false)
-                .try_init();
-            if installed.is_ok() {
-                request_log::install(writer);
-            }
-        }
+                .finish(),
+        ),
         LogFormat::Pretty => {
-            let _ = builder.with_ansi(false).try_init();
+            tracing::subscriber::set_global_default(builder.with_ansi(false).finish())
+        }
+    };
+    if installed.is_ok() {
+        // Pingora logs through `log`: its records reach the subscriber through this bridge.
+        let max_level = tracing_log::AsLog::as_log(&tracing::level_filters::LevelFilter::current());
+        let _ = pingora_log::PingoraLog::install(max_level);
+        if config.log_format == LogFormat::Json {
+            request_log::install(writer);
         }
     }
     guard
