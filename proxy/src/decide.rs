@@ -25,7 +25,12 @@ pub async fn decide(
     ctx: &mut Ctx,
     runtime: &Runtime,
 ) -> Result<Flow, Refusal> {
-    request::validate(session, state.tls, &mut ctx.request)?;
+    request::validate(
+        session,
+        state.tls,
+        runtime.config.xff_num_trusted_hops,
+        &mut ctx.request,
+    )?;
 
     // Portcullis's own endpoints (rare): they need the session mutably, so they get a copy.
     let path = session.req_header().uri.path();

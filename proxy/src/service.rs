@@ -33,6 +33,7 @@ use crate::observe::request_log;
 use crate::respond::Refusal;
 use crate::state::State;
 use crate::upstream::deadline::Deadline;
+use crate::upstream::request::ip_header_value;
 use crate::upstream::response::{body_kind, set_headers, BodyKind};
 use crate::upstream::streams::{StreamWatch, Subject};
 use crate::upstream::{self, peer, tripwire};
@@ -315,11 +316,13 @@ impl ProxyHttp for Proxy {
             .finished(route_name, series, status, elapsed.as_secs_f64());
         let req = session.req_header();
         let user = ctx.found.session.as_ref().map(|s| s.email()).unwrap_or("");
+        let ip = ctx.request.client_ip.map(ip_header_value);
         request_log::access(&request_log::Access {
             request_id: &ctx.request_id,
             method: req.method.as_str(),
             host: &ctx.request.authority,
             path: &ctx.request.path,
+            ip: ip.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
             status,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             route: route_name,

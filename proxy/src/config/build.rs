@@ -46,6 +46,8 @@ pub(super) fn build(mut file: schema::File, base: &Path, errors: &mut Errors) ->
         "5s",
     );
     let request_head = request_head(&mut file, errors);
+    let xff_num_trusted_hops =
+        errors.or("xff_num_trusted_hops", file.xff_num_trusted_hops.take(), 0);
     let routes = routes(&mut file, base, errors);
     let needs_sign_in = proxy_runs && routes.iter().any(|r| !r.policy.is_public());
     let idp = idp.settings(needs_sign_in, errors);
@@ -70,6 +72,7 @@ pub(super) fn build(mut file: schema::File, base: &Path, errors: &mut Errors) ->
         show_error_details: logging.show_error_details,
         stream_recheck_interval,
         request_head,
+        xff_num_trusted_hops: usize::try_from(xff_num_trusted_hops).unwrap_or(usize::MAX),
         routes,
     })
 }

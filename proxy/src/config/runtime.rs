@@ -71,6 +71,9 @@ pub struct Config {
     /// Request heads of hostile clients: how long the whole head may take to arrive
     /// (`request_header_timeout`), and how large it may be (`max_request_header_bytes`).
     pub request_head: RequestHeadLimits,
+    /// How many proxies in front of Portcullis are trusted (`xff_num_trusted_hops`): with
+    /// N > 0 the client's address is the Nth from the right of the `X-Forwarded-For` received.
+    pub xff_num_trusted_hops: usize,
     pub routes: Vec<Route>,
 }
 

@@ -81,6 +81,7 @@ pub struct File {
     pub stream_recheck_interval: Field<String>,
     pub request_header_timeout: Field<String>,
     pub max_request_header_bytes: Field<u64>,
+    pub xff_num_trusted_hops: Field<u64>,
     pub routes: Field<Vec<toml::Value>>,
     /// Keys that are not top-level keys (for "did you mean"); filled by [`File::from_table`].
     #[serde(skip)]

@@ -26,6 +26,8 @@ pub struct Access<'a> {
     pub method: &'a str,
     pub host: &'a str,
     pub path: &'a str,
+    /// The client's address (see `Validated::client_ip`), or empty.
+    pub ip: &'a str,
     pub status: u16,
     pub duration_ms: f64,
     pub route: &'a str,
@@ -60,6 +62,8 @@ impl Access<'_> {
         push_json_str(buf, self.host)?;
         buf.extend_from_slice(b",\"path\":");
         push_json_str(buf, self.path)?;
+        buf.extend_from_slice(b",\"ip\":");
+        push_json_str(buf, self.ip)?;
         buf.extend_from_slice(b",\"status\":");
         buf.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
         buf.extend_from_slice(b",\"duration_ms\":");
@@ -116,6 +120,7 @@ pub fn access(line: &Access<'_>) {
                 method = line.method,
                 host = line.host,
                 path = line.path,
+                ip = line.ip,
                 status = line.status,
                 duration_ms = line.duration_ms,
                 route = line.route,
@@ -306,6 +311,7 @@ mod tests {
                 method: if text.is_empty() { "GET" } else { text },
                 host: text,
                 path: text,
+                ip: text,
                 status: 200,
                 duration_ms,
                 route: "http://app.localhost:8000",

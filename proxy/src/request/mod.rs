@@ -13,6 +13,8 @@ use pingora::proxy::Session;
 
 use crate::respond::{Malformed, Refusal};
 
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
 /// What validation learned of a request, for the later stages and the logs.
 #[derive(Debug, Clone, Default)]
 pub struct Validated {
@@ -25,19 +27,31 @@ pub struct Validated {
     pub port: u16,
     /// The path as the client sent it, for the access log.
     pub path: String,
+    /// The client's address: the connection's, or with trusted proxies in front
+    /// (`xff_num_trusted_hops`) the one they put in `X-Forwarded-For`. Policies
+    /// (`source_ip`), the access log and the upstream's `X-Forwarded-For` take it from here.
     pub client_ip: Option<IpAddr>,
+    /// The address of the connection's other end (a trusted proxy's, when there is one).
+    pub peer_ip: Option<IpAddr>,
     /// Answer in JSON, not HTML: the client asked for JSON or sent a bearer token.
     pub json: bool,
 }
 
 /// Validates the request of `session` into `request`, and writes its normalized path back
-/// into it. What was learned before a refusal stays in `request` (for the answer and logs).
-pub fn validate(session: &mut Session, tls: bool, request: &mut Validated) -> Result<(), Refusal> {
+/// into it; `trusted_hops` is `xff_num_trusted_hops`. What was learned before a refusal stays
+/// in `request` (for the answer and logs).
+pub fn validate(
+    session: &mut Session,
+    tls: bool,
+    trusted_hops: usize,
+    request: &mut Validated,
+) -> Result<(), Refusal> {
     let req = session.req_header();
-    request.client_ip = session
+    request.peer_ip = session
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
+    request.client_ip = forwarded_client(req, trusted_hops).or(request.peer_ip);
     request.json = wants_json(req) || has_bearer(req);
     request.path = req.uri.path().to_string();
     reject_smuggling(req)?;
@@ -68,6 +82,26 @@ pub fn validate(session: &mut Session, tls: bool, request: &mut Validated) -> Re
             .map_err(|_| Refusal::BadRequest(Malformed::InvalidTarget))?;
     }
     Ok(())
+}
+
+/// The client's address as `trusted_hops` trusted proxies in front of Portcullis give it, as
+/// Envoy (so Pomerium, which runs Envoy with `use_remote_address`) takes it: the
+/// `trusted_hops`-th address from the right end of `X-Forwarded-For` as received (several
+/// fields read as one list). `None` with no trusted hops, with fewer addresses than hops, or
+/// when that entry is not an IP address: then the connection's address is the client's.
+fn forwarded_client(req: &RequestHeader, trusted_hops: usize) -> Option<IpAddr> {
+    let n = trusted_hops.checked_sub(1)?;
+    let fields = req.headers.get_all(X_FORWARDED_FOR);
+    let entry = fields
+        .iter()
+        .rev()
+        .flat_map(|v| v.as_bytes().rsplit(|&b| b == b','))
+        .nth(n)?;
+    std::str::from_utf8(entry)
+        .ok()?
+        .trim_matches([' ', '\t'])
+        .parse()
+        .ok()
 }
 
 /// Whether the request carries a bearer token of any kind: the client is a program, which gets
@@ -286,5 +320,30 @@ mod tests {
         assert!(!raw_has_content_length(
             b"POST / HTTP/1.1\r\nHost: a\r\nX-Content-Length: 5\r\n\r\n"
         ));
+    }
+
+    /// Envoy's rule with `use_remote_address`: the Nth address from the right of the list as
+    /// received, none when the list is shorter or that entry is no address.
+    #[test]
+    fn forwarded_client_is_the_nth_address_from_the_right() {
+        let get = |fields: &[&str], hops: usize| {
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            for f in fields {
+                req.append_header("x-forwarded-for", *f).unwrap();
+            }
+            forwarded_client(&req, hops).map(|ip| ip.to_string())
+        };
+        let ip = |s: &str| Some(s.to_owned());
+        let list = ["192.0.2.1, 198.51.100.2,203.0.113.3"];
+        assert_eq!(get(&list, 0), None);
+        assert_eq!(get(&list, 1), ip("203.0.113.3"));
+        assert_eq!(get(&list, 2), ip("198.51.100.2"));
+        assert_eq!(get(&list, 3), ip("192.0.2.1"));
+        assert_eq!(get(&list, 4), None);
+        assert_eq!(get(&["192.0.2.1", "2001:db8::1"], 1), ip("2001:db8::1"));
+        assert_eq!(get(&["192.0.2.1", "2001:db8::1"], 2), ip("192.0.2.1"));
+        assert_eq!(get(&["192.0.2.1, unknown"], 1), None);
+        assert_eq!(get(&["192.0.2.1,"], 1), None);
+        assert_eq!(get(&[], 1), None);
     }
 }

@@ -64,6 +64,15 @@ async fn edit(
     let config = &runtime.config;
     let headers = &mut parts.headers;
 
+    // Behind trusted proxies (`xff_num_trusted_hops`), the chain they built is kept: their
+    // `X-Forwarded-For` list, which this proxy extends, and a valid `X-Forwarded-Proto`
+    // (trusted, as Envoy trusts it then). Their `X-Forwarded-Host` is not: Envoy sets none.
+    let trusted = if config.xff_num_trusted_hops > 0 {
+        Some(trusted_chain(headers, ctx.request.peer_ip))
+    } else {
+        None
+    };
+
     // 1. Nothing a client sends may pose as Portcullis or as the forwarding chain. One scan
     // finds them (most requests carry none); X-Forwarded-Host, -Proto and -For (when the
     // address is known) are set below.
@@ -99,14 +108,19 @@ async fn edit(
     headers.reserve(4 + identity_headers + route.set_request_headers.len());
     strip_session_cookie(headers, &config.cookie.name);
 
-    // 2. Forwarding headers from the connection.
-    match ctx.request.client_ip {
-        Some(ip) => headers.insert(&X_FORWARDED_FOR, ip_header_value(ip)),
+    // 2. Forwarding headers from the connection (or the trusted chain).
+    let (forwarded_for, forwarded_proto) = match trusted {
+        Some((xff, proto)) => (xff, proto),
+        None => (ctx.request.client_ip.map(ip_header_value), None),
+    };
+    match forwarded_for {
+        Some(v) => headers.insert(&X_FORWARDED_FOR, v),
         None => headers.remove(&X_FORWARDED_FOR),
     };
     headers.insert(
         &X_FORWARDED_PROTO,
-        HeaderValue::from_static(if state.tls { "https" } else { "http" }),
+        forwarded_proto
+            .unwrap_or_else(|| HeaderValue::from_static(if state.tls { "https" } else { "http" })),
     );
     headers.insert(&X_FORWARDED_HOST, header_value(&ctx.request.authority)?);
     headers.insert(&X_REQUEST_ID, header_value(&ctx.request_id)?);
@@ -215,8 +229,46 @@ fn forged_by_client(name: &str) -> bool {
     }
 }
 
+/// What trusted proxies in front send on: the `X-Forwarded-For` list received (its fields
+/// joined) with `peer`, the proxy this request came from, appended as a proxy chain does; and
+/// their `X-Forwarded-Proto` when it is one `http` or `https`.
+fn trusted_chain(
+    headers: &http::HeaderMap,
+    peer: Option<IpAddr>,
+) -> (Option<HeaderValue>, Option<HeaderValue>) {
+    let mut list: Vec<u8> = Vec::new();
+    for field in headers.get_all(&X_FORWARDED_FOR) {
+        if !list.is_empty() {
+            list.extend_from_slice(b", ");
+        }
+        list.extend_from_slice(field.as_bytes());
+    }
+    if let Some(ip) = peer {
+        if !list.is_empty() {
+            list.extend_from_slice(b", ");
+        }
+        list.extend_from_slice(ip_header_value(ip).as_bytes());
+    }
+    let forwarded_for = if list.is_empty() {
+        None
+    } else {
+        HeaderValue::from_maybe_shared(Bytes::from(list)).ok()
+    };
+    let mut protos = headers.get_all(&X_FORWARDED_PROTO).iter();
+    let forwarded_proto = match (protos.next(), protos.next()) {
+        (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"https") => {
+            Some(HeaderValue::from_static("https"))
+        }
+        (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"http") => {
+            Some(HeaderValue::from_static("http"))
+        }
+        _ => None,
+    };
+    (forwarded_for, forwarded_proto)
+}
+
 /// An address as a header value, formatted on the stack.
-fn ip_header_value(ip: IpAddr) -> HeaderValue {
+pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
     // The longest address (an IPv4-mapped IPv6 one) has 45 characters.
     let mut buf = [0u8; 64];
     let len = match ip {
