@@ -259,16 +259,20 @@ mod tests {
         assert_eq!(memo.len(), 1);
     }
 
+    /// A cached session with id `id`, valid until 1,000.
+    fn cached_session(id: &str) -> Arc<CachedSession> {
+        let mut session = crate::seed::random_session(&mut rand::thread_rng(), 0, 0, 1_000);
+        session.id = id.into();
+        Arc::new(CachedSession::new(session, 1))
+    }
+
     #[test]
     fn a_kept_value_opens_only_for_its_scope() {
         let c = cipher(1);
         let memo = OpenedCookies::new(1024);
         let value = seal(&c, "s1", 1_000);
         assert!(said(memo.open(&c, &value, 10, SCOPE, |_| true)).is_some());
-        let mut rng = rand::thread_rng();
-        let mut session = crate::seed::random_session(&mut rng, 0, 0, 1_000);
-        session.id = "s1".into();
-        let session = Arc::new(CachedSession::new(session, 1));
+        let session = cached_session("s1");
         memo.attach(&value, &session);
         assert!(matches!(
             memo.open(&c, &value, 10, SCOPE, |_| true),
@@ -308,10 +312,7 @@ mod tests {
         let memo = OpenedCookies::new(1024);
         let value = seal(&c, "s1", 1_000);
         assert!(said(memo.open(&c, &value, 10, SCOPE, |_| true)).is_some());
-        let mut rng = rand::thread_rng();
-        let mut session = crate::seed::random_session(&mut rng, 0, 0, 1_000);
-        session.id = "s1".into();
-        let session = Arc::new(CachedSession::new(session, 1));
+        let session = cached_session("s1");
         memo.attach(&value, &session);
         match memo.open(&c, &value, 10, SCOPE, |_| true) {
             Some(Known::Session(s)) => assert!(Arc::ptr_eq(&s, &session)),
