@@ -12,10 +12,8 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use portcullis_auth::{BrowserBinding, Cipher, Handoff, Secret, UrlSigner};
-use portcullis_harness::{Browser, TestEnv};
+use portcullis_harness::{open_redirect_payloads, Browser, TestEnv};
 use url::Url;
-
-const PAYLOADS: &str = include_str!("../../auth/tests/data/open_redirect_payloads.txt");
 
 fn now() -> i64 {
     SystemTime::now()
@@ -27,21 +25,7 @@ fn now() -> i64 {
 /// The corpus with `app.localhost` on the proxy's port as the allowed host.
 fn payloads(env: &TestEnv) -> Vec<String> {
     let port = env.port.to_string();
-    let authority = format!("app.localhost:{port}");
-    PAYLOADS
-        .lines()
-        .filter(|line| !line.is_empty() && !line.starts_with("# "))
-        .map(|line| {
-            line.replace("{authority}", &authority)
-                .replace("{host}", "app.localhost")
-                .replace("{port}", &port)
-                .replace("<TAB>", "\t")
-                .replace("<LF>", "\n")
-                .replace("<CR>", "\r")
-                .replace("<NUL>", "\0")
-                .replace("<SP>", " ")
-        })
-        .collect()
+    open_redirect_payloads("app.localhost", &format!("app.localhost:{port}"), &port)
 }
 
 /// Checks one answer to `request`: its `Location` and the links of its page lead only to

@@ -129,28 +129,10 @@ fn rejects_overlong() {
     assert_eq!(check(&long), Err(AuthError::InvalidRedirect("too long")));
 }
 
-/// The open-redirect corpus (`auth/tests/data/open_redirect_payloads.txt`), with its
-/// placeholders filled in: `{host}`, `{authority}`, `{port}` and the control characters.
-fn open_redirect_payloads(host: &str, authority: &str, port: &str) -> Vec<String> {
-    include_str!("../../tests/data/open_redirect_payloads.txt")
-        .lines()
-        .filter(|line| !line.is_empty() && !line.starts_with("# "))
-        .map(|line| {
-            line.replace("{authority}", authority)
-                .replace("{host}", host)
-                .replace("{port}", port)
-                .replace("<TAB>", "\t")
-                .replace("<LF>", "\n")
-                .replace("<CR>", "\r")
-                .replace("<NUL>", "\0")
-                .replace("<SP>", " ")
-        })
-        .collect()
-}
-
 #[test]
 fn no_payload_of_the_open_redirect_corpus_leads_off_the_allowed_host() {
-    let payloads = open_redirect_payloads("app.example.com", "app.example.com", "8443");
+    let payloads =
+        portcullis_harness::open_redirect_payloads("app.example.com", "app.example.com", "8443");
     assert!(payloads.len() >= 300, "{} payloads", payloads.len());
     let mut accepted = Vec::new();
     for raw in &payloads {

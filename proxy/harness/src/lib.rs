@@ -44,6 +44,7 @@
 mod api_client;
 mod browser;
 mod ca;
+mod corpus;
 pub mod demo;
 mod env;
 mod idp;
@@ -62,6 +63,7 @@ use std::sync::Mutex;
 pub use crate::api_client::ApiClient;
 pub use crate::browser::{Browser, Form};
 pub use crate::ca::{write_self_signed, Issued, TestCa};
+pub use crate::corpus::open_redirect_payloads;
 pub use crate::env::{TestEnv, TestEnvBuilder};
 pub use crate::idp::{Idp, IdpOptions};
 pub use crate::portcullis::{Portcullis, PortcullisBuilder};
