@@ -18,6 +18,8 @@ mod peers;
 mod plot;
 mod procstat;
 mod report;
+mod slow_headers;
+mod soak;
 mod upstream;
 
 use std::path::PathBuf;
@@ -75,6 +77,20 @@ pub struct Args {
     /// `callgrind.out.<scenario>`, to read with `callgrind_annotate --inclusive=yes`.
     #[arg(long, requires = "instructions")]
     pub profiles: Option<std::path::PathBuf>,
+    /// Instead of the scenarios: the authorized scenario before, beside and after this many
+    /// connections that trickle a request head and never finish it (2,000 when given without a
+    /// number); reports latency per phase, when each slow connection was cut, and the proxy's
+    /// memory. Results go to JSON (`--out`, default `target/bench/slow-headers.json`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "2000", conflicts_with = "instructions")]
+    pub slow_headers: Option<usize>,
+    /// With --slow-headers: seconds between two bytes of a slow head (default 5).
+    #[arg(long, requires = "slow_headers")]
+    pub trickle: Option<f64>,
+    /// Instead of the scenarios: the authorized scenario open loop at half its capacity for
+    /// this many minutes (30 when given without a number), sampling the proxy's RSS every 5 s.
+    /// Results go to JSON (`--out`, default `target/bench/soak.json`) with an RSS plot beside it.
+    #[arg(long, num_args = 0..=1, default_missing_value = "30", conflicts_with_all = ["instructions", "slow_headers"])]
+    pub soak: Option<f64>,
 }
 
 /// Every scenario's name, in the order the rounds run them.
@@ -214,6 +230,34 @@ async fn run(args: Args) -> Result<(), String> {
             args.profiles.as_deref(),
         )
         .await;
+    }
+    if let Some(minutes) = args.soak {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| target_dir().join("bench").join("soak.json"));
+        return soak_run(
+            &upstream,
+            &portcullis,
+            &settings,
+            minutes.clamp(0.1, 24.0 * 60.0),
+            &out,
+        )
+        .await;
+    }
+    if let Some(slow) = args.slow_headers {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| target_dir().join("bench").join("slow-headers.json"));
+        let plan = slow_headers::Plan {
+            slow,
+            trickle: Duration::from_secs_f64(args.trickle.unwrap_or(5.0).clamp(0.1, 60.0)),
+            rounds: settings.rounds,
+            connections: settings.connections,
+            duration,
+        };
+        return slow_headers_run(&upstream, &portcullis, &settings, &plan, &out).await;
     }
     let mut skipped = Vec::new();
     let nginx = match wanted("nginx") {
@@ -448,6 +492,69 @@ async fn count_instructions(
     }))
     .map_err(|e| e.to_string())?;
     std::fs::write(out, json).map_err(|e| format!("{}: {e}", out.display()))?;
+    println!("results: {}", out.display());
+    Ok(())
+}
+
+/// `--soak`: the authorized scenario at half its capacity for a long time, RSS sampled.
+async fn soak_run(
+    upstream: &upstream::FastUpstream,
+    portcullis: &PortcullisUnderTest,
+    settings: &Settings,
+    minutes: f64,
+    out: &std::path::Path,
+) -> Result<(), String> {
+    let pid = portcullis.proxy.pid().ok_or("the proxy is not running")?;
+    let mut scenarios = scenarios(upstream, portcullis, None, None)?;
+    scenarios.retain(|s| s.name == "portcullis-auth");
+    warm_up(&scenarios, settings).await?;
+    let s = scenarios.first().ok_or("no portcullis-auth scenario")?;
+    let connections = settings.connections;
+    let report =
+        soak::run(
+            pid,
+            minutes,
+            |d| measure(s, Mode::Closed, connections, d, "soak: capacity"),
+            |rate, d, label| async move {
+                measure(s, Mode::Open { rate }, connections, d, &label).await
+            },
+        )
+        .await?;
+    println!("{}", report.table());
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::write(out, report.json()).map_err(|e| format!("{}: {e}", out.display()))?;
+    let svg = out.with_extension("svg");
+    report.plot(&svg)?;
+    println!("results: {}\nRSS plot: {}", out.display(), svg.display());
+    Ok(())
+}
+
+/// `--slow-headers`: the authorized scenario before, beside and after the slow clients.
+async fn slow_headers_run(
+    upstream: &upstream::FastUpstream,
+    portcullis: &PortcullisUnderTest,
+    settings: &Settings,
+    plan: &slow_headers::Plan,
+    out: &std::path::Path,
+) -> Result<(), String> {
+    let pid = portcullis.proxy.pid().ok_or("the proxy is not running")?;
+    let mut scenarios = scenarios(upstream, portcullis, None, None)?;
+    scenarios.retain(|s| s.name == "portcullis-auth");
+    warm_up(&scenarios, settings).await?;
+    let s = scenarios.first().ok_or("no portcullis-auth scenario")?;
+    let rounds = plan.rounds;
+    let report = slow_headers::run(s, pid, plan, |phase, round| {
+        let label = format!("{phase}, round {round}/{rounds}");
+        async move { measure(s, Mode::Closed, plan.connections, plan.duration, &label).await }
+    })
+    .await?;
+    println!("{}", report.table());
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::write(out, report.json()).map_err(|e| format!("{}: {e}", out.display()))?;
     println!("results: {}", out.display());
     Ok(())
 }
