@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::TlsAccept;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -23,7 +21,7 @@ use crate::request::head::GuardedProxy;
 use crate::service::Proxy;
 use crate::sessions::SessionCache;
 use crate::state::State;
-use crate::tls::SniResolver;
+use crate::tls::{self, SniResolver};
 
 /// How long a shutdown waits for in-flight requests at most.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,10 +49,6 @@ impl ShutdownSignalWatch for Signals {
         ShutdownSignal::GracefulTerminate
     }
 }
-
-/// No TLS callbacks: certificates come from the SNI resolver.
-struct NoCallbacks;
-impl TlsAccept for NoCallbacks {}
 
 /// Background work: IdP discovery, the session follower, readiness.
 struct Background {
@@ -186,21 +180,17 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), String> {
             state: state.clone(),
         },
     );
+    // The listener is plain TCP to Pingora: `GuardedProxy` runs the TLS handshake.
+    let acceptor = if insecure {
+        None
+    } else {
+        Some(tls::acceptor(SniResolver::load(&certificates)?)?)
+    };
     let mut proxy = Service::new(
         "portcullis proxy".to_string(),
-        GuardedProxy::new(app, state.clone()),
+        GuardedProxy::new(app, state.clone(), acceptor),
     );
-    let listen = address.to_string();
-    if insecure {
-        proxy.add_tcp(&listen);
-    } else {
-        let resolver = SniResolver::load(&certificates)?;
-        let mut tls =
-            TlsSettings::with_callbacks(Box::new(NoCallbacks)).map_err(|e| format!("TLS: {e}"))?;
-        tls.set_cert_resolver(Arc::new(resolver));
-        tls.enable_h2();
-        proxy.add_tls_with_settings(&listen, None, tls);
-    }
+    proxy.add_tcp(&address.to_string());
     server.add_service(proxy);
 
     if let Some(addr) = metrics_address {

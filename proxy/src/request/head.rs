@@ -1,4 +1,5 @@
-//! The HTTP/1 request head, read under the hostile-client limits before Pingora parses it.
+//! The connection's start and the HTTP/1 request head, read under the hostile-client limits
+//! before Pingora parses it.
 //!
 //! Pingora bounds each read of a head (60 s) but not the whole head, so a client that sends one
 //! byte at a time keeps its connection; and it accepts heads up to 1 MiB. [`GuardedProxy`] runs
@@ -7,6 +8,9 @@
 //! connection from the request's first byte), or the connection is closed unanswered; a head
 //! larger than `max_request_header_bytes` gets 431. The head read is then handed to Pingora as
 //! the session's first bytes. HTTP/2 connections go to Pingora unchanged.
+//!
+//! Before the first head, on the same deadline, comes the TLS handshake ([`crate::tls`]): the
+//! listener is plain TCP to Pingora.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +18,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::listeners::tls::Acceptor;
 use pingora::protocols::http::v1::server::HttpSession as HttpSessionV1;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
@@ -25,6 +31,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 use crate::config::RequestHeadLimits;
 use crate::service::Proxy;
 use crate::state::State;
+use crate::tls;
 
 /// How long a kept-alive connection may wait for its next request (Pingora's own default).
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
@@ -39,14 +46,32 @@ pub struct GuardedProxy {
     inner: Arc<HttpProxy<Proxy>>,
     /// The limits come from the configuration in force when each head starts.
     state: Arc<State>,
+    /// The listener's TLS, unless `insecure_server`.
+    tls: Option<Acceptor>,
 }
 
 impl GuardedProxy {
-    pub fn new(inner: HttpProxy<Proxy>, state: Arc<State>) -> Self {
+    pub fn new(inner: HttpProxy<Proxy>, state: Arc<State>, tls: Option<Acceptor>) -> Self {
         Self {
             inner: Arc::new(inner),
             state,
+            tls,
         }
+    }
+
+    /// The connection up to its first request: the TLS handshake, by `deadline`. `None` when
+    /// the connection is to be closed.
+    async fn open(&self, stream: Stream, deadline: Instant) -> Option<Stream> {
+        let Some(acceptor) = &self.tls else {
+            return Some(stream);
+        };
+        // The listener is TCP: its connections are Pingora's L4 streams.
+        let l4 = match stream.into_any().downcast::<L4Stream>() {
+            Ok(l4) => *l4,
+            Err(_) => return None,
+        };
+        let failures = &self.state.metrics.tls_handshake_failures;
+        tls::handshake(acceptor, l4, deadline, failures).await
     }
 }
 
@@ -54,9 +79,13 @@ impl GuardedProxy {
 impl ServerApp for GuardedProxy {
     async fn process_new(
         self: &Arc<Self>,
-        mut stream: Stream,
+        stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let limits = self.state.runtime.load().config.request_head;
+        // Everything up to the first head's last byte is due by one deadline.
+        let first = Instant::now() + limits.timeout;
+        let mut stream = self.open(stream, first).await?;
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return ServerApp::process_new(&self.inner, stream, shutdown).await;
         }
@@ -64,7 +93,8 @@ impl ServerApp for GuardedProxy {
         let mut reused: Option<Option<HttpPersistentSettings>> = None;
         loop {
             let limits = self.state.runtime.load().config.request_head;
-            let head = match read_head(&mut stream, limits, reused.is_some()).await {
+            let deadline = reused.is_none().then_some(first);
+            let head = match read_head(&mut stream, limits, deadline).await {
                 Head::Complete(head) => head,
                 Head::TooLarge => {
                     refuse_too_large(stream).await;
@@ -125,9 +155,14 @@ enum Head {
     Closed,
 }
 
-async fn read_head(stream: &mut Stream, limits: RequestHeadLimits, reused: bool) -> Head {
+/// Reads a request head; it is due by `deadline` when one is given (a connection's first
+/// request), else within `request_header_timeout` of its first byte.
+async fn read_head(
+    stream: &mut Stream,
+    limits: RequestHeadLimits,
+    mut deadline: Option<Instant>,
+) -> Head {
     let mut buf = BytesMut::with_capacity(4096);
-    let mut deadline = (!reused).then(|| Instant::now() + limits.timeout);
     loop {
         let read = match deadline {
             Some(at) => timeout_at(at, stream.read_buf(&mut buf)).await,
