@@ -81,7 +81,9 @@ pub struct File {
     pub stream_recheck_interval: Field<String>,
     pub request_header_timeout: Field<String>,
     pub max_request_header_bytes: Field<u64>,
+    pub use_proxy_protocol: Field<bool>,
     pub xff_num_trusted_hops: Field<u64>,
+    pub trusted_proxies: Field<Vec<String>>,
     pub routes: Field<Vec<toml::Value>>,
     /// Keys that are not top-level keys (for "did you mean"); filled by [`File::from_table`].
     #[serde(skip)]

@@ -9,8 +9,9 @@
 //! larger than `max_request_header_bytes` gets 431. The head read is then handed to Pingora as
 //! the session's first bytes. HTTP/2 connections go to Pingora unchanged.
 //!
-//! Before the first head, on the same deadline, comes the TLS handshake ([`crate::tls`]): the
-//! listener is plain TCP to Pingora.
+//! Before the first head, on the same deadline, come the PROXY protocol header
+//! ([`crate::proxy_protocol`]) and the TLS handshake ([`crate::tls`]): the listener is plain
+//! TCP to Pingora.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,8 +28,10 @@ use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout, timeout_at, Instant};
+use tracing::debug;
 
-use crate::config::RequestHeadLimits;
+use crate::config::{Forwarding, RequestHeadLimits};
+use crate::proxy_protocol::{self, Header};
 use crate::service::Proxy;
 use crate::state::State;
 use crate::tls;
@@ -59,16 +62,39 @@ impl GuardedProxy {
         }
     }
 
-    /// The connection up to its first request: the TLS handshake, by `deadline`. `None` when
-    /// the connection is to be closed.
-    async fn open(&self, stream: Stream, deadline: Instant) -> Option<Stream> {
-        let Some(acceptor) = &self.tls else {
+    /// The connection up to its first request, by `deadline`: the PROXY protocol header (with
+    /// `use_proxy_protocol`), then the TLS handshake. `None` when the connection is to be
+    /// closed.
+    async fn open(
+        &self,
+        stream: Stream,
+        deadline: Instant,
+        forwarding: &Forwarding,
+    ) -> Option<Stream> {
+        if self.tls.is_none() && !forwarding.use_proxy_protocol {
             return Some(stream);
-        };
+        }
         // The listener is TCP: its connections are Pingora's L4 streams.
-        let l4 = match stream.into_any().downcast::<L4Stream>() {
+        let mut l4 = match stream.into_any().downcast::<L4Stream>() {
             Ok(l4) => *l4,
             Err(_) => return None,
+        };
+        if forwarding.use_proxy_protocol {
+            let peer = proxy_protocol::peer_ip(&l4);
+            let Some(header) = proxy_protocol::read_header(&mut l4, deadline).await else {
+                debug!(
+                    ?peer,
+                    "no valid PROXY protocol header in time: connection closed"
+                );
+                return None;
+            };
+            // From a peer outside `trusted_proxies` the header is read, but not believed.
+            if let (Header::Proxied(client), true) = (header, forwarding.trusts(peer)) {
+                proxy_protocol::set_client(&mut l4, client);
+            }
+        }
+        let Some(acceptor) = &self.tls else {
+            return Some(Box::new(l4));
         };
         let failures = &self.state.metrics.tls_handshake_failures;
         tls::handshake(acceptor, l4, deadline, failures).await
@@ -82,10 +108,12 @@ impl ServerApp for GuardedProxy {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let limits = self.state.runtime.load().config.request_head;
         // Everything up to the first head's last byte is due by one deadline.
-        let first = Instant::now() + limits.timeout;
-        let mut stream = self.open(stream, first).await?;
+        let runtime = self.state.runtime.load_full();
+        let first = Instant::now() + runtime.config.request_head.timeout;
+        let opened = self.open(stream, first, &runtime.config.forwarding).await;
+        drop(runtime);
+        let mut stream = opened?;
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return ServerApp::process_new(&self.inner, stream, shutdown).await;
         }
