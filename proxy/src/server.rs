@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -150,6 +151,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), String> {
     let metrics_address = config.metrics_address;
     let certificates = config.certificates.clone();
     let insecure = config.insecure_server;
+    let timeout_idle = config.timeout_idle;
     let state = Arc::new(State::new(config, sessions, metrics.clone())?);
     crate::upstream::health::spawn(&state.runtime.load().routes);
     metrics.reload_success.set(1);
@@ -174,12 +176,17 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let app = pingora::proxy::http_proxy(
+    let mut app = pingora::proxy::http_proxy(
         &server.configuration,
         Proxy {
             state: state.clone(),
         },
     );
+    // An idle HTTP/2 connection is closed after `timeout_idle` as read at start (an HTTP/1
+    // connection's wait follows reloads: `GuardedProxy`).
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(timeout_idle);
+    app.server_options = Some(options);
     // The listener is plain TCP to Pingora: `GuardedProxy` runs the TLS handshake.
     let acceptor = if insecure {
         None

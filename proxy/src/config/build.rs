@@ -47,6 +47,13 @@ pub(super) fn build(mut file: schema::File, base: &Path, errors: &mut Errors) ->
         "5s",
     );
     let request_head = request_head(&mut file, errors);
+    let timeout_idle = duration(errors, "timeout_idle", file.timeout_idle.take(), "60s");
+    let request_body_idle_timeout = duration(
+        errors,
+        "request_body_idle_timeout",
+        file.request_body_idle_timeout.take(),
+        "30s",
+    );
     let forwarding = forwarding(&mut file, errors);
     let routes = routes(&mut file, base, errors);
     let needs_sign_in = proxy_runs && routes.iter().any(|r| !r.policy.is_public());
@@ -72,12 +79,14 @@ pub(super) fn build(mut file: schema::File, base: &Path, errors: &mut Errors) ->
         show_error_details: logging.show_error_details,
         stream_recheck_interval,
         request_head,
+        timeout_idle,
+        request_body_idle_timeout,
         forwarding,
         routes,
     })
 }
 
-/// `request_header_timeout` and `max_request_header_bytes`.
+/// `request_header_timeout`, `max_request_header_bytes` and `max_request_headers`.
 fn request_head(file: &mut schema::File, errors: &mut Errors) -> RequestHeadLimits {
     let timeout = duration(
         errors,
@@ -96,12 +105,30 @@ fn request_head(file: &mut schema::File, errors: &mut Errors) -> RequestHeadLimi
             format!("{max_bytes} is out of range (1024 to {MAX_REQUEST_HEADER_BYTES} bytes)"),
         );
     }
+    let max_headers = errors.or(
+        "max_request_headers",
+        file.max_request_headers.take(),
+        DEFAULT_MAX_REQUEST_HEADERS,
+    );
+    if !(1..=MAX_REQUEST_HEADERS).contains(&max_headers) {
+        errors.push(
+            "max_request_headers",
+            format!("{max_headers} is out of range (1 to {MAX_REQUEST_HEADERS})"),
+        );
+    }
     RequestHeadLimits {
         timeout,
         max_bytes: usize::try_from(max_bytes.clamp(1024, MAX_REQUEST_HEADER_BYTES))
             .unwrap_or(usize::MAX),
+        max_headers: usize::try_from(max_headers.clamp(1, MAX_REQUEST_HEADERS))
+            .unwrap_or(usize::MAX),
     }
 }
+
+/// Envoy's default (and so Pomerium's).
+const DEFAULT_MAX_REQUEST_HEADERS: u64 = 100;
+/// Pingora parses no request head with more header fields.
+const MAX_REQUEST_HEADERS: u64 = 256;
 
 /// `use_proxy_protocol`, `xff_num_trusted_hops` and `trusted_proxies`.
 fn forwarding(file: &mut schema::File, errors: &mut Errors) -> Forwarding {

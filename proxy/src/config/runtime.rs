@@ -69,8 +69,14 @@ pub struct Config {
     /// (`stream_recheck_interval`), by the stream re-check.
     pub stream_recheck_interval: Duration,
     /// Request heads of hostile clients: how long the whole head may take to arrive
-    /// (`request_header_timeout`), and how large it may be (`max_request_header_bytes`).
+    /// (`request_header_timeout`), how large it may be (`max_request_header_bytes`) and how
+    /// many header fields it may have (`max_request_headers`).
     pub request_head: RequestHeadLimits,
+    /// `timeout_idle`: how long a client connection may wait for its next request (HTTP/1) or
+    /// stream (HTTP/2).
+    pub timeout_idle: Duration,
+    /// `request_body_idle_timeout`: how long a request body may stall between two reads.
+    pub request_body_idle_timeout: Duration,
     /// Which proxies in front of Portcullis are believed about the client's address.
     pub forwarding: Forwarding,
     pub routes: Vec<Route>,
@@ -83,6 +89,8 @@ pub struct RequestHeadLimits {
     pub timeout: Duration,
     /// The request line and header fields together, in bytes; a larger head gets 431.
     pub max_bytes: usize,
+    /// The number of header fields; a head with more gets 431.
+    pub max_headers: usize,
 }
 
 /// Which proxies in front of Portcullis are believed about the client's address, and how.
