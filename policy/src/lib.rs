@@ -79,6 +79,7 @@ mod time;
 
 pub use error::PolicyError;
 pub use identity::{Claim, Identity};
+pub use net::{Cidr, CidrError};
 
 use criterion::Criterion;
 

@@ -1,21 +1,34 @@
-//! IP networks for `source_ip`.
+//! IP networks, for `source_ip` (and, in the proxy, for its list of trusted proxies).
 
 use std::fmt;
 use std::net::IpAddr;
 
-/// An IPv4 or IPv6 network; a bare address is a /32 or /128.
+/// An IPv4 or IPv6 network (`10.0.0.0/8`, `2001:db8::/32`); a bare address is a /32 or /128.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Cidr {
+pub struct Cidr(Network);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Network {
     V4 { network: u32, mask: u32 },
     V6 { network: u128, mask: u128 },
 }
 
 /// Why a network did not parse.
 #[derive(Debug)]
-pub(crate) enum CidrError {
+#[non_exhaustive]
+pub enum CidrError {
+    /// The part before `/` is no IP address.
     Address,
-    Prefix { max: u8 },
-    HostBits { suggestion: String },
+    /// The prefix length is not a number up to `max` (32 or 128).
+    Prefix {
+        /// 32 or 128.
+        max: u8,
+    },
+    /// The address has bits set past the prefix (`10.0.0.1/8`).
+    HostBits {
+        /// The network the text probably meant.
+        suggestion: String,
+    },
 }
 
 impl fmt::Display for CidrError {
@@ -30,8 +43,12 @@ impl fmt::Display for CidrError {
     }
 }
 
+impl std::error::Error for CidrError {}
+
 impl Cidr {
-    pub(crate) fn parse(text: &str) -> Result<Cidr, CidrError> {
+    /// Parses `address/prefix` or a bare address. An address with bits set past the prefix is
+    /// refused: it is more often a typo than meant.
+    pub fn parse(text: &str) -> Result<Cidr, CidrError> {
         let (addr, prefix) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (text, None),
@@ -55,7 +72,7 @@ impl Cidr {
                         suggestion: format!("{net}/{len}"),
                     });
                 }
-                Cidr::V4 {
+                Network::V4 {
                     network: bits,
                     mask,
                 }
@@ -69,25 +86,25 @@ impl Cidr {
                         suggestion: format!("{net}/{len}"),
                     });
                 }
-                Cidr::V6 {
+                Network::V6 {
                     network: bits,
                     mask,
                 }
             }
         };
-        Ok(cidr)
+        Ok(Cidr(cidr))
     }
 
     /// Whether `ip` is in this network. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) match
     /// IPv4 networks, and IPv4 addresses match IPv6 networks through their mapped form.
-    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
-        match (*self, ip) {
-            (Cidr::V4 { network, mask }, IpAddr::V4(a)) => u32::from(a) & mask == network,
-            (Cidr::V4 { network, mask }, IpAddr::V6(a)) => a
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.0, ip) {
+            (Network::V4 { network, mask }, IpAddr::V4(a)) => u32::from(a) & mask == network,
+            (Network::V4 { network, mask }, IpAddr::V6(a)) => a
                 .to_ipv4_mapped()
                 .is_some_and(|a| u32::from(a) & mask == network),
-            (Cidr::V6 { network, mask }, IpAddr::V6(a)) => u128::from(a) & mask == network,
-            (Cidr::V6 { network, mask }, IpAddr::V4(a)) => {
+            (Network::V6 { network, mask }, IpAddr::V6(a)) => u128::from(a) & mask == network,
+            (Network::V6 { network, mask }, IpAddr::V4(a)) => {
                 u128::from(a.to_ipv6_mapped()) & mask == network
             }
         }

@@ -28,7 +28,7 @@ pub async fn decide(
     request::validate(
         session,
         state.tls,
-        runtime.config.xff_num_trusted_hops,
+        &runtime.config.forwarding,
         &mut ctx.request,
     )?;
 

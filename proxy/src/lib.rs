@@ -22,8 +22,10 @@
 //! - [`observe`]: metrics, the access and refusal log lines, the log writer;
 //! - [`state`]: what is built once and shared (the runtime a reload swaps);
 //! - [`config`]: the configuration file and its validated runtime form;
-//! - [`server`], [`shutdown`], [`reload`], [`tls`], [`databroker`]: start-up, signals, hot
-//!   reload, certificates, and the session store a proxy uses;
+//! - [`server`], [`shutdown`], [`reload`], [`databroker`]: start-up, signals, hot reload, and
+//!   the session store a proxy uses;
+//! - before any request, a connection's [`proxy_protocol`] header and [`tls`] handshake, run by
+//!   `request::head`;
 //! - [`seed`], [`policy_test`]: the `sessions seed` and `policy test` commands.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -37,6 +39,7 @@ pub mod decide;
 pub mod identity_manager;
 pub mod observe;
 pub mod policy_test;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod request;
 pub mod respond;

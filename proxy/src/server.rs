@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::TlsAccept;
+use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -23,7 +22,7 @@ use crate::request::head::GuardedProxy;
 use crate::service::Proxy;
 use crate::sessions::SessionCache;
 use crate::state::State;
-use crate::tls::SniResolver;
+use crate::tls::{self, SniResolver};
 
 /// How long a shutdown waits for in-flight requests at most.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,10 +50,6 @@ impl ShutdownSignalWatch for Signals {
         ShutdownSignal::GracefulTerminate
     }
 }
-
-/// No TLS callbacks: certificates come from the SNI resolver.
-struct NoCallbacks;
-impl TlsAccept for NoCallbacks {}
 
 /// Background work: IdP discovery, the session follower, readiness.
 struct Background {
@@ -156,6 +151,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), String> {
     let metrics_address = config.metrics_address;
     let certificates = config.certificates.clone();
     let insecure = config.insecure_server;
+    let timeout_idle = config.timeout_idle;
     let state = Arc::new(State::new(config, sessions, metrics.clone())?);
     crate::upstream::health::spawn(&state.runtime.load().routes);
     metrics.reload_success.set(1);
@@ -180,27 +176,28 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let app = pingora::proxy::http_proxy(
+    let mut app = pingora::proxy::http_proxy(
         &server.configuration,
         Proxy {
             state: state.clone(),
         },
     );
+    // An idle HTTP/2 connection is closed after `timeout_idle` as read at start (an HTTP/1
+    // connection's wait follows reloads: `GuardedProxy`).
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(timeout_idle);
+    app.server_options = Some(options);
+    // The listener is plain TCP to Pingora: `GuardedProxy` runs the TLS handshake.
+    let acceptor = if insecure {
+        None
+    } else {
+        Some(tls::acceptor(SniResolver::load(&certificates)?)?)
+    };
     let mut proxy = Service::new(
         "portcullis proxy".to_string(),
-        GuardedProxy::new(app, state.clone()),
+        GuardedProxy::new(app, state.clone(), acceptor),
     );
-    let listen = address.to_string();
-    if insecure {
-        proxy.add_tcp(&listen);
-    } else {
-        let resolver = SniResolver::load(&certificates)?;
-        let mut tls =
-            TlsSettings::with_callbacks(Box::new(NoCallbacks)).map_err(|e| format!("TLS: {e}"))?;
-        tls.set_cert_resolver(Arc::new(resolver));
-        tls.enable_h2();
-        proxy.add_tls_with_settings(&listen, None, tls);
-    }
+    proxy.add_tcp(&address.to_string());
     server.add_service(proxy);
 
     if let Some(addr) = metrics_address {

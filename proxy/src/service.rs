@@ -161,6 +161,10 @@ impl ProxyHttp for Proxy {
             &route.set_response_headers,
             self.state.tls,
         )?;
+        if upstream_response.status == 101 {
+            // An upgraded connection is a stream: the client may be silent for a long while.
+            session.set_read_timeout(Some(route.idle_timeout));
+        }
         let protected = !route.policy.is_public();
         let body = body_kind(session.req_header(), upstream_response);
         if body.is_some_and(|b| b != BodyKind::Sized) {

@@ -1,9 +1,12 @@
-//! Hostile clients: a request head sent too slowly is cut, a head too large gets 431, and a
+//! Hostile clients: a request head sent too slowly is cut, a head too large or with too many
+//! fields gets 431, an idle kept-alive connection and a stalled request body are cut, and a
 //! client that half-closes after a complete request still gets its answer.
 
 use std::time::{Duration, Instant};
 
-use portcullis_harness::{ends_within, raw_request, read_head, TestEnv, Upstream, LOOPBACK};
+use portcullis_harness::{
+    echoes, ends_within, raw_request, read_head, stream_upstream, TestEnv, Upstream, LOOPBACK,
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -194,4 +197,93 @@ async fn a_request_followed_by_the_clients_half_close_is_answered() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     assert!(answer.contains("/half"), "the whole answer: {answer}");
+}
+
+#[tokio::test]
+async fn more_than_100_header_fields_get_431() {
+    // A head with `fields` header fields, `Host` and `Connection` among them.
+    let request = |env: &TestEnv, fields: usize| {
+        let extra: String = (0..fields - 2)
+            .map(|i| format!("X-H{i}: {i}\r\n"))
+            .collect();
+        format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\n{extra}Connection: close\r\n\r\n",
+            host(env)
+        )
+    };
+    let env = env_with("", None).await;
+    let (status, text) = raw_request(env.port, &request(&env, 101)).await;
+    assert_eq!(status, 431, "{}", &text[..text.len().min(300)]);
+    assert!(env.upstream.requests().is_empty());
+    let (status, text) = raw_request(env.port, &request(&env, 100)).await;
+    assert_eq!(status, 200, "{}", &text[..text.len().min(300)]);
+    assert_eq!(env.upstream.requests().len(), 1);
+
+    let env = env_with("max_request_headers = 10", None).await;
+    let (status, _) = raw_request(env.port, &request(&env, 11)).await;
+    assert_eq!(status, 431);
+    let (status, text) = raw_request(env.port, &request(&env, 10)).await;
+    assert_eq!(status, 200, "{text}");
+}
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed_after_timeout_idle() {
+    let env = env_with(r#"timeout_idle = "1s""#, None).await;
+    let mut stream = TcpStream::connect((LOOPBACK, env.port)).await.unwrap();
+    let request = format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", host(&env));
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let closed = ends_within(&mut stream, Duration::from_secs(10)).await;
+    assert!(
+        closed.is_some_and(|t| t > Duration::from_millis(700) && t < Duration::from_secs(3)),
+        "closed after {closed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_body_that_stalls_gets_408() {
+    let env = env_with(r#"request_body_idle_timeout = "1s""#, None).await;
+    let mut stream = TcpStream::connect((LOOPBACK, env.port)).await.unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: {}\r\nContent-Length: 100\r\n\r\n",
+        host(&env)
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // Bytes that keep coming, however slowly, keep the request alive...
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        stream.write_all(&[b'a'; 5]).await.unwrap();
+    }
+    // ...a stall longer than the timeout ends it.
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let ended =
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let after = started.elapsed();
+    assert!(ended.is_ok(), "the stalled request's connection is closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(after < Duration::from_secs(3), "closed after {after:?}");
+    // The upstream never got the whole body: its side of the request was cut too.
+    let requests = env.upstream.requests();
+    assert!(requests.iter().all(|r| r.body.len() < 100), "{requests:?}");
+}
+
+#[tokio::test]
+async fn a_silent_websocket_client_is_not_held_to_the_body_idle_timeout() {
+    // Once upgraded, the connection lives by the route's `idle_timeout`.
+    let port = stream_upstream().await;
+    let env = TestEnv::app_admin_public(env!("CARGO_BIN_EXE_portcullis"))
+        .config(r#"request_body_idle_timeout = "1s""#)
+        .route(&format!(
+            "from = \"http://live.localhost\"\nto = \"http://127.0.0.1:{port}\"\n\
+             allow_websockets = true\nallow_public_unauthenticated_access = true"
+        ))
+        .start()
+        .await;
+    let mut ws = env.open_websocket("live", "/chat", None).await;
+    assert!(echoes(&mut ws, b"hello").await, "{}", env.logs());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(echoes(&mut ws, b"still here").await, "{}", env.logs());
 }

@@ -1,8 +1,14 @@
-//! End to end over TLS: certificates chosen by SNI, HTTP/2 by ALPN, `Secure` session cookies.
+//! End to end over TLS: certificates chosen by SNI, HTTP/2 by ALPN, `Secure` session cookies,
+//! the server's order of cipher suites, and the handshake held to the head deadline.
 
 use std::path::Path;
+use std::time::Duration;
 
-use portcullis_harness::{write_self_signed as write_cert, Browser, TestEnv};
+use portcullis_harness::{
+    ends_within, write_self_signed as write_cert, Browser, TestEnv, TlsClient, LOOPBACK,
+};
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
@@ -89,4 +95,99 @@ allow_public_unauthenticated_access = true"#,
     let page = b.get(&app_url).await;
     assert_eq!(page.status(), 200);
     assert_eq!(page.version(), reqwest::Version::HTTP_2);
+}
+
+/// The server picks the cipher suite by its own order of preference (AES-GCM before
+/// ChaCha20, AES-256 before AES-128), whatever order the client offers them in.
+#[tokio::test]
+async fn the_server_chooses_the_cipher_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_cert(dir.path(), "app", &["public.localhost"]);
+    let env = TestEnv::builder(BIN)
+        .tls_certificate(&cert, &key)
+        .route(
+            r#"from = "https://public.localhost"
+to = "{upstream}"
+allow_public_unauthenticated_access = true"#,
+        )
+        .start()
+        .await;
+    let root = std::fs::read(&cert).unwrap();
+    let client = TlsClient::new(env.port, "public.localhost", &root).alpn(&["h2", "http/1.1"]);
+    for (offer, expected) in [
+        (
+            &["TLS13_CHACHA20_POLY1305_SHA256", "TLS13_AES_128_GCM_SHA256"][..],
+            "TLS13_AES_128_GCM_SHA256",
+        ),
+        (
+            &["TLS13_AES_128_GCM_SHA256", "TLS13_CHACHA20_POLY1305_SHA256"][..],
+            "TLS13_AES_128_GCM_SHA256",
+        ),
+        (
+            &[
+                "TLS13_CHACHA20_POLY1305_SHA256",
+                "TLS13_AES_128_GCM_SHA256",
+                "TLS13_AES_256_GCM_SHA384",
+            ][..],
+            "TLS13_AES_256_GCM_SHA384",
+        ),
+        (
+            &[
+                "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+                "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            ][..],
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        ),
+        (
+            &[
+                "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+                "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+            ][..],
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        ),
+    ] {
+        let (_, negotiated) = client.clone().suites(offer).connect().await.unwrap();
+        assert_eq!(negotiated.suite, expected, "offered {offer:?}");
+        // The listener still offers HTTP/2 first, over TLS 1.2 too.
+        assert_eq!(negotiated.alpn.as_deref(), Some("h2"), "offered {offer:?}");
+    }
+}
+
+/// The TLS handshake is part of the first request head's time: a client that starts one and
+/// stalls is cut at `request_header_timeout`, and counted as a failed handshake.
+#[tokio::test]
+async fn a_stalled_handshake_is_cut_at_the_head_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_cert(dir.path(), "app", &["public.localhost"]);
+    let env = TestEnv::builder(BIN)
+        .tls_certificate(&cert, &key)
+        .config(r#"request_header_timeout = "2s""#)
+        .route(
+            r#"from = "https://public.localhost"
+to = "{upstream}"
+allow_public_unauthenticated_access = true"#,
+        )
+        .start()
+        .await;
+    let failures = "portcullis_tls_handshake_failures_total";
+    // The readiness probes (bare TCP connections) may be counted late: let them settle.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = env.proxy.metric(failures).await.unwrap_or(0.0);
+    let mut stalled = TcpStream::connect((LOOPBACK, env.port)).await.unwrap();
+    // The first bytes of a ClientHello record, and nothing more.
+    stalled.write_all(&[0x16, 0x03, 0x01, 0x02]).await.unwrap();
+    let cut = ends_within(&mut stalled, Duration::from_secs(8)).await;
+    assert!(
+        cut.is_some_and(|t| t > Duration::from_millis(1500) && t < Duration::from_secs(4)),
+        "cut after {cut:?}"
+    );
+    let mut after = before;
+    for _ in 0..20 {
+        after = env.proxy.metric(failures).await.unwrap_or(0.0);
+        if after > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(after, before + 1.0, "{}", env.logs());
 }

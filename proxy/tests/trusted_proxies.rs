@@ -135,3 +135,52 @@ async fn by_default_forwarding_headers_are_not_believed() {
         env.logs()
     );
 }
+
+#[tokio::test]
+async fn x_forwarded_for_is_believed_only_from_a_peer_in_trusted_proxies() {
+    // One trusted hop, but the peer (127.0.0.1) is outside the list: not believed, and the
+    // client's forwarding headers are replaced as from anyone else.
+    let env = start(
+        r#"xff_num_trusted_hops = 1
+trusted_proxies = ["10.0.0.0/8", "::1/128"]"#,
+    )
+    .await;
+    let headers = "X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n";
+    assert_ne!(status(&env, "ip", headers).await, 200, "{}", env.logs());
+    assert_eq!(
+        forwarded(&env, headers).await,
+        ("127.0.0.1".to_owned(), "http".to_owned())
+    );
+
+    // The peer in the list: the hop is believed.
+    let env = start(
+        r#"xff_num_trusted_hops = 1
+trusted_proxies = ["127.0.0.0/8"]"#,
+    )
+    .await;
+    assert_eq!(status(&env, "ip", headers).await, 200, "{}", env.logs());
+    assert_eq!(
+        forwarded(&env, headers).await,
+        ("203.0.113.7, 127.0.0.1".to_owned(), "https".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn without_a_hop_count_the_client_is_the_first_address_not_trusted() {
+    // From the right, every address in the list is a proxy; the first one that is not is the
+    // client, and what stands before it is not believed.
+    let env = start(r#"trusted_proxies = ["127.0.0.1/32", "198.51.100.0/24"]"#).await;
+    for (xff, expected) in [
+        ("203.0.113.7", 200),
+        ("203.0.113.7, 198.51.100.9", 200),
+        ("203.0.113.7, 198.51.100.9, 198.51.100.10", 200),
+        ("203.0.113.7, 192.0.2.1, 198.51.100.9", 403),
+        ("192.0.2.1, 203.0.113.7", 200),
+        ("unknown, 198.51.100.9", 403),
+    ] {
+        let headers = format!("X-Forwarded-For: {xff}\r\nAccept: application/json\r\n");
+        let got = status(&env, "ip", &headers).await;
+        assert_eq!(got == 200, expected == 200, "{xff}: {got}\n{}", env.logs());
+    }
+    assert!(logged_ip(&env, "203.0.113.7").await, "{}", env.logs());
+}

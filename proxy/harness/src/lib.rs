@@ -54,6 +54,7 @@ mod raw;
 mod raw_upstream;
 mod response;
 pub mod route;
+mod tls_client;
 mod upstream;
 
 use std::collections::HashSet;
@@ -74,6 +75,7 @@ pub use crate::raw::{
 };
 pub use crate::raw_upstream::{echo, raw_upstream, stream_upstream};
 pub use crate::response::{location, metric, query_param, set_cookies};
+pub use crate::tls_client::{Negotiated, TlsClient};
 pub use crate::upstream::{RecordedRequest, Responder, Upstream, UpstreamBuilder};
 
 /// The loopback address everything listens on.

@@ -235,7 +235,10 @@ async fn accept_loop(
                 let tls = tls.clone();
                 connections.spawn(async move {
                     let service = service_fn(move |req| handle(req, peer, state.clone()));
-                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    // More header fields than the proxy lets through (hyper's default is 100,
+                    // and the proxy adds its forwarding headers to a client's 100).
+                    builder.http1().max_headers(256);
                     match tls {
                         Some(acceptor) => {
                             let Ok(stream) = acceptor.accept(stream).await else { return };

@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 
 use http::header::HeaderName;
 use portcullis_auth::Secret;
+use portcullis_policy::Cidr;
 use url::Url;
 
 use super::errors::Errors;
 use super::route::build_route;
 use super::runtime::{
-    Config, CookieSettings, DatabrokerSettings, IdpSettings, LogFormat, RequestHeadLimits, Route,
-    SameSite, ServiceUrl, Services, StorageType,
+    Config, CookieSettings, DatabrokerSettings, Forwarding, IdpSettings, LogFormat,
+    RequestHeadLimits, Route, SameSite, ServiceUrl, Services, StorageType,
 };
 use super::schema::{self, top_level_keys};
 use super::tls::signing_key;
@@ -46,8 +47,14 @@ pub(super) fn build(mut file: schema::File, base: &Path, errors: &mut Errors) ->
         "5s",
     );
     let request_head = request_head(&mut file, errors);
-    let xff_num_trusted_hops =
-        errors.or("xff_num_trusted_hops", file.xff_num_trusted_hops.take(), 0);
+    let timeout_idle = duration(errors, "timeout_idle", file.timeout_idle.take(), "60s");
+    let request_body_idle_timeout = duration(
+        errors,
+        "request_body_idle_timeout",
+        file.request_body_idle_timeout.take(),
+        "30s",
+    );
+    let forwarding = forwarding(&mut file, errors);
     let routes = routes(&mut file, base, errors);
     let needs_sign_in = proxy_runs && routes.iter().any(|r| !r.policy.is_public());
     let idp = idp.settings(needs_sign_in, errors);
@@ -72,12 +79,14 @@ pub(super) fn build(mut file: schema::File, base: &Path, errors: &mut Errors) ->
         show_error_details: logging.show_error_details,
         stream_recheck_interval,
         request_head,
-        xff_num_trusted_hops: usize::try_from(xff_num_trusted_hops).unwrap_or(usize::MAX),
+        timeout_idle,
+        request_body_idle_timeout,
+        forwarding,
         routes,
     })
 }
 
-/// `request_header_timeout` and `max_request_header_bytes`.
+/// `request_header_timeout`, `max_request_header_bytes` and `max_request_headers`.
 fn request_head(file: &mut schema::File, errors: &mut Errors) -> RequestHeadLimits {
     let timeout = duration(
         errors,
@@ -96,10 +105,47 @@ fn request_head(file: &mut schema::File, errors: &mut Errors) -> RequestHeadLimi
             format!("{max_bytes} is out of range (1024 to {MAX_REQUEST_HEADER_BYTES} bytes)"),
         );
     }
+    let max_headers = errors.or(
+        "max_request_headers",
+        file.max_request_headers.take(),
+        DEFAULT_MAX_REQUEST_HEADERS,
+    );
+    if !(1..=MAX_REQUEST_HEADERS).contains(&max_headers) {
+        errors.push(
+            "max_request_headers",
+            format!("{max_headers} is out of range (1 to {MAX_REQUEST_HEADERS})"),
+        );
+    }
     RequestHeadLimits {
         timeout,
         max_bytes: usize::try_from(max_bytes.clamp(1024, MAX_REQUEST_HEADER_BYTES))
             .unwrap_or(usize::MAX),
+        max_headers: usize::try_from(max_headers.clamp(1, MAX_REQUEST_HEADERS))
+            .unwrap_or(usize::MAX),
+    }
+}
+
+/// Envoy's default (and so Pomerium's).
+const DEFAULT_MAX_REQUEST_HEADERS: u64 = 100;
+/// Pingora parses no request head with more header fields.
+const MAX_REQUEST_HEADERS: u64 = 256;
+
+/// `use_proxy_protocol`, `xff_num_trusted_hops` and `trusted_proxies`.
+fn forwarding(file: &mut schema::File, errors: &mut Errors) -> Forwarding {
+    let use_proxy_protocol = errors.or("use_proxy_protocol", file.use_proxy_protocol.take(), false);
+    let hops = errors.or("xff_num_trusted_hops", file.xff_num_trusted_hops.take(), 0);
+    let listed = errors.or("trusted_proxies", file.trusted_proxies.take(), Vec::new());
+    let mut trusted_proxies = Vec::with_capacity(listed.len());
+    for (i, raw) in listed.iter().enumerate() {
+        match Cidr::parse(raw) {
+            Ok(net) => trusted_proxies.push(net),
+            Err(e) => errors.push(format!("trusted_proxies[{i}]"), format!("{raw:?}: {e}")),
+        }
+    }
+    Forwarding {
+        use_proxy_protocol,
+        xff_num_trusted_hops: usize::try_from(hops).unwrap_or(usize::MAX),
+        trusted_proxies,
     }
 }
 

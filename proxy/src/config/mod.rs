@@ -21,9 +21,9 @@ use std::path::Path;
 
 pub use errors::{ConfigError, ConfigErrors};
 pub use runtime::{
-    Config, CookieSettings, DatabrokerSettings, FromMatcher, HeaderTemplate, HealthCheck,
-    HostPattern, IdpSettings, LogFormat, PathMatcher, RequestHeadLimits, Route, SameSite,
-    ServiceUrl, Services, StorageType, TemplatePart, Upstream, UpstreamTls,
+    Config, CookieSettings, DatabrokerSettings, Forwarding, FromMatcher, HeaderTemplate,
+    HealthCheck, HostPattern, IdpSettings, LogFormat, PathMatcher, RequestHeadLimits, Route,
+    SameSite, ServiceUrl, Services, StorageType, TemplatePart, Upstream, UpstreamTls,
 };
 
 use build::build;

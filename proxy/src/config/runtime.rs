@@ -1,7 +1,7 @@
 //! The validated runtime configuration: what the proxy reads while serving.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use http::header::{HeaderName, HeaderValue};
 use pingora::protocols::tls::CaType;
 use pingora::utils::tls::CertKey;
 use portcullis_auth::Secret;
-use portcullis_policy::Policy;
+use portcullis_policy::{Cidr, Policy};
 use regex::Regex;
 use url::Url;
 
@@ -69,11 +69,16 @@ pub struct Config {
     /// (`stream_recheck_interval`), by the stream re-check.
     pub stream_recheck_interval: Duration,
     /// Request heads of hostile clients: how long the whole head may take to arrive
-    /// (`request_header_timeout`), and how large it may be (`max_request_header_bytes`).
+    /// (`request_header_timeout`), how large it may be (`max_request_header_bytes`) and how
+    /// many header fields it may have (`max_request_headers`).
     pub request_head: RequestHeadLimits,
-    /// How many proxies in front of Portcullis are trusted (`xff_num_trusted_hops`): with
-    /// N > 0 the client's address is the Nth from the right of the `X-Forwarded-For` received.
-    pub xff_num_trusted_hops: usize,
+    /// `timeout_idle`: how long a client connection may wait for its next request (HTTP/1) or
+    /// stream (HTTP/2).
+    pub timeout_idle: Duration,
+    /// `request_body_idle_timeout`: how long a request body may stall between two reads.
+    pub request_body_idle_timeout: Duration,
+    /// Which proxies in front of Portcullis are believed about the client's address.
+    pub forwarding: Forwarding,
     pub routes: Vec<Route>,
 }
 
@@ -84,6 +89,39 @@ pub struct RequestHeadLimits {
     pub timeout: Duration,
     /// The request line and header fields together, in bytes; a larger head gets 431.
     pub max_bytes: usize,
+    /// The number of header fields; a head with more gets 431.
+    pub max_headers: usize,
+}
+
+/// Which proxies in front of Portcullis are believed about the client's address, and how.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Forwarding {
+    /// `use_proxy_protocol`: every connection starts with a PROXY protocol header (v1 or v2).
+    pub use_proxy_protocol: bool,
+    /// `xff_num_trusted_hops`: with N > 0, the client's address is the Nth from the right of
+    /// the `X-Forwarded-For` received.
+    pub xff_num_trusted_hops: usize,
+    /// `trusted_proxies`: the only peers whose PROXY header and forwarding headers are
+    /// believed (none listed: every peer). With no hop count, `X-Forwarded-For` is read from
+    /// the right past these addresses.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+impl Forwarding {
+    /// Whether `peer` may speak for the client: it is in `trusted_proxies`, or none are listed.
+    pub fn trusts(&self, peer: Option<IpAddr>) -> bool {
+        self.trusted_proxies.is_empty() || peer.is_some_and(|ip| self.lists(ip))
+    }
+
+    /// Whether `X-Forwarded-For` (and a valid `X-Forwarded-Proto`) from `peer` are believed.
+    pub fn believes_forwarded_for(&self, peer: Option<IpAddr>) -> bool {
+        (self.xff_num_trusted_hops > 0 || !self.trusted_proxies.is_empty()) && self.trusts(peer)
+    }
+
+    /// Whether `ip` is in `trusted_proxies`.
+    pub fn lists(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(ip))
+    }
 }
 
 impl Config {

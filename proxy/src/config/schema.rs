@@ -81,7 +81,12 @@ pub struct File {
     pub stream_recheck_interval: Field<String>,
     pub request_header_timeout: Field<String>,
     pub max_request_header_bytes: Field<u64>,
+    pub max_request_headers: Field<u64>,
+    pub timeout_idle: Field<String>,
+    pub request_body_idle_timeout: Field<String>,
+    pub use_proxy_protocol: Field<bool>,
     pub xff_num_trusted_hops: Field<u64>,
+    pub trusted_proxies: Field<Vec<String>>,
     pub routes: Field<Vec<toml::Value>>,
     /// Keys that are not top-level keys (for "did you mean"); filled by [`File::from_table`].
     #[serde(skip)]
@@ -236,6 +241,8 @@ pub const STRING_KEYS: &[&str] = &[
     "log_format",
     "stream_recheck_interval",
     "request_header_timeout",
+    "timeout_idle",
+    "request_body_idle_timeout",
 ];
 
 // === impl Field ===

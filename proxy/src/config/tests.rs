@@ -354,31 +354,125 @@ fn request_head_limits_default_parse_and_name_themselves_in_errors() {
     let c = load(&base()).unwrap();
     assert_eq!(c.request_head.timeout, Duration::from_secs(30));
     assert_eq!(c.request_head.max_bytes, 65536);
+    assert_eq!(c.request_head.max_headers, 100);
     let c = load(&format!(
-        "{}\nrequest_header_timeout = \"2s\"\nmax_request_header_bytes = 8192\n",
+        "{}\nrequest_header_timeout = \"2s\"\nmax_request_header_bytes = 8192\nmax_request_headers = 20\n",
         base()
     ))
     .unwrap();
     assert_eq!(c.request_head.timeout, Duration::from_secs(2));
     assert_eq!(c.request_head.max_bytes, 8192);
+    assert_eq!(c.request_head.max_headers, 20);
     let c = load_env(
         &base(),
         &[
             ("PORTCULLIS_REQUEST_HEADER_TIMEOUT", "10s"),
             ("PORTCULLIS_MAX_REQUEST_HEADER_BYTES", "4096"),
+            ("PORTCULLIS_MAX_REQUEST_HEADERS", "50"),
         ],
     )
     .unwrap();
     assert_eq!(c.request_head.timeout, Duration::from_secs(10));
     assert_eq!(c.request_head.max_bytes, 4096);
+    assert_eq!(c.request_head.max_headers, 50);
     for (key, bad) in [
         ("request_header_timeout", "\"soon\""),
         ("request_header_timeout", "\"0s\""),
         ("max_request_header_bytes", "100"),
         ("max_request_header_bytes", "2000000"),
         ("max_request_header_bytes", "\"64k\""),
+        ("max_request_headers", "0"),
+        ("max_request_headers", "257"),
+        ("max_request_headers", "\"many\""),
     ] {
         let errs = errors(&format!("{}\n{key} = {bad}\n", base())).join("\n");
         assert!(errs.contains(&format!("{key}: ")), "{key} = {bad}: {errs}");
+    }
+}
+
+#[test]
+fn forwarding_defaults_parse_and_name_themselves_in_errors() {
+    let c = load(&base()).unwrap();
+    assert_eq!(c.forwarding, Forwarding::default());
+    assert!(!c.forwarding.use_proxy_protocol);
+    let c = load(&format!(
+        "{}\nuse_proxy_protocol = true\nxff_num_trusted_hops = 2\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\", \"2001:db8::/32\"]\n",
+        base()
+    ))
+    .unwrap();
+    let f = &c.forwarding;
+    assert!(f.use_proxy_protocol);
+    assert_eq!(f.xff_num_trusted_hops, 2);
+    assert_eq!(f.trusted_proxies.len(), 3);
+    for (ip, listed) in [
+        ("10.1.2.3", true),
+        ("127.0.0.1", true),
+        ("127.0.0.2", false),
+        ("2001:db8::1", true),
+        ("192.0.2.1", false),
+    ] {
+        assert_eq!(f.lists(ip.parse().unwrap()), listed, "{ip}");
+    }
+    let c = load_env(
+        &base(),
+        &[
+            ("PORTCULLIS_USE_PROXY_PROTOCOL", "true"),
+            ("PORTCULLIS_TRUSTED_PROXIES", "[\"192.0.2.0/24\"]"),
+        ],
+    )
+    .unwrap();
+    assert!(c.forwarding.use_proxy_protocol);
+    assert!(c.forwarding.lists("192.0.2.7".parse().unwrap()));
+    let errs = errors(&format!(
+        "{}\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.1/8\", \"nonsense\", \"10.0.0.0/33\"]\n",
+        base()
+    ))
+    .join("\n");
+    assert!(!errs.contains("trusted_proxies[0]"), "{errs}");
+    assert!(
+        errs.contains("trusted_proxies[1]: \"10.0.0.1/8\": host bits are set"),
+        "{errs}"
+    );
+    assert!(errs.contains("trusted_proxies[2]: \"nonsense\""), "{errs}");
+    assert!(
+        errs.contains("trusted_proxies[3]: \"10.0.0.0/33\""),
+        "{errs}"
+    );
+    for (key, bad) in [
+        ("trusted_proxies", "\"10.0.0.0/8\""),
+        ("use_proxy_protocol", "\"yes\""),
+    ] {
+        let errs = errors(&format!("{}\n{key} = {bad}\n", base())).join("\n");
+        assert!(errs.contains(&format!("{key}: ")), "{key} = {bad}: {errs}");
+    }
+}
+
+#[test]
+fn connection_timeouts_default_parse_and_name_themselves_in_errors() {
+    let c = load(&base()).unwrap();
+    assert_eq!(c.timeout_idle, Duration::from_secs(60));
+    assert_eq!(c.request_body_idle_timeout, Duration::from_secs(30));
+    let c = load(&format!(
+        "{}\ntimeout_idle = \"5m\"\nrequest_body_idle_timeout = \"10s\"\n",
+        base()
+    ))
+    .unwrap();
+    assert_eq!(c.timeout_idle, Duration::from_secs(300));
+    assert_eq!(c.request_body_idle_timeout, Duration::from_secs(10));
+    let c = load_env(
+        &base(),
+        &[
+            ("PORTCULLIS_TIMEOUT_IDLE", "2s"),
+            ("PORTCULLIS_REQUEST_BODY_IDLE_TIMEOUT", "3s"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.timeout_idle, Duration::from_secs(2));
+    assert_eq!(c.request_body_idle_timeout, Duration::from_secs(3));
+    for key in ["timeout_idle", "request_body_idle_timeout"] {
+        for bad in ["\"soon\"", "\"0s\"", "30"] {
+            let errs = errors(&format!("{}\n{key} = {bad}\n", base())).join("\n");
+            assert!(errs.contains(&format!("{key}: ")), "{key} = {bad}: {errs}");
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! route host.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use http::Response;
@@ -24,16 +24,6 @@ const KEPT_STATUSES: [u16; 11] = [200, 201, 204, 301, 302, 304, 401, 403, 404, 5
 
 /// The decision outcomes whose series are kept: those of the requests a proxy sees most.
 const KEPT_OUTCOMES: [&str; 4] = ["allow", "public", "deny", "sign_in"];
-
-/// Failed TLS handshakes on the proxy listener, counted where Pingora logs them
-/// ([`crate::observe::pingora_log`]): process-wide, as that log is.
-pub static TLS_HANDSHAKE_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
-    IntCounter::new(
-        "portcullis_tls_handshake_failures_total",
-        "TLS handshakes on the proxy listener that failed or timed out",
-    )
-    .expect("a valid metric name and help")
-});
 
 /// Every metric Portcullis exports.
 pub struct Metrics {
@@ -65,6 +55,8 @@ pub struct Metrics {
     /// Websockets and streamed responses closed because their authorization ended, by reason
     /// (`signed_out`, `policy`).
     pub streams_closed: IntCounterVec,
+    /// TLS handshakes on the proxy listener that failed or ran past the head deadline.
+    pub tls_handshake_failures: IntCounter,
     /// Set once the session follower is in sync with the store.
     pub ready: AtomicBool,
     /// `decisions`' series for [`KEPT_OUTCOMES`].
@@ -190,7 +182,11 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(streams_closed.clone()))?;
-        registry.register(Box::new(TLS_HANDSHAKE_FAILURES.clone()))?;
+        let tls_handshake_failures = IntCounter::new(
+            "portcullis_tls_handshake_failures_total",
+            "TLS handshakes on the proxy listener that failed or timed out",
+        )?;
+        registry.register(Box::new(tls_handshake_failures.clone()))?;
         // Both series exist from the start, so that a dashboard sees 0 rather than nothing.
         for reason in ["signed_out", "policy"] {
             streams_closed.with_label_values(&[reason]);
@@ -213,6 +209,7 @@ impl Metrics {
             reload_timestamp,
             in_flight,
             streams_closed,
+            tls_handshake_failures,
             ready: AtomicBool::new(false),
             kept_decisions: Kept::new(KEPT_OUTCOMES),
         })

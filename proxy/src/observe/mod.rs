@@ -4,7 +4,6 @@
 pub mod log_writer;
 pub mod metrics;
 pub mod outcome;
-pub mod pingora_log;
 pub mod request_log;
 
 use crate::config::{Config, LogFormat};
@@ -40,7 +39,7 @@ pub fn init_logging(config: &Config) -> log_writer::Guard {
     if installed.is_ok() {
         // Pingora logs through `log`: its records reach the subscriber through this bridge.
         let max_level = tracing_log::AsLog::as_log(&tracing::level_filters::LevelFilter::current());
-        let _ = pingora_log::PingoraLog::install(max_level);
+        let _ = tracing_log::LogTracer::init_with_filter(max_level);
         if config.log_format == LogFormat::Json {
             request_log::install(writer);
         }

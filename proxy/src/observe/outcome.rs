@@ -24,6 +24,8 @@ pub enum Outcome {
     Unavailable,
     BadGateway,
     GatewayTimeout,
+    /// The client's request body stalled.
+    RequestTimeout,
     MethodNotAllowed,
     SignInFailed,
     /// A live stream closed because its session ended.
@@ -50,6 +52,7 @@ impl Outcome {
             Outcome::Unavailable => "unavailable",
             Outcome::BadGateway => "bad_gateway",
             Outcome::GatewayTimeout => "gateway_timeout",
+            Outcome::RequestTimeout => "request_timeout",
             Outcome::MethodNotAllowed => "method_not_allowed",
             Outcome::SignInFailed => "sign_in_failed",
             Outcome::StreamClosedSignedOut => "stream_closed_signed_out",

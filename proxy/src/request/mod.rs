@@ -11,6 +11,7 @@ use http::header;
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
+use crate::config::Forwarding;
 use crate::respond::{Malformed, Refusal};
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -28,22 +29,27 @@ pub struct Validated {
     /// The path as the client sent it, for the access log.
     pub path: String,
     /// The client's address: the connection's, or with trusted proxies in front
-    /// (`xff_num_trusted_hops`) the one they put in `X-Forwarded-For`. Policies
-    /// (`source_ip`), the access log and the upstream's `X-Forwarded-For` take it from here.
+    /// (`xff_num_trusted_hops`, `trusted_proxies`) the one they put in `X-Forwarded-For`.
+    /// Policies (`source_ip`), the access log and the upstream's `X-Forwarded-For` take it
+    /// from here.
     pub client_ip: Option<IpAddr>,
-    /// The address of the connection's other end (a trusted proxy's, when there is one).
+    /// The address of the connection's other end (a trusted proxy's, when there is one), or
+    /// the client a believed PROXY protocol header named.
     pub peer_ip: Option<IpAddr>,
+    /// The peer is a proxy whose `X-Forwarded-For` is believed: the chain it built goes on
+    /// upstream.
+    pub trusted_peer: bool,
     /// Answer in JSON, not HTML: the client asked for JSON or sent a bearer token.
     pub json: bool,
 }
 
 /// Validates the request of `session` into `request`, and writes its normalized path back
-/// into it; `trusted_hops` is `xff_num_trusted_hops`. What was learned before a refusal stays
-/// in `request` (for the answer and logs).
+/// into it; `forwarding` says which proxies in front are believed. What was learned before a
+/// refusal stays in `request` (for the answer and logs).
 pub fn validate(
     session: &mut Session,
     tls: bool,
-    trusted_hops: usize,
+    forwarding: &Forwarding,
     request: &mut Validated,
 ) -> Result<(), Refusal> {
     let req = session.req_header();
@@ -51,7 +57,12 @@ pub fn validate(
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
-    request.client_ip = forwarded_client(req, trusted_hops).or(request.peer_ip);
+    request.trusted_peer = forwarding.believes_forwarded_for(request.peer_ip);
+    request.client_ip = request
+        .trusted_peer
+        .then(|| forwarded_client(req, forwarding))
+        .flatten()
+        .or(request.peer_ip);
     request.json = wants_json(req) || has_bearer(req);
     request.path = req.uri.path().to_string();
     reject_smuggling(req)?;
@@ -84,24 +95,40 @@ pub fn validate(
     Ok(())
 }
 
-/// The client's address as `trusted_hops` trusted proxies in front of Portcullis give it, as
-/// Envoy (so Pomerium, which runs Envoy with `use_remote_address`) takes it: the
-/// `trusted_hops`-th address from the right end of `X-Forwarded-For` as received (several
-/// fields read as one list). `None` with no trusted hops, with fewer addresses than hops, or
-/// when that entry is not an IP address: then the connection's address is the client's.
-fn forwarded_client(req: &RequestHeader, trusted_hops: usize) -> Option<IpAddr> {
-    let n = trusted_hops.checked_sub(1)?;
+/// The client's address as the trusted proxies in front of Portcullis give it in
+/// `X-Forwarded-For` (several fields read as one list), read from the right end as Envoy (so
+/// Pomerium) reads it: with `xff_num_trusted_hops` = N > 0, the Nth address; with no hop count,
+/// the first address not in `trusted_proxies` (the leftmost when all are, as nginx's
+/// `real_ip_recursive` does). `None` with neither, when the list is too short, or when an entry
+/// read is no IP address: then the connection's address is the client's.
+fn forwarded_client(req: &RequestHeader, forwarding: &Forwarding) -> Option<IpAddr> {
     let fields = req.headers.get_all(X_FORWARDED_FOR);
-    let entry = fields
+    let mut entries = fields
         .iter()
         .rev()
         .flat_map(|v| v.as_bytes().rsplit(|&b| b == b','))
-        .nth(n)?;
-    std::str::from_utf8(entry)
-        .ok()?
-        .trim_matches([' ', '\t'])
-        .parse()
-        .ok()
+        .map(|entry| {
+            std::str::from_utf8(entry)
+                .ok()?
+                .trim_matches([' ', '\t'])
+                .parse::<IpAddr>()
+                .ok()
+        });
+    if let Some(n) = forwarding.xff_num_trusted_hops.checked_sub(1) {
+        return entries.nth(n)?;
+    }
+    if forwarding.trusted_proxies.is_empty() {
+        return None;
+    }
+    let mut leftmost = None;
+    for entry in entries {
+        let ip = entry?;
+        if !forwarding.lists(ip) {
+            return Some(ip);
+        }
+        leftmost = Some(ip);
+    }
+    leftmost
 }
 
 /// Whether the request carries a bearer token of any kind: the client is a program, which gets
@@ -322,17 +349,30 @@ mod tests {
         ));
     }
 
+    fn forwarding(hops: usize, trusted: &[&str]) -> Forwarding {
+        Forwarding {
+            use_proxy_protocol: false,
+            xff_num_trusted_hops: hops,
+            trusted_proxies: trusted
+                .iter()
+                .map(|c| portcullis_policy::Cidr::parse(c).unwrap())
+                .collect(),
+        }
+    }
+
+    fn client_of(fields: &[&str], forwarding: &Forwarding) -> Option<String> {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        for f in fields {
+            req.append_header("x-forwarded-for", *f).unwrap();
+        }
+        forwarded_client(&req, forwarding).map(|ip| ip.to_string())
+    }
+
     /// Envoy's rule with `use_remote_address`: the Nth address from the right of the list as
     /// received, none when the list is shorter or that entry is no address.
     #[test]
     fn forwarded_client_is_the_nth_address_from_the_right() {
-        let get = |fields: &[&str], hops: usize| {
-            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-            for f in fields {
-                req.append_header("x-forwarded-for", *f).unwrap();
-            }
-            forwarded_client(&req, hops).map(|ip| ip.to_string())
-        };
+        let get = |fields: &[&str], hops: usize| client_of(fields, &forwarding(hops, &[]));
         let ip = |s: &str| Some(s.to_owned());
         let list = ["192.0.2.1, 198.51.100.2,203.0.113.3"];
         assert_eq!(get(&list, 0), None);
@@ -345,5 +385,31 @@ mod tests {
         assert_eq!(get(&["192.0.2.1, unknown"], 1), None);
         assert_eq!(get(&["192.0.2.1,"], 1), None);
         assert_eq!(get(&[], 1), None);
+    }
+
+    /// With no hop count, the list is read from the right past the trusted proxies.
+    #[test]
+    fn forwarded_client_is_the_first_address_not_trusted_from_the_right() {
+        let trusted = forwarding(0, &["10.0.0.0/8", "2001:db8::/32"]);
+        let get = |fields: &[&str]| client_of(fields, &trusted);
+        let ip = |s: &str| Some(s.to_owned());
+        assert_eq!(get(&["192.0.2.1, 203.0.113.3"]), ip("203.0.113.3"));
+        assert_eq!(
+            get(&["192.0.2.1, 203.0.113.3, 10.0.0.2"]),
+            ip("203.0.113.3")
+        );
+        assert_eq!(
+            get(&["192.0.2.1", "10.1.1.1, 2001:db8::1"]),
+            ip("192.0.2.1")
+        );
+        assert_eq!(get(&["10.0.0.1, 10.0.0.2"]), ip("10.0.0.1"));
+        assert_eq!(get(&["unknown, 10.0.0.2"]), None);
+        assert_eq!(get(&[]), None);
+        // A hop count, when there is one, decides.
+        let counted = forwarding(1, &["10.0.0.0/8"]);
+        assert_eq!(
+            client_of(&["192.0.2.1, 10.0.0.2"], &counted),
+            ip("10.0.0.2")
+        );
     }
 }

@@ -43,6 +43,8 @@ pub enum Refusal {
     BadGateway,
     /// Upstream did not answer in time.
     GatewayTimeout,
+    /// The client's request body stalled past `request_body_idle_timeout`.
+    RequestTimeout,
     /// Method not allowed on one of Portcullis's own endpoints.
     MethodNotAllowed,
     /// The sign-in flow failed (the IdP refused, or its answer did not validate).
@@ -70,6 +72,7 @@ impl Refusal {
             Refusal::Unavailable(_) => 503,
             Refusal::BadGateway => 502,
             Refusal::GatewayTimeout => 504,
+            Refusal::RequestTimeout => 408,
             Refusal::MethodNotAllowed => 405,
             Refusal::SignInFailed(_) => 401,
         }
@@ -86,6 +89,7 @@ impl Refusal {
             Refusal::Unavailable(_) => Outcome::Unavailable,
             Refusal::BadGateway => Outcome::BadGateway,
             Refusal::GatewayTimeout => Outcome::GatewayTimeout,
+            Refusal::RequestTimeout => Outcome::RequestTimeout,
             Refusal::MethodNotAllowed => Outcome::MethodNotAllowed,
             Refusal::SignInFailed(_) => Outcome::SignInFailed,
         }
@@ -94,6 +98,11 @@ impl Refusal {
     /// The refusal for a request whose proxying failed with `e`; `None` when the client went
     /// away (nothing to answer).
     pub fn for_proxy_error(e: &Error) -> Option<Refusal> {
+        // A wait on the client (its body) that timed out is the client's, not the upstream's.
+        if *e.etype() == ErrorType::ReadTimedout && e.esource() == &pingora::ErrorSource::Downstream
+        {
+            return Some(Refusal::RequestTimeout);
+        }
         match e.etype() {
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
                 Some(Refusal::GatewayTimeout)

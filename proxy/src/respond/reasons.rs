@@ -207,6 +207,10 @@ impl Refusal {
                 "Gateway timeout",
                 "The application behind this address did not answer in time.",
             ),
+            Refusal::RequestTimeout => fixed(
+                "Request timeout",
+                "The request's body stopped arriving before it was complete.",
+            ),
             Refusal::MethodNotAllowed => fixed(
                 "Method not allowed",
                 "This endpoint does not accept that method.",

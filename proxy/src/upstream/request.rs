@@ -64,10 +64,11 @@ async fn edit(
     let config = &runtime.config;
     let headers = &mut parts.headers;
 
-    // Behind trusted proxies (`xff_num_trusted_hops`), the chain they built is kept: their
-    // `X-Forwarded-For` list, which this proxy extends, and a valid `X-Forwarded-Proto`
-    // (trusted, as Envoy trusts it then). Their `X-Forwarded-Host` is not: Envoy sets none.
-    let trusted = if config.xff_num_trusted_hops > 0 {
+    // Behind trusted proxies (`xff_num_trusted_hops`, `trusted_proxies`), the chain they
+    // built is kept: their `X-Forwarded-For` list, which this proxy extends, and a valid
+    // `X-Forwarded-Proto` (trusted, as Envoy trusts it then). Their `X-Forwarded-Host` is
+    // not: Envoy sets none.
+    let trusted = if ctx.request.trusted_peer {
         Some(trusted_chain(headers, ctx.request.peer_ip))
     } else {
         None
