@@ -8,7 +8,9 @@
 //!   store errors).
 //! - PostgreSQL unreachable at start: start-up retries for 30 s, then fails with the error.
 //! - `services = "databroker"`: only the gRPC databroker on `grpc_address` (plus
-//!   `/metrics`, `/healthz`, `/readyz` on `metrics_address` when set).
+//!   `/metrics`, `/healthz`, `/readyz` on `metrics_address` when set), over TLS with
+//!   `grpc_tls_certificate_file` (and client certificates required with
+//!   `grpc_client_ca_file`); a proxy reaches it at an `https://` `databroker_service_url`.
 //!
 //! The proxy side always wraps its store in a [`SealedStore`]: IdP tokens are encrypted
 //! before they leave the proxy, so neither a databroker nor PostgreSQL ever holds them in clear.
@@ -23,7 +25,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
-use portcullis_databroker::grpc::{TokenKey, TOKEN_KEY_INFO};
+use portcullis_databroker::grpc::{ServerTls, TokenKey, TOKEN_KEY_INFO};
 use portcullis_databroker::{
     Error as StoreError, MemoryStore, PgOptions, PgStore, RemoteStore, SealedStore, Store,
     AT_REST_KEY_INFO,
@@ -41,6 +43,7 @@ static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 struct Grpc {
     store: Arc<dyn Store>,
     key: TokenKey,
+    tls: Option<ServerTls>,
     listener: std::sync::Mutex<Option<std::net::TcpListener>>,
     address: SocketAddr,
     metrics: Arc<Metrics>,
@@ -70,13 +73,18 @@ impl BackgroundService for Grpc {
             }
         };
         self.metrics.ready.store(true, Ordering::Release);
-        info!(address = %self.address, "databroker: serving gRPC; ready");
+        info!(address = %self.address, tls = self.tls.is_some(), "databroker: serving gRPC; ready");
         let stop = async move {
             let _ = shutdown.changed().await;
         };
-        if let Err(e) =
-            portcullis_databroker::grpc::serve(self.store.clone(), self.key.clone(), listener, stop)
-                .await
+        if let Err(e) = portcullis_databroker::grpc::serve(
+            self.store.clone(),
+            self.key.clone(),
+            listener,
+            self.tls.as_ref(),
+            stop,
+        )
+        .await
         {
             error!(error = %e, "databroker: gRPC server failed");
         }
@@ -99,8 +107,12 @@ pub fn proxy_store(config: &Config) -> Result<Arc<dyn Store>, String> {
         Some(url) => {
             let _runtime = runtime()?.enter();
             let url = url.as_str().trim_end_matches('/');
+            let tls = config.databroker.service_tls.as_ref();
             info!(url, "databroker: remote");
-            Arc::new(RemoteStore::connect_lazy(url, token_key(config)).map_err(|e| e.to_string())?)
+            Arc::new(
+                RemoteStore::connect_lazy(url, token_key(config), tls)
+                    .map_err(|e| e.to_string())?,
+            )
         }
         None => local_store(config)?,
     };
@@ -120,6 +132,10 @@ pub fn run(config: Config) -> Result<(), String> {
     let listener = std::net::TcpListener::bind(address)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| format!("grpc_address {address}: {e}"))?;
+    if config.databroker.grpc_tls.is_none() && !address.ip().is_loopback() {
+        warn!(address = %address, "databroker: gRPC in plain HTTP/2 on a non-loopback address; \
+            set grpc_tls_certificate_file unless the network is private");
+    }
 
     let mut conf = ServerConf::default();
     let tmp = std::env::temp_dir();
@@ -149,6 +165,7 @@ pub fn run(config: Config) -> Result<(), String> {
         Grpc {
             store,
             key: token_key(&config),
+            tls: config.databroker.grpc_tls.clone(),
             listener: std::sync::Mutex::new(Some(listener)),
             address,
             metrics,

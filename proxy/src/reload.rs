@@ -106,17 +106,19 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         old.authenticate.url != new.authenticate.url,
     );
     check(
-        "databroker_*",
+        "databroker_*, grpc_*",
         (
             old.databroker.storage_type,
             &old.databroker.connection_string,
             &old.databroker.service_url,
             old.databroker.grpc_address,
+            old.databroker.tls_digest,
         ) != (
             new.databroker.storage_type,
             &new.databroker.connection_string,
             &new.databroker.service_url,
             new.databroker.grpc_address,
+            new.databroker.tls_digest,
         ),
     );
     check(

@@ -1,15 +1,20 @@
 //! The databroker as a gRPC service, and [`RemoteStore`], the client that makes it a [`Store`].
 //!
 //! [`serve`] exposes any store on a listener; a proxy started with `databroker_service_url`
-//! uses a [`RemoteStore`] pointed at it. Both sides derive a [`TokenKey`] from the shared
-//! secret: every call carries a fresh token in `authorization: Bearer ...` and the server
-//! answers `UNAUTHENTICATED` without one. Store errors travel as status codes:
+//! uses a [`RemoteStore`] pointed at it. The link may run over TLS ([`ServerTls`],
+//! [`ClientTls`]), with client certificates when the server asks for them. Both sides derive a
+//! [`TokenKey`] from the shared secret: every call carries a fresh token for its method in
+//! `authorization: Bearer ...`, usable once, and the server answers `UNAUTHENTICATED` without
+//! one (see [`TokenVerifier`]). Store errors travel as status codes:
 //! [`Error::Unavailable`] as `UNAVAILABLE`, [`Error::InvalidArgument`] as `INVALID_ARGUMENT`,
 //! [`Error::Compacted`] as `OUT_OF_RANGE` with the versions in metadata, [`Error::Conflict`]
 //! (a conditional write that found the record changed) as `ABORTED`. On the client,
-//! every transport failure (refused, reset, timed out) is [`Error::Unavailable`], so callers
-//! fail closed; the channel reconnects by itself on the next call.
+//! every transport failure (refused, reset, timed out, a failed TLS handshake) is
+//! [`Error::Unavailable`], so callers fail closed; the channel reconnects by itself on the
+//! next call.
 
+mod auth;
+mod tls;
 mod token;
 
 use std::future::Future;
@@ -19,12 +24,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-pub use token::{TokenKey, TOKEN_KEY_INFO, TOKEN_LIFETIME_SECS};
+pub use auth::{Authenticated, Bearer};
+pub use tls::{endpoint, ClientTls, ServerTls, HANDSHAKE_TIMEOUT};
+pub use token::{
+    TokenError, TokenKey, TokenVerifier, REPLAY_CACHE_MAX, TOKEN_KEY_INFO, TOKEN_LIFETIME_SECS,
+};
 
 use crate::{ChangeStream, Error, NewRecord, Query, QueryPage, Record, Snapshot, Store, Versions};
 
@@ -47,18 +55,6 @@ pub struct DatabrokerService {
     store: Arc<dyn Store>,
 }
 
-/// Refuses calls without a valid token.
-#[derive(Clone)]
-pub struct Authenticator {
-    key: TokenKey,
-}
-
-/// Adds a fresh token to every call.
-#[derive(Clone)]
-pub struct Bearer {
-    key: TokenKey,
-}
-
 /// A [`Store`] on the other end of a gRPC channel.
 #[derive(Clone)]
 pub struct RemoteStore {
@@ -68,15 +64,23 @@ pub struct RemoteStore {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Serves `store` on `listener` until `shutdown` completes.
+/// Serves `store` on `listener` until `shutdown` completes: over TLS with `tls`, otherwise in
+/// plain HTTP/2.
 pub async fn serve(
     store: Arc<dyn Store>,
     key: TokenKey,
     listener: tokio::net::TcpListener,
+    tls: Option<&ServerTls>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(tls.config())
+            .map_err(|e| Error::InvalidArgument(format!("gRPC TLS: {e}")))?;
+    }
+    server
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(service(store, key))
@@ -90,53 +94,24 @@ pub async fn serve_on(
     store: Arc<dyn Store>,
     key: TokenKey,
     addr: SocketAddr,
+    tls: Option<&ServerTls>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Unavailable(format!("cannot listen on {addr}: {e}")))?;
-    serve(store, key, listener, shutdown).await
+    serve(store, key, listener, tls, shutdown).await
 }
 
 /// The service with authentication in front, for embedding in another tonic server.
 pub fn service(
     store: Arc<dyn Store>,
     key: TokenKey,
-) -> InterceptedService<DatabrokerServer<DatabrokerService>, Authenticator> {
+) -> Authenticated<DatabrokerServer<DatabrokerService>> {
     let server = DatabrokerServer::new(DatabrokerService { store })
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
-    InterceptedService::new(server, Authenticator { key })
-}
-
-// === impl Authenticator ===
-
-impl tonic::service::Interceptor for Authenticator {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match token {
-            Some(t) if self.key.verify(t, token::now_unix()) => Ok(request),
-            _ => Err(Status::unauthenticated(
-                "missing or invalid databroker token",
-            )),
-        }
-    }
-}
-
-// === impl Bearer ===
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let value = format!("Bearer {}", self.key.issue(token::now_unix()));
-        let value = MetadataValue::try_from(value)
-            .map_err(|_| Status::internal("token is not a header value"))?;
-        request.metadata_mut().insert("authorization", value);
-        Ok(request)
-    }
+    Authenticated::new(server, Arc::new(TokenVerifier::new(key)))
 }
 
 // === impl DatabrokerService ===
@@ -311,17 +286,12 @@ impl RemoteStore {
     /// How long a unary call may take before it counts as [`Error::Unavailable`].
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
-    /// A client for the databroker at `url` (`http://host:port`). Connects on first use and
-    /// reconnects after failures, so this succeeds while the databroker is down.
-    pub fn connect_lazy(url: &str, key: TokenKey) -> Result<Self, Error> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| Error::InvalidArgument(format!("databroker URL {url:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true);
-        let client = DatabrokerClient::with_interceptor(endpoint.connect_lazy(), Bearer { key })
+    /// A client for the databroker at `url`: `http://host:port`, or `https://host:port` with
+    /// `tls` (see [`endpoint`]). Connects on first use and reconnects after failures, so this
+    /// succeeds while the databroker is down.
+    pub fn connect_lazy(url: &str, key: TokenKey, tls: Option<&ClientTls>) -> Result<Self, Error> {
+        let endpoint = endpoint(url, tls)?;
+        let client = DatabrokerClient::with_interceptor(endpoint.connect_lazy(), Bearer::new(key))
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         Ok(Self {

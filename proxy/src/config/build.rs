@@ -16,7 +16,7 @@ use super::runtime::{
     RequestHeadLimits, Route, SameSite, ServiceUrl, Services, StorageType,
 };
 use super::schema::{self, top_level_keys};
-use super::tls::signing_key;
+use super::tls::{databroker_link_tls, signing_key};
 use super::values::{duration, header_name, secret, service_url, socket_addr};
 
 /// The whole configuration. The sections are read in file order, so that errors come out in
@@ -38,7 +38,7 @@ pub(super) fn build(mut file: schema::File, base: &Path, errors: &mut Errors) ->
     let idp = idp(&mut file, errors);
     let identity_headers = identity_headers(&mut file, errors);
     let metrics_address = metrics_address(&mut file, listener.address, errors);
-    let databroker = databroker(&mut file, errors);
+    let databroker = databroker(&mut file, base, listener.services, errors);
     let logging = logging(&mut file, errors);
     let stream_recheck_interval = duration(
         errors,
@@ -423,8 +423,13 @@ fn metrics_address(
     metrics_address
 }
 
-/// The `databroker_*` keys, `grpc_address` and `session_cache_max_mib`.
-fn databroker(file: &mut schema::File, errors: &mut Errors) -> Option<DatabrokerSettings> {
+/// The `databroker_*` keys, the `grpc_*` keys and `session_cache_max_mib`.
+fn databroker(
+    file: &mut schema::File,
+    base: &Path,
+    services: Option<Services>,
+    errors: &mut Errors,
+) -> Option<DatabrokerSettings> {
     let storage_type = match errors
         .or(
             "databroker_storage_type",
@@ -460,6 +465,7 @@ fn databroker(file: &mut schema::File, errors: &mut Errors) -> Option<Databroker
         "127.0.0.1:5443".into(),
     );
     let grpc_address = socket_addr(errors, "grpc_address", &raw_grpc);
+    let link = databroker_link_tls(file, base, services, service_url.as_ref(), errors);
     let cache_staleness = duration(
         errors,
         "databroker_cache_staleness",
@@ -481,7 +487,10 @@ fn databroker(file: &mut schema::File, errors: &mut Errors) -> Option<Databroker
         storage_type,
         connection_string,
         service_url,
+        service_tls: link.client,
         grpc_address: grpc_address?,
+        grpc_tls: link.server,
+        tls_digest: link.digest,
         cache_staleness,
         session_cache_bytes: cache_mib.saturating_mul(1 << 20),
     })
@@ -497,12 +506,13 @@ fn databroker_service_url(file: &mut schema::File, errors: &mut Errors) -> Optio
                 None
             }
         })?;
-    // The gRPC client speaks plain HTTP/2 (h2c); keep the databroker on a private network.
-    if url.scheme() != "http" {
+    // https:// is gRPC over TLS (the `databroker_tls_*` keys); http:// is plain HTTP/2.
+    if !matches!(url.scheme(), "http" | "https") {
         errors.push(
             "databroker_service_url",
             format!(
-                "scheme {:?} is not supported (use http://host:port)",
+                "scheme {:?} is not supported (use https://host:port, or http://host:port \
+                 on a private network)",
                 url.scheme()
             ),
         );

@@ -10,6 +10,7 @@ use http::header::{HeaderName, HeaderValue};
 use pingora::protocols::tls::CaType;
 use pingora::utils::tls::CertKey;
 use portcullis_auth::Secret;
+use portcullis_databroker::grpc::{ClientTls, ServerTls};
 use portcullis_policy::{Cidr, Policy};
 use regex::Regex;
 use url::Url;
@@ -177,7 +178,14 @@ pub struct DatabrokerSettings {
     pub storage_type: StorageType,
     pub connection_string: Option<String>,
     pub service_url: Option<Url>,
+    /// TLS of the link to `service_url` when it is `https://` (`databroker_tls_*`).
+    pub service_tls: Option<ClientTls>,
     pub grpc_address: SocketAddr,
+    /// TLS of a `databroker`'s gRPC listener (`grpc_tls_*`, `grpc_client_ca_file`); plain
+    /// HTTP/2 when `None`.
+    pub grpc_tls: Option<ServerTls>,
+    /// A digest of the TLS keys and the files they name: a change needs a restart.
+    pub tls_digest: u64,
     /// How long cached sessions keep working after the databroker was last reached
     /// (`databroker_cache_staleness`).
     pub cache_staleness: Duration,
