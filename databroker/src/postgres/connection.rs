@@ -7,7 +7,8 @@ use deadpool_postgres::{Object, Pool};
 use futures::{stream, StreamExt};
 use tokio::sync::watch;
 use tokio::time::{timeout_at, Instant};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::warn;
 
 use super::CHANNEL;
@@ -19,13 +20,13 @@ use crate::Error;
 /// anyway).
 pub(super) async fn listen(
     config: tokio_postgres::Config,
-    tls: NoTls,
+    tls: MakeRustlsConnect,
     limit: Duration,
     latest: watch::Sender<u64>,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let connected = match tokio::time::timeout(limit, config.connect(tls)).await {
+        let connected = match tokio::time::timeout(limit, config.connect(tls.clone())).await {
             Ok(connected) => connected.map_err(|e| describe(&e)),
             Err(_) => Err(format!("no answer within {limit:?}")),
         };

@@ -20,9 +20,12 @@
 //! fail closed instead of hanging. The server enforces the same bound as `statement_timeout`,
 //! so a statement the client gave up on does not go on holding locks. A connection whose call
 //! ran out of time is closed, not pooled again; the pool connects anew once the server answers.
+//!
+//! TLS follows the connection string's `sslmode` and `sslrootcert` as libpq does ([`tls`]).
 
 mod connection;
 mod schema;
+mod tls;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -32,7 +35,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use futures::stream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 use tracing::warn;
 
 use self::connection::{db, describe, listen, within};
@@ -134,7 +137,8 @@ impl PgStore {
                 "the timeout must not be zero".into(),
             ));
         }
-        let mut config = tokio_postgres::Config::from_str(url)
+        let (url, tls) = tls::split(url)?;
+        let mut config = tokio_postgres::Config::from_str(&url)
             .map_err(|e| Error::InvalidArgument(format!("connection string: {}", describe(&e))))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(options.timeout);
@@ -153,10 +157,10 @@ impl PgStore {
                 config.options(&statement_timeout);
             }
         }
-        let tls = NoTls;
+        let tls = tls::connector(&tls)?;
         let manager = Manager::from_config(
             config.clone(),
-            tls,
+            tls.clone(),
             ManagerConfig {
                 // A connection that failed is closed and seen as such; one that stopped
                 // answering is dropped by `within` when its call runs out of time.
