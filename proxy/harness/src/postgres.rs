@@ -1,6 +1,6 @@
 //! PostgreSQL for tests: [`TestDb`], a database of a test's own on the shared server at
 //! 127.0.0.1:5432, and [`PrivatePostgres`], a whole server of a test's own that the test may
-//! stop and start again.
+//! stop, freeze (SIGSTOP) and start again, optionally serving TLS.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -79,7 +79,11 @@ pub fn psql(sql: &str) {
 /// fresh temporary directory and starts the server on a free 127.0.0.1 port, with its unix
 /// socket inside that directory. [`PrivatePostgres::stop`] (`pg_ctl -m fast`) and
 /// [`PrivatePostgres::restart`] take it down and bring it back on the same port with the same
-/// data. Dropping it stops the server and removes the directory.
+/// data; [`PrivatePostgres::pause`] freezes every process of the server (SIGSTOP), so that it
+/// accepts TCP connections (the kernel does) but never answers, until
+/// [`PrivatePostgres::resume`]. [`PrivatePostgres::start_with_tls`] serves TLS (`ssl = on`)
+/// with a given certificate. Dropping it resumes a paused server, stops it and removes the
+/// directory, also when the test panicked.
 ///
 /// Needs the PostgreSQL server programs: `initdb` and `pg_ctl` on `PATH` or in
 /// `/usr/lib/postgresql/<version>/bin` (Debian's `postgresql` package; `.ci/deps` installs
@@ -93,7 +97,11 @@ pub struct PrivatePostgres {
     port: u16,
     /// Run the programs as the OS user `postgres` (we are root).
     as_postgres: bool,
+    /// Serve TLS with `server.crt`/`server.key` in `dir`.
+    tls: bool,
     running: std::sync::atomic::AtomicBool,
+    /// The processes [`PrivatePostgres::pause`] stopped, to continue.
+    paused: std::sync::Mutex<Vec<u32>>,
 }
 
 // === impl PrivatePostgres ===
@@ -104,6 +112,16 @@ impl PrivatePostgres {
 
     /// Creates a cluster and starts it; panics (with the command's output) when it cannot.
     pub fn start() -> Self {
+        Self::create(None)
+    }
+
+    /// Like [`PrivatePostgres::start`], with `ssl = on` and `server` as the server's
+    /// certificate and key (clients may still connect without TLS).
+    pub fn start_with_tls(server: &crate::Issued) -> Self {
+        Self::create(Some(server))
+    }
+
+    fn create(tls: Option<&crate::Issued>) -> Self {
         let bin = server_bin_dir().unwrap_or_else(|| {
             panic!(
                 "PrivatePostgres: initdb and pg_ctl not found on PATH or in \
@@ -136,8 +154,31 @@ impl PrivatePostgres {
             bin,
             port: crate::free_port(),
             as_postgres,
+            tls: tls.is_some(),
             running: Default::default(),
+            paused: Default::default(),
         };
+        if let Some(server) = tls {
+            // The server refuses a key that others can read, or that is not its user's.
+            let (cert, key) = server.write(pg.dir_path(), "server");
+            for file in [&cert, &key] {
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+                    .unwrap_or_else(|e| panic!("PrivatePostgres: chmod {}: {e}", file.display()));
+                if as_postgres {
+                    let out = Command::new("chown")
+                        .arg(format!("{0}:{0}", Self::OS_USER))
+                        .arg(file)
+                        .output()
+                        .unwrap_or_else(|e| panic!("PrivatePostgres: run chown: {e}"));
+                    assert!(
+                        out.status.success(),
+                        "PrivatePostgres: chown {}",
+                        file.display()
+                    );
+                }
+            }
+        }
         let data = pg.data_dir();
         pg.run(
             "initdb",
@@ -205,11 +246,17 @@ impl PrivatePostgres {
         // Only loopback TCP, and the socket in our directory (not /var/run/postgresql, which
         // the shared server uses). fsync is off: the test restarts the server, not the machine,
         // and a fast shutdown writes everything out anyway.
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=100",
             self.port,
             self.dir_path().display()
         );
+        if self.tls {
+            let dir = self.dir_path().display();
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={dir}/server.pem -c ssl_key_file={dir}/server.key"
+            ));
+        }
         self.run(
             "pg_ctl",
             &[
@@ -226,6 +273,35 @@ impl PrivatePostgres {
             ],
         );
         self.running.store(true, Ordering::Release);
+    }
+
+    /// Freezes the server: SIGSTOP to the postmaster first (so it forks no new backend), then
+    /// to every process it started. Connections stay open and new ones are accepted by the
+    /// kernel, but nothing answers until [`PrivatePostgres::resume`] (or the drop).
+    pub fn pause(&self) {
+        let postmaster = self.postmaster_pid();
+        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        kill("STOP", &[postmaster]);
+        paused.push(postmaster);
+        let children = children_of(postmaster);
+        kill("STOP", &children);
+        paused.extend(children);
+    }
+
+    /// SIGCONT to every process [`PrivatePostgres::pause`] stopped.
+    pub fn resume(&self) {
+        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        kill("CONT", &paused);
+        paused.clear();
+    }
+
+    /// The postmaster's pid: the first line of `postmaster.pid` in the data directory.
+    pub fn postmaster_pid(&self) -> u32 {
+        let file = self.data_dir().join("postmaster.pid");
+        std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|s| s.lines().next()?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("PrivatePostgres: no pid in {}", file.display()))
     }
 
     /// The server's log so far.
@@ -294,6 +370,8 @@ impl PrivatePostgres {
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
+        // A stopped process would ignore the shutdown below (and outlive the test).
+        self.resume();
         if self.is_running() {
             let data = self.data_dir();
             let _ = self
@@ -363,18 +441,61 @@ fn is_root() -> bool {
         .is_some_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
+/// Sends `signal` (a name for kill(1)) to `pids`; a process already gone is no error.
+fn kill(signal: &str, pids: &[u32]) {
+    if pids.is_empty() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .args(pids.iter().map(u32::to_string))
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// The processes whose parent is `parent` (from `/proc/<pid>/stat`).
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = &stat[stat.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
 fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn psql_at(port: u16, sql: &str) -> Result<String, String> {
+        psql_with(
+            &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
+            sql,
+        )
+    }
+
+    /// psql on the connection string `conninfo`, giving up connecting after 2 s.
+    fn psql_with(conninfo: &str, sql: &str) -> Result<String, String> {
         let out = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-            .args(["-d", "postgres", "-Atc", sql])
+            .arg(conninfo)
+            .args(["-Atc", sql])
+            .env("PGCONNECT_TIMEOUT", "2")
             .output()
             .map_err(|e| format!("psql: {e}"))?;
         if out.status.success() {
@@ -400,5 +521,63 @@ mod tests {
         assert_eq!(psql_at(pg.port(), "SELECT v FROM kept").unwrap(), "42");
         drop(pg);
         assert!(!dir.exists(), "the directory is removed");
+    }
+
+    #[test]
+    fn a_paused_server_answers_nothing_until_resumed_and_a_paused_one_is_dropped_cleanly() {
+        let pg = PrivatePostgres::start();
+        assert_eq!(psql_at(pg.port(), "SELECT 1").unwrap(), "1");
+        pg.pause();
+        let t0 = std::time::Instant::now();
+        let frozen = psql_at(pg.port(), "SELECT 1");
+        assert!(frozen.is_err(), "answered while paused: {frozen:?}");
+        assert!(
+            t0.elapsed() >= Duration::from_secs(1),
+            "gave up on its own timeout"
+        );
+        pg.resume();
+        assert_eq!(psql_at(pg.port(), "SELECT 1").unwrap(), "1");
+        pg.pause();
+        let postmaster = pg.postmaster_pid();
+        drop(pg);
+        // Gone, or a zombie nobody reaped yet.
+        let state = std::fs::read_to_string(format!("/proc/{postmaster}/stat"))
+            .ok()
+            .and_then(|s| Some(s[s.rfind(')')? + 1..].split_whitespace().next()?.to_owned()));
+        assert!(
+            state.is_none() || state.as_deref() == Some("Z"),
+            "the paused server was stopped: {state:?}"
+        );
+    }
+
+    #[test]
+    fn a_tls_server_serves_its_certificate() {
+        let ca = crate::TestCa::new("pg test CA");
+        let pg = PrivatePostgres::start_with_tls(&ca.server(&["localhost", "127.0.0.1"]));
+        let base = format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            pg.port()
+        );
+        assert_eq!(
+            psql_with(&format!("{base} sslmode=require"), "SHOW ssl").unwrap(),
+            "on"
+        );
+        assert_eq!(
+            psql_with(
+                &format!("{base} sslmode=require"),
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+            )
+            .unwrap(),
+            "t"
+        );
+        let plain = PrivatePostgres::start();
+        let refused = psql_with(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres sslmode=require",
+                plain.port()
+            ),
+            "SELECT 1",
+        );
+        assert!(refused.is_err(), "{refused:?}");
     }
 }
