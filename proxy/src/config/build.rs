@@ -407,6 +407,12 @@ fn databroker(file: &mut schema::File, errors: &mut Errors) -> Option<Databroker
             "is required when databroker_storage_type = \"postgres\"",
         );
     }
+    let storage_timeout = duration(
+        errors,
+        "databroker_storage_timeout",
+        file.databroker_storage_timeout.take(),
+        "2s",
+    );
     let service_url = databroker_service_url(file, errors);
     let raw_grpc = errors.or(
         "grpc_address",
@@ -434,6 +440,7 @@ fn databroker(file: &mut schema::File, errors: &mut Errors) -> Option<Databroker
     Some(DatabrokerSettings {
         storage_type,
         connection_string,
+        storage_timeout,
         service_url,
         grpc_address: grpc_address?,
         cache_staleness,

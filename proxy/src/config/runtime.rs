@@ -138,6 +138,8 @@ pub struct IdpSettings {
 pub struct DatabrokerSettings {
     pub storage_type: StorageType,
     pub connection_string: Option<String>,
+    /// The deadline of each PostgreSQL call (`databroker_storage_timeout`).
+    pub storage_timeout: Duration,
     pub service_url: Option<Url>,
     pub grpc_address: SocketAddr,
     /// How long cached sessions keep working after the databroker was last reached
