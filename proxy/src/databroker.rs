@@ -7,6 +7,8 @@
 //!   `databroker_cache_staleness` and unknown ones get 503 (the session cache fails closed on
 //!   store errors).
 //! - PostgreSQL unreachable at start: start-up retries for 30 s, then fails with the error.
+//!   Once running, each PostgreSQL call fails after `databroker_storage_timeout` when the
+//!   server does not answer, so requests that need the store get 503 in time.
 //! - `services = "databroker"`: only the gRPC databroker on `grpc_address` (plus
 //!   `/metrics`, `/healthz`, `/readyz` on `metrics_address` when set), over TLS with
 //!   `grpc_tls_certificate_file` (and client certificates required with
@@ -188,7 +190,8 @@ fn local_store(config: &Config) -> Result<Arc<dyn Store>, String> {
                 .connection_string
                 .as_deref()
                 .ok_or("databroker_storage_connection_string is required")?;
-            let store = runtime()?.block_on(connect_postgres(url))?;
+            let options = PgOptions::default().with_timeout(config.databroker.storage_timeout);
+            let store = runtime()?.block_on(connect_postgres(url, options))?;
             info!("databroker: PostgreSQL storage");
             Ok(Arc::new(store))
         }
@@ -201,11 +204,11 @@ const POSTGRES_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connects to PostgreSQL, retrying with backoff (capped at 2 s) while it is unreachable for up
 /// to [`POSTGRES_START_TIMEOUT`]; then start-up fails with the last error. A malformed
 /// connection string fails at once.
-async fn connect_postgres(url: &str) -> Result<PgStore, String> {
+async fn connect_postgres(url: &str, options: PgOptions) -> Result<PgStore, String> {
     let started = std::time::Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
-        match PgStore::connect(url, PgOptions::default()).await {
+        match PgStore::connect(url, options.clone()).await {
             Ok(store) => return Ok(store),
             Err(StoreError::Unavailable(e)) if started.elapsed() < POSTGRES_START_TIMEOUT => {
                 warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "databroker storage: PostgreSQL unreachable; retrying");

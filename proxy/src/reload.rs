@@ -110,12 +110,14 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         (
             old.databroker.storage_type,
             &old.databroker.connection_string,
+            old.databroker.storage_timeout,
             &old.databroker.service_url,
             old.databroker.grpc_address,
             old.databroker.tls_digest,
         ) != (
             new.databroker.storage_type,
             &new.databroker.connection_string,
+            new.databroker.storage_timeout,
             &new.databroker.service_url,
             new.databroker.grpc_address,
             new.databroker.tls_digest,

@@ -458,6 +458,12 @@ fn databroker(
             "is required when databroker_storage_type = \"postgres\"",
         );
     }
+    let storage_timeout = duration(
+        errors,
+        "databroker_storage_timeout",
+        file.databroker_storage_timeout.take(),
+        "2s",
+    );
     let service_url = databroker_service_url(file, errors);
     let raw_grpc = errors.or(
         "grpc_address",
@@ -486,6 +492,7 @@ fn databroker(
     Some(DatabrokerSettings {
         storage_type,
         connection_string,
+        storage_timeout,
         service_url,
         service_tls: link.client,
         grpc_address: grpc_address?,

@@ -177,6 +177,8 @@ pub struct IdpSettings {
 pub struct DatabrokerSettings {
     pub storage_type: StorageType,
     pub connection_string: Option<String>,
+    /// The deadline of each PostgreSQL call (`databroker_storage_timeout`).
+    pub storage_timeout: Duration,
     pub service_url: Option<Url>,
     /// TLS of the link to `service_url` when it is `https://` (`databroker_tls_*`).
     pub service_tls: Option<ClientTls>,

@@ -474,5 +474,22 @@ fn connection_timeouts_default_parse_and_name_themselves_in_errors() {
             let errs = errors(&format!("{}\n{key} = {bad}\n", base())).join("\n");
             assert!(errs.contains(&format!("{key}: ")), "{key} = {bad}: {errs}");
         }
+fn storage_timeout_defaults_to_2s_and_is_checked() {
+    let c = load(&base()).unwrap();
+    assert_eq!(c.databroker.storage_timeout, Duration::from_secs(2));
+    let c = load(&format!(
+        "{}\ndatabroker_storage_timeout = \"500ms\"\n",
+        base()
+    ))
+    .unwrap();
+    assert_eq!(c.databroker.storage_timeout, Duration::from_millis(500));
+    let c = load_env(&base(), &[("PORTCULLIS_DATABROKER_STORAGE_TIMEOUT", "3s")]).unwrap();
+    assert_eq!(c.databroker.storage_timeout, Duration::from_secs(3));
+    for bad in ["\"0s\"", "\"soon\"", "2"] {
+        let errs = errors(&format!("{}\ndatabroker_storage_timeout = {bad}\n", base())).join("\n");
+        assert!(
+            errs.contains("databroker_storage_timeout: "),
+            "databroker_storage_timeout = {bad}: {errs}"
+        );
     }
 }
