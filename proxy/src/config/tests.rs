@@ -474,6 +474,10 @@ fn connection_timeouts_default_parse_and_name_themselves_in_errors() {
             let errs = errors(&format!("{}\n{key} = {bad}\n", base())).join("\n");
             assert!(errs.contains(&format!("{key}: ")), "{key} = {bad}: {errs}");
         }
+    }
+}
+
+#[test]
 fn storage_timeout_defaults_to_2s_and_is_checked() {
     let c = load(&base()).unwrap();
     assert_eq!(c.databroker.storage_timeout, Duration::from_secs(2));
