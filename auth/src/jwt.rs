@@ -9,7 +9,7 @@
 
 use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -142,8 +142,8 @@ struct Entry {
     audience: Box<str>,
     /// Fingerprint of the session fields the claims were made from.
     content: u64,
-    /// The claims last signed (`iat`, `exp` and `jti` change at each signature).
-    claims: Mutex<IdentityClaims>,
+    /// The current JWT. Its claims are not kept beside it: a renewal reads them back from the
+    /// JWT's payload ([`Entry::sign_again`]), which halves what an entry holds.
     signed: RwLock<Signed>,
     /// When a request last asked for it, unix seconds.
     last_used: AtomicI64,
@@ -660,7 +660,6 @@ impl Entry {
             retired: AtomicBool::new(false),
             audience: audience.into(),
             content,
-            claims: Mutex::new(claims),
             signed: RwLock::new(signed),
             last_used: AtomicI64::new(now_unix),
         })
@@ -705,13 +704,8 @@ impl Entry {
         signer: &AssertionSigner,
         now_unix: i64,
     ) -> Result<HeaderValue, AuthError> {
-        let signed = {
-            let mut claims = self
-                .claims
-                .lock()
-                .map_err(|_| AuthError::Signing("assertion claims lock poisoned".into()))?;
-            Signed::new(signer, &mut claims, now_unix)?
-        };
+        let mut claims = claims_of(&self.current())?;
+        let signed = Signed::new(signer, &mut claims, now_unix)?;
         let value = signed.value.clone();
         if let Ok(mut current) = self.signed.write() {
             if signed.exp >= current.exp {
@@ -720,6 +714,20 @@ impl Entry {
         }
         Ok(value)
     }
+}
+
+/// The claims of a JWT this cache signed, read back from its payload.
+fn claims_of(jwt: &HeaderValue) -> Result<IdentityClaims, AuthError> {
+    let unreadable = || AuthError::Signing("a cached assertion does not read back".into());
+    let payload = jwt
+        .as_bytes()
+        .split(|b| *b == b'.')
+        .nth(1)
+        .ok_or_else(unreadable)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| unreadable())?;
+    serde_json::from_slice(&json).map_err(|_| unreadable())
 }
 
 impl Signed {
