@@ -29,6 +29,7 @@
 //! - [`seed`], [`policy_test`]: the `sessions seed` and `policy test` commands.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod allocator;
 pub mod authenticate;
 pub mod authority;
 pub mod authorize;

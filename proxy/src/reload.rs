@@ -37,6 +37,8 @@ pub fn reload(state: &State, path: &Path) -> Outcome {
             let runtime = Arc::new(Runtime::new(config));
             health::spawn(&runtime.routes);
             state.runtime.store(runtime);
+            // The parsed file and the replaced routes (once no request holds them) are freed.
+            crate::allocator::return_freed_memory();
             info!(routes, "configuration reloaded");
             for key in &restart_needed {
                 warn!(

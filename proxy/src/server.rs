@@ -153,6 +153,8 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), String> {
     let insecure = config.insecure_server;
     let timeout_idle = config.timeout_idle;
     let state = Arc::new(State::new(config, sessions, metrics.clone())?);
+    // The configuration file's parsed tables are gone; what they took goes back to the system.
+    crate::allocator::return_freed_memory();
     crate::upstream::health::spawn(&state.runtime.load().routes);
     metrics.reload_success.set(1);
     metrics.reload_timestamp.set(crate::state::now_unix());

@@ -313,7 +313,7 @@ impl ProxyHttp for Proxy {
             .unwrap_or(0);
         let route = ctx.route();
         let route_name = route.map(|(_, r)| r.name.as_str()).unwrap_or("");
-        let series = route.and_then(|(runtime, r)| runtime.route_series.get(r.index));
+        let series = route.and_then(|(runtime, r)| runtime.route_series(r.index));
         let elapsed = ctx.start().elapsed();
         self.state
             .metrics

@@ -1,7 +1,7 @@
 //! Everything the proxy builds once at start-up and shares between requests.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -24,8 +24,9 @@ use crate::sessions::SessionCache;
 pub struct Runtime {
     pub config: Config,
     pub routes: RouteTable,
-    /// Per route, by index: its metric series, resolved on first use.
-    pub route_series: Box<[RouteSeries]>,
+    /// Per route, by index: its metric series, made and resolved on the route's first
+    /// request (most of ten thousand routes may see none for a long time).
+    route_series: Box<[OnceLock<Box<RouteSeries>>]>,
     pub session_cookie: CookieOptions,
     /// Origin of the authenticate service (`https://authenticate.example.com[:port]`).
     pub authenticate_origin: String,
@@ -86,7 +87,7 @@ impl Runtime {
         }
         let listener = config.listener();
         let routes = RouteTable::new(std::mem::take(&mut config.routes), listener);
-        let route_series = routes.routes().iter().map(|_| RouteSeries::new()).collect();
+        let route_series = routes.routes().iter().map(|_| OnceLock::new()).collect();
         let session_cookie = CookieOptions {
             name: config.cookie.name.clone(),
             domain: config.cookie.domain.clone(),
@@ -110,6 +111,12 @@ impl Runtime {
             listener,
             cookie_scope,
         }
+    }
+
+    /// The metric series of route `index` (made on first use).
+    pub fn route_series(&self, index: usize) -> Option<&RouteSeries> {
+        let series = self.route_series.get(index)?;
+        Some(series.get_or_init(|| Box::new(RouteSeries::new())))
     }
 
     /// Where a session cookie presented on `host` (lowercase, no trailing dot) and `port` is

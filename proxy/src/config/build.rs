@@ -589,5 +589,6 @@ fn routes(file: &mut schema::File, base: &Path, errors: &mut Errors) -> Vec<Rout
             routes.push(r);
         }
     }
+    routes.shrink_to_fit();
     routes
 }

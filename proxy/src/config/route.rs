@@ -119,6 +119,8 @@ fn upstreams(errors: &mut Errors, path: &str, raw: &mut schema::Route) -> Vec<Up
         }
         None => {}
     }
+    // Kept for the configuration's lifetime, once per route: no spare capacity.
+    upstreams.shrink_to_fit();
     upstreams
 }
 

@@ -1,0 +1,171 @@
+//! The heap a compiled route and a cached session hold, counted by a global allocator that
+//! tallies live bytes: deterministic where RSS moves by pages and depends on the allocator.
+//! (`memory.rs` checks the proxy process's RSS; `portcullis-bench --memory` measures both.)
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use portcullis::config::Config;
+use portcullis::observe::metrics::Metrics;
+use portcullis::sessions::SessionCache;
+use portcullis::state::Runtime;
+use portcullis_auth::{AssertionCache, AssertionSigner, IdentityClaims, Secret};
+use portcullis_databroker::{MemoryStore, Store};
+
+/// One measurement at a time: the tests of this file share the counter.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// `System`, counting the bytes it holds for the program.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is passed on to `System` unchanged; only a counter is added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const BASE: &str = r#"
+address = "127.0.0.1:18080"
+insecure_server = true
+authenticate_service_url = "http://authenticate.localhost:18080"
+shared_secret = "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoxMjM0NTY="
+cookie_secret = "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoxMjM0NTY="
+idp_provider_url = "http://127.0.0.1:9"
+idp_client_id = "c"
+idp_client_secret = "s"
+"#;
+
+fn config(routes: usize) -> String {
+    let mut text = BASE.to_owned();
+    for i in 0..routes {
+        text.push_str(&format!(
+            r#"
+[[routes]]
+from = "http://r{i}.example.localhost:18080"
+to = "http://127.0.0.1:18099"
+pass_identity_headers = true
+policy = [
+  {{ allow = {{ and = [ {{ domain = {{ is = "example.com" }} }}, {{ groups = {{ has = "team-{g}" }} }} ] }} }},
+  {{ deny = {{ or = [ {{ http_method = {{ is = "DELETE" }} }} ] }} }},
+]
+"#,
+            g = i % 50
+        ));
+    }
+    text
+}
+
+/// Live heap bytes of a `Runtime` compiled from `routes` routes: (the parsed `Config`, the
+/// whole `Runtime`).
+fn heap_of(routes: usize) -> (isize, isize) {
+    let text = config(routes);
+    let before = LIVE.load(Ordering::Relaxed);
+    let config = Config::from_toml(&text, Vec::new(), std::path::Path::new(".")).expect("valid");
+    let parsed = LIVE.load(Ordering::Relaxed) - before;
+    let runtime = Runtime::new(config);
+    let compiled = LIVE.load(Ordering::Relaxed) - before;
+    drop(runtime);
+    (parsed, compiled)
+}
+
+#[test]
+fn a_compiled_route_holds_less_than_two_kilobytes_of_heap() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (few_parsed, few) = heap_of(10);
+    let (many_parsed, many) = heap_of(2_010);
+    let per_route = (many - few) / 2_000;
+    let parsed = (many_parsed - few_parsed) / 2_000;
+    eprintln!("heap per route: {parsed} bytes parsed, {per_route} bytes compiled");
+    assert!(per_route <= 2_048, "{per_route} bytes a route");
+}
+
+/// Sessions cached, and given an identity assertion, by the measurement below.
+const SESSIONS: usize = 5_000;
+
+#[test]
+fn a_cached_session_and_its_identity_assertion_hold_about_a_kilobyte_each() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(sessions_and_assertions());
+}
+
+async fn sessions_and_assertions() {
+    let now = portcullis_harness::unix_now();
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let mut rng = rand::thread_rng();
+    let sessions: Vec<_> = (0..SESSIONS)
+        .map(|i| portcullis::seed::random_session(&mut rng, i, now - 60, now + 3600))
+        .collect();
+    portcullis::seed::store_sessions(store.as_ref(), &sessions)
+        .await
+        .expect("stored");
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
+    let cache = SessionCache::new(store, metrics, 1 << 30, Duration::from_secs(60));
+    let assertions = AssertionCache::new(1_000_000);
+    let signer = AssertionSigner::derive(&Secret::from_bytes([9; 32])).expect("key");
+
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut kept = Vec::with_capacity(SESSIONS);
+    for s in &sessions {
+        kept.push(cache.get(&s.id, now).await.expect("get").expect("live"));
+    }
+    let cached = LIVE.load(Ordering::Relaxed);
+    for s in &kept {
+        assertions
+            .get_or_sign_kept(
+                &s.assertion,
+                &signer,
+                &s.id,
+                "app.localhost",
+                s.assertion_content,
+                now,
+                || IdentityClaims {
+                    iss: "app.localhost".into(),
+                    aud: "app.localhost".into(),
+                    sub: s.user_id().into(),
+                    user: s.user_id().into(),
+                    email: s.email().into(),
+                    groups: s.identity.groups().iter().map(|g| g.to_string()).collect(),
+                    name: s.name().into(),
+                    sid: s.id.to_string(),
+                    iat: 0,
+                    exp: 0,
+                    jti: String::new(),
+                },
+            )
+            .expect("signed");
+    }
+    let signed = LIVE.load(Ordering::Relaxed);
+    let per_session = (cached - before) / SESSIONS as isize;
+    let per_assertion = (signed - cached) / SESSIONS as isize;
+    eprintln!("heap per session: {per_session} bytes cached, {per_assertion} bytes of assertion");
+    assert_eq!(assertions.len(), SESSIONS);
+    // moka's own bookkeeping is a good part of the first; the JWT itself (~600 bytes) of the
+    // second.
+    assert!(per_session <= 1_024, "{per_session} bytes a cached session");
+    assert!(per_assertion <= 1_024, "{per_assertion} bytes an assertion");
+}

@@ -1,0 +1,92 @@
+//! What routes cost the proxy in resident memory, at start and after a reload: the compiled
+//! routes only, not the TOML tables they were parsed from (many times their size).
+
+use std::time::Duration;
+
+use portcullis_harness::{route, rss_kib, TestEnv};
+
+/// Routes added to the configuration (enough that a few KiB a route stand well above the
+/// noise of page-sized RSS moves).
+const ROUTES: usize = 5_000;
+/// The most a route may cost, in resident bytes (the parsed tables alone were ~20 KB a route).
+const MAX_BYTES_PER_ROUTE: u64 = 4_096;
+
+/// `ROUTES` routes, each a host of its own with a three-criterion policy.
+fn many_routes(upstream: &str) -> String {
+    (0..ROUTES)
+        .map(|i| {
+            format!(
+                r#"
+[[routes]]
+from = "http://r{i}.localhost"
+to = "{upstream}"
+pass_identity_headers = true
+policy = [
+  {{ allow = {{ and = [ {{ domain = {{ is = "example.com" }} }}, {{ groups = {{ has = "team-{g}" }} }} ] }} }},
+  {{ deny = {{ or = [ {{ http_method = {{ is = "DELETE" }} }} ] }} }},
+]
+"#,
+                g = i % 50
+            )
+        })
+        .collect()
+}
+
+/// The proxy's RSS in bytes once it stopped moving.
+async fn settled_rss(pid: u32) -> u64 {
+    let mut last = rss_kib(pid).expect("VmRSS");
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = rss_kib(pid).expect("VmRSS");
+        if now.abs_diff(last) < 256 {
+            return now * 1024;
+        }
+        last = now;
+    }
+    last * 1024
+}
+
+fn per_route(before: u64, after: u64) -> u64 {
+    after.saturating_sub(before) / ROUTES as u64
+}
+
+#[tokio::test]
+async fn routes_cost_kilobytes_of_resident_memory_at_start_and_after_a_reload() {
+    let small = TestEnv::builder(env!("CARGO_BIN_EXE_portcullis"))
+        .route(&route::public("public"))
+        .start()
+        .await;
+    let pid = small.proxy.pid().expect("pid");
+    let base = settled_rss(pid).await;
+
+    // A reload from one route to ROUTES more.
+    let original = std::fs::read_to_string(small.proxy.config_path()).expect("config");
+    small
+        .rewrite_config(
+            &format!("{original}{}", many_routes(&small.upstream.url())),
+            true,
+        )
+        .await;
+    let reloaded = settled_rss(pid).await;
+    let resp = small.browser().get(&small.url("r4999", "/")).await;
+    assert_eq!(resp.status(), 302, "the last route is live");
+
+    // A start with all of them.
+    let big = TestEnv::builder(env!("CARGO_BIN_EXE_portcullis"))
+        .route(&route::public("public"))
+        .config(&many_routes("{upstream}"))
+        .start()
+        .await;
+    let started = settled_rss(big.proxy.pid().expect("pid")).await;
+
+    let (after_reload, at_start) = (per_route(base, reloaded), per_route(base, started));
+    eprintln!("bytes per route: {after_reload} after a reload, {at_start} at start");
+    assert!(
+        after_reload <= MAX_BYTES_PER_ROUTE,
+        "{after_reload} bytes a route after a reload"
+    );
+    assert!(
+        at_start <= MAX_BYTES_PER_ROUTE,
+        "{at_start} bytes a route at start"
+    );
+}
