@@ -14,6 +14,7 @@
 
 mod instructions;
 mod load;
+mod memory;
 mod peers;
 mod plot;
 mod procstat;
@@ -33,6 +34,7 @@ use http::HeaderValue;
 use crate::load::{Mode, Progress, Target};
 use crate::peers::{ApacheUnderTest, PeerProcess, PortcullisUnderTest, APP_HOST, PUBLIC_HOST};
 use crate::report::{OpenResult, RoundResult, ScenarioResult};
+use portcullis_harness::Portcullis;
 
 #[derive(Parser, Debug, Clone, serde::Serialize)]
 #[command(
@@ -91,6 +93,13 @@ pub struct Args {
     /// Results go to JSON (`--out`, default `target/bench/soak.json`) with an RSS plot beside it.
     #[arg(long, num_args = 0..=1, default_missing_value = "30", conflicts_with_all = ["instructions", "slow_headers"])]
     pub soak: Option<f64>,
+    /// Instead of the scenarios: the proxy's resident memory per 100,000 sessions (each sent
+    /// one request, without and then with its identity JWT; 100,000 sessions unless
+    /// `--sessions` says otherwise) and per route (this many routes more in a second proxy;
+    /// 10,000 when given without a number). Results go to JSON (`--out`, default
+    /// `target/bench/memory.json`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "10000", conflicts_with_all = ["instructions", "slow_headers", "soak"])]
+    pub memory: Option<usize>,
 }
 
 /// Every scenario's name, in the order the rounds run them.
@@ -169,7 +178,11 @@ async fn run(args: Args) -> Result<(), String> {
         rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 5 }).max(1),
         sessions: args
             .sessions
-            .unwrap_or(if args.quick { 50 } else { 10_000 })
+            .unwrap_or(match (args.quick, args.memory.is_some()) {
+                (true, _) => 50,
+                (false, true) => 100_000,
+                (false, false) => 10_000,
+            })
             .max(10),
         connections: args.connections.unwrap_or(32).clamp(1, 10_000),
         duration_secs: args
@@ -244,6 +257,13 @@ async fn run(args: Args) -> Result<(), String> {
             &out,
         )
         .await;
+    }
+    if let Some(routes) = args.memory {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| target_dir().join("bench").join("memory.json"));
+        return memory_run(&binary, &upstream, &portcullis, &settings, routes, &out).await;
     }
     if let Some(slow) = args.slow_headers {
         let out = args
@@ -528,6 +548,81 @@ async fn soak_run(
     let svg = out.with_extension("svg");
     report.plot(&svg)?;
     println!("results: {}\nRSS plot: {}", out.display(), svg.display());
+    Ok(())
+}
+
+/// `--memory`: resident memory per session and per route ([`memory`]).
+async fn memory_run(
+    binary: &std::path::Path,
+    upstream: &upstream::FastUpstream,
+    portcullis: &PortcullisUnderTest,
+    settings: &Settings,
+    routes: usize,
+    out: &std::path::Path,
+) -> Result<(), String> {
+    let pid = portcullis.proxy.pid().ok_or("the proxy is not running")?;
+    let mut scenarios = scenarios(upstream, portcullis, None, None)?;
+    scenarios.retain(|s| s.name == "portcullis-auth" || s.name == "portcullis-403");
+    // Every session once: on the route without identity headers, then on the authorized one
+    // (the denied users' sessions are already cached; they get no JWT).
+    let plain: Vec<Scenario> = scenarios
+        .iter()
+        .map(|s| Scenario {
+            name: s.name,
+            about: s.about,
+            target: load::Target {
+                path: "/plain/",
+                ..s.target.clone()
+            },
+            pid: s.pid,
+        })
+        .collect();
+    let rss_idle_mib = memory::settled_rss(pid).await;
+    eprintln!("proxy RSS with no session cached: {rss_idle_mib:.1} MiB");
+    warm_up(&plain, settings).await?;
+    let rss_sessions_mib = memory::settled_rss(pid).await;
+    eprintln!("after one request per session: {rss_sessions_mib:.1} MiB");
+    scenarios.retain(|s| s.name == "portcullis-auth");
+    warm_up(&scenarios, settings).await?;
+    let rss_with_jwt_mib = memory::settled_rss(pid).await;
+    eprintln!("after one more with the identity JWT: {rss_with_jwt_mib:.1} MiB");
+
+    eprintln!("starting a proxy with {routes} routes more ...");
+    let few = Portcullis::builder(binary)
+        .config(&memory::on_new_ports(&portcullis.config))
+        .start()
+        .await
+        .map_err(|e| format!("proxy: {e}"))?;
+    let rss_few_routes_mib = memory::settled_rss(few.pid().ok_or("no pid")?).await;
+    drop(few);
+    let many = Portcullis::builder(binary)
+        .config(&format!(
+            "{}{}",
+            memory::on_new_ports(&portcullis.config),
+            memory::extra_routes(routes, portcullis.port, &upstream.url()),
+        ))
+        .start()
+        .await
+        .map_err(|e| format!("proxy with {routes} routes: {e}"))?;
+    let rss_many_routes_mib = memory::settled_rss(many.pid().ok_or("no pid")?).await;
+    drop(many);
+
+    let report = memory::Report {
+        sessions: settings.sessions,
+        rss_idle_mib,
+        rss_sessions_mib,
+        rss_with_jwt_mib,
+        routes,
+        rss_few_routes_mib,
+        rss_many_routes_mib,
+    };
+    println!("{}", report.table());
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    std::fs::write(out, json).map_err(|e| format!("{}: {e}", out.display()))?;
+    println!("results: {}", out.display());
     Ok(())
 }
 

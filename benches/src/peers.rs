@@ -19,6 +19,8 @@ pub struct PortcullisUnderTest {
     pub proxy: Portcullis,
     pub _databroker: Portcullis,
     pub port: u16,
+    /// The proxy's configuration file.
+    pub config: String,
     /// Cookie values of seeded users in group `users` (allowed by the route's policy).
     pub allowed: Vec<String>,
     /// Cookie values of seeded users not in `users` (denied).
@@ -90,6 +92,15 @@ jwt_claims_headers = {{ "X-Email" = "email", "X-Groups" = "groups" }}
 log_level = "info"
 log_format = "json"
 
+# `--memory`: the same users and policy without identity headers.
+[[routes]]
+from = "http://{APP_HOST}:{port}"
+prefix = "/plain/"
+to = "{upstream}"
+policy = [
+  {{ allow = {{ and = [ {{ domain = {{ is = "example.com" }} }}, {{ groups = {{ has = "users" }} }} ] }} }},
+]
+
 # Three criteria: two allow conditions and a deny.
 [[routes]]
 from = "http://{APP_HOST}:{port}"
@@ -156,6 +167,7 @@ allow_public_unauthenticated_access = true
             proxy,
             _databroker: databroker,
             port,
+            config,
             allowed,
             denied,
         })

@@ -1,0 +1,134 @@
+//! `--memory`: what sessions and routes cost the proxy in resident memory.
+//!
+//! Sessions: the proxy's VmRSS before and after every seeded session sent one request, first
+//! on a route without identity headers (the session cache, the opened-cookie memo), then on
+//! the authorized route (each allowed session's identity JWT signed and cached as well), each
+//! growth scaled to 100,000 sessions. Routes: two proxy processes against the same databroker,
+//! one with the bench's routes and one with `routes` more (each a host of its own, a policy of
+//! three criteria like the authorized route's), their VmRSS once ready; the difference divided
+//! by `routes`.
+//!
+//! RSS moves by whole pages and the allocator keeps freed memory, so small counts say little:
+//! use 100,000 sessions and 10,000 routes (the defaults here).
+
+use std::time::Duration;
+
+use portcullis_harness::free_port;
+use serde::Serialize;
+
+use crate::procstat::rss_mib;
+
+/// What `--memory` measured.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub sessions: usize,
+    pub rss_idle_mib: f64,
+    /// After one request per session on a route without identity headers.
+    pub rss_sessions_mib: f64,
+    /// After one more request per session on the authorized route (identity JWT on).
+    pub rss_with_jwt_mib: f64,
+    pub routes: usize,
+    pub rss_few_routes_mib: f64,
+    pub rss_many_routes_mib: f64,
+}
+
+impl Report {
+    /// MiB per 100,000 sessions, session cache only.
+    pub fn sessions_mib_per_100k(&self) -> f64 {
+        per_100k(self.rss_sessions_mib - self.rss_idle_mib, self.sessions)
+    }
+
+    /// MiB per 100,000 sessions with their identity JWTs.
+    pub fn with_jwt_mib_per_100k(&self) -> f64 {
+        per_100k(self.rss_with_jwt_mib - self.rss_idle_mib, self.sessions)
+    }
+
+    /// Bytes per route.
+    pub fn bytes_per_route(&self) -> f64 {
+        (self.rss_many_routes_mib - self.rss_few_routes_mib) * 1024.0 * 1024.0
+            / self.routes.max(1) as f64
+    }
+
+    pub fn table(&self) -> String {
+        let goal = |ok: bool| if ok { "MET" } else { "MISSED" };
+        let with_jwt = self.with_jwt_mib_per_100k();
+        let per_route = self.bytes_per_route();
+        format!(
+            "| what | RSS before | RSS after | cost | goal |\n\
+             | --- | ---: | ---: | ---: | --- |\n\
+             | {n} sessions, one request each, no identity headers | {a:.1} MiB | {b:.1} MiB | {s:.1} MiB per 100k | |\n\
+             | the same sessions, identity JWT on | {a:.1} MiB | {c:.1} MiB | {j:.1} MiB per 100k | ≤ 40 MiB per 100k: {jg} |\n\
+             | {r} routes | {d:.1} MiB | {e:.1} MiB | {pr:.0} bytes per route | ≤ 2 KB per route: {rg} |\n",
+            n = self.sessions,
+            a = self.rss_idle_mib,
+            b = self.rss_sessions_mib,
+            c = self.rss_with_jwt_mib,
+            s = self.sessions_mib_per_100k(),
+            j = with_jwt,
+            jg = goal(with_jwt <= 40.0),
+            r = self.routes,
+            d = self.rss_few_routes_mib,
+            e = self.rss_many_routes_mib,
+            pr = per_route,
+            rg = goal(per_route <= 2048.0),
+        )
+    }
+}
+
+fn per_100k(mib: f64, n: usize) -> f64 {
+    mib * 100_000.0 / n.max(1) as f64
+}
+
+/// The proxy's RSS once it stopped moving (background work after a burst settles).
+pub async fn settled_rss(pid: u32) -> f64 {
+    let mut last = rss_mib(pid);
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = rss_mib(pid);
+        if (now - last).abs() < 0.25 {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+/// `config` with its listener and metrics listener on free ports, for a second proxy beside the
+/// first (its routes keep their hosts, ports included).
+pub fn on_new_ports(config: &str) -> String {
+    config
+        .lines()
+        .map(|line| {
+            if line.starts_with("address = ") {
+                format!("address = \"127.0.0.1:{}\"", free_port())
+            } else if line.starts_with("metrics_address = ") {
+                format!("metrics_address = \"127.0.0.1:{}\"", free_port())
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// `routes` extra routes, each on a host of its own, in the form the proxy config takes.
+pub fn extra_routes(routes: usize, port: u16, upstream: &str) -> String {
+    let mut text = String::with_capacity(routes * 320);
+    for i in 0..routes {
+        text.push_str(&format!(
+            r#"
+[[routes]]
+from = "http://r{i}.example.localhost:{port}"
+to = "{upstream}"
+pass_identity_headers = true
+policy = [
+  {{ allow = {{ and = [ {{ domain = {{ is = "example.com" }} }}, {{ groups = {{ has = "team-{g}" }} }} ] }} }},
+  {{ deny = {{ or = [ {{ http_method = {{ is = "DELETE" }} }} ] }} }},
+]
+"#,
+            g = i % 50,
+        ));
+    }
+    text
+}
