@@ -158,7 +158,7 @@ impl ProxyHttp for Proxy {
         };
         set_headers(
             upstream_response,
-            &route.set_response_headers,
+            &route.options().set_response_headers,
             self.state.tls,
         )?;
         if upstream_response.status == 101 {

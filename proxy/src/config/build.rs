@@ -10,7 +10,7 @@ use portcullis_policy::Cidr;
 use url::Url;
 
 use super::errors::Errors;
-use super::route::build_route;
+use super::route::{build_route, Policies};
 use super::runtime::{
     Config, CookieSettings, DatabrokerSettings, Forwarding, IdpSettings, LogFormat,
     RequestHeadLimits, Route, SameSite, ServiceUrl, Services, StorageType,
@@ -570,6 +570,7 @@ fn logging(file: &mut schema::File, errors: &mut Errors) -> Logging {
 fn routes(file: &mut schema::File, base: &Path, errors: &mut Errors) -> Vec<Route> {
     let raw_routes = errors.or("routes", file.routes.take(), Vec::new());
     let mut routes = Vec::with_capacity(raw_routes.len());
+    let mut policies = Policies::default();
     for (index, raw) in raw_routes.into_iter().enumerate() {
         let path = format!("routes[{index}]");
         let route: schema::Route = match raw {
@@ -585,7 +586,7 @@ fn routes(file: &mut schema::File, base: &Path, errors: &mut Errors) -> Vec<Rout
                 continue;
             }
         };
-        if let Some(r) = build_route(index, &path, route, base, errors) {
+        if let Some(r) = build_route(index, &path, route, base, errors, &mut policies) {
             routes.push(r);
         }
     }

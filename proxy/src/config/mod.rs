@@ -23,7 +23,7 @@ pub use errors::{ConfigError, ConfigErrors};
 pub use runtime::{
     Config, CookieSettings, DatabrokerSettings, Forwarding, FromMatcher, HeaderTemplate,
     HealthCheck, HostPattern, IdpSettings, LogFormat, PathMatcher, RequestHeadLimits, Route,
-    SameSite, ServiceUrl, Services, StorageType, TemplatePart, Upstream, UpstreamTls,
+    RouteOptions, SameSite, ServiceUrl, Services, StorageType, TemplatePart, Upstream, UpstreamTls,
 };
 
 use build::build;

@@ -1,6 +1,6 @@
 //! Converts one `[[routes]]` table into a [`Route`], one function per group of keys.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
@@ -9,19 +9,27 @@ use portcullis_policy::Policy;
 use regex::Regex;
 
 use super::errors::Errors;
-use super::runtime::{FromMatcher, HeaderTemplate, HealthCheck, PathMatcher, Route, Upstream};
+use super::runtime::{
+    FromMatcher, HeaderTemplate, HealthCheck, PathMatcher, Route, RouteOptions, Upstream,
+};
 use super::schema::{self, health_check_keys, route_keys, Field, OneOrMany};
 use super::tls::upstream_tls;
 use super::values::{duration, from_matcher, header_name, regex_substitution, upstream};
 
 /// The route at `index` (`path` is its key path, `routes[index]`). The keys are read in the
 /// order `portcullis check` has always reported their errors.
+/// The policies compiled so far while a file loads, by their text: routes that repeat a
+/// policy (generated configurations often do) share one compiled copy.
+#[derive(Default)]
+pub(super) struct Policies(HashMap<String, Policy>);
+
 pub(super) fn build_route(
     index: usize,
     path: &str,
     mut raw: schema::Route,
     base: &Path,
     errors: &mut Errors,
+    policies: &mut Policies,
 ) -> Option<Route> {
     let key = |k: &str| format!("{path}.{k}");
     errors.unknown(
@@ -65,7 +73,7 @@ pub(super) fn build_route(
         raw.pass_identity_headers.take(),
         false,
     );
-    let policy = policy(errors, path, raw.policy.take(), public, any_user);
+    let policy = policy(errors, path, raw.policy.take(), public, any_user, policies);
 
     Some(Route {
         index,
@@ -73,19 +81,22 @@ pub(super) fn build_route(
         from: from?,
         path: path_matcher,
         upstreams,
-        prefix_rewrite,
-        regex_rewrite,
         preserve_host_header,
-        host_rewrite,
-        set_request_headers,
-        remove_request_headers,
-        set_response_headers,
         timeout,
         idle_timeout,
         allow_websockets,
         pass_identity_headers,
-        health_check,
         policy,
+        options: RouteOptions {
+            prefix_rewrite,
+            regex_rewrite,
+            host_rewrite,
+            set_request_headers,
+            remove_request_headers,
+            set_response_headers,
+            health_check,
+        }
+        .boxed_unless_empty(),
     })
 }
 
@@ -317,18 +328,30 @@ fn policy(
     raw: Field<toml::Value>,
     public: bool,
     any_user: bool,
+    policies: &mut Policies,
 ) -> Policy {
     let key = |k: &str| format!("{path}.{k}");
     let parsed = match errors.opt(&key("policy"), raw) {
-        Some(value) => match Policy::parse(&value, &key("policy")) {
-            Ok(p) => Some(p),
-            Err(list) => {
-                for e in list {
-                    errors.push(e.path, e.message);
-                }
-                None
+        // Parsing depends on the value alone (the path only names errors), so an equal text
+        // compiles to an equal policy; only policies that compiled are shared.
+        Some(value) => {
+            let text = value.to_string();
+            match policies.0.get(&text) {
+                Some(p) => Some(p.clone()),
+                None => match Policy::parse(&value, &key("policy")) {
+                    Ok(p) => {
+                        policies.0.insert(text, p.clone());
+                        Some(p)
+                    }
+                    Err(list) => {
+                        for e in list {
+                            errors.push(e.path, e.message);
+                        }
+                        None
+                    }
+                },
             }
-        },
+        }
         None => None,
     };
     if public {

@@ -49,7 +49,7 @@ fn regex_rewrite_keys_are_checked_together() {
         Path::new("."),
     )
     .unwrap();
-    let (re, sub) = c.routes[0].regex_rewrite.as_ref().unwrap();
+    let (re, sub) = c.routes[0].options().regex_rewrite.as_ref().unwrap();
     assert_eq!(re.replace_all("/a/x/y", sub.as_str()), "/b/x/y");
 
     let e = errors("to = \"http://127.0.0.1:9\"\nregex_rewrite_pattern = '^/a/(.*)$'");
@@ -139,7 +139,7 @@ fn health_checks() {
         Path::new("."),
     )
     .unwrap();
-    let h = c.routes[0].health_check.as_ref().unwrap();
+    let h = c.routes[0].options().health_check.as_ref().unwrap();
     assert_eq!(h.path, "/healthz");
     assert_eq!(h.interval, Duration::from_secs(10));
     assert_eq!((h.healthy_threshold, h.unhealthy_threshold), (2, 3));
@@ -148,7 +148,7 @@ fn health_checks() {
         Path::new("."),
     )
     .unwrap();
-    let h = c.routes[0].health_check.as_ref().unwrap();
+    let h = c.routes[0].options().health_check.as_ref().unwrap();
     assert_eq!(h.interval, Duration::from_secs(1));
     assert_eq!(h.timeout, Duration::from_millis(500));
     assert_eq!((h.healthy_threshold, h.unhealthy_threshold), (1, 2));

@@ -38,7 +38,7 @@ struct Target {
 pub fn spawn(table: &RouteTable) {
     let mut targets = Vec::new();
     for route in table.routes() {
-        let Some(check) = &route.health_check else {
+        let Some(check) = &route.options().health_check else {
             continue;
         };
         let Some(health) = table.route_health(route.index) else {

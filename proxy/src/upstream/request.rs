@@ -81,7 +81,11 @@ async fn edit(
         forged_by_client(name.as_str())
             || *name == config.jwt_assertion_header
             || config.jwt_claims_headers.iter().any(|(h, _)| h == name)
-            || route.remove_request_headers.iter().any(|h| h == name)
+            || route
+                .options()
+                .remove_request_headers
+                .iter()
+                .any(|h| h == name)
     };
     if headers.keys().any(spoofed) {
         let names: Vec<HeaderName> = headers.keys().filter(|n| spoofed(n)).cloned().collect();
@@ -106,7 +110,7 @@ async fn edit(
     } else {
         0
     };
-    headers.reserve(4 + identity_headers + route.set_request_headers.len());
+    headers.reserve(4 + identity_headers + route.options().set_request_headers.len());
     strip_session_cookie(headers, &config.cookie.name);
 
     // 2. Forwarding headers from the connection (or the trusted chain).
@@ -137,7 +141,7 @@ async fn edit(
     }
     let host = if route.preserve_host_header {
         ctx.request.authority.as_str()
-    } else if let Some(h) = &route.host_rewrite {
+    } else if let Some(h) = &route.options().host_rewrite {
         h.as_str()
     } else {
         upstream
@@ -172,7 +176,7 @@ async fn edit(
     // The cache holds no tokens: a template that needs one reads the session from the
     // store (once per request).
     let mut full: Option<Option<portcullis_auth::Session>> = None;
-    for (name, template) in &route.set_request_headers {
+    for (name, template) in &route.options().set_request_headers {
         let mut value = String::new();
         for part in &template.0 {
             match part {
@@ -334,13 +338,14 @@ fn empty_request_header() -> RequestHeader {
 /// The path (with query) to send upstream.
 fn rewrite_path<'a>(route: &Route, base_path: Option<&str>, uri: &'a http::Uri) -> Cow<'a, str> {
     let path = uri.path();
-    let rewritten: Option<String> = if let Some((re, substitution)) = &route.regex_rewrite {
+    let rewritten: Option<String> = if let Some((re, substitution)) = &route.options().regex_rewrite
+    {
         match re.replace_all(path, substitution.as_str()) {
             Cow::Borrowed(_) => None,
             Cow::Owned(p) if p.starts_with('/') => Some(p),
             Cow::Owned(p) => Some(format!("/{p}")),
         }
-    } else if let Some(rewrite) = &route.prefix_rewrite {
+    } else if let Some(rewrite) = &route.options().prefix_rewrite {
         let prefix = match &route.path {
             PathMatcher::Prefix(p) => p.as_str(),
             _ => "/",
