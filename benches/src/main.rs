@@ -595,18 +595,19 @@ async fn memory_run(
         .map_err(|e| format!("proxy: {e}"))?;
     let rss_few_routes_mib = memory::settled_rss(few.pid().ok_or("no pid")?).await;
     drop(few);
-    let many = Portcullis::builder(binary)
-        .config(&format!(
-            "{}{}",
-            memory::on_new_ports(&portcullis.config),
-            memory::extra_routes(routes, portcullis.port, &upstream.url()),
-        ))
-        .start()
-        .await
-        .map_err(|e| format!("proxy with {routes} routes: {e}"))?;
-    let rss_many_routes_mib = memory::settled_rss(many.pid().ok_or("no pid")?).await;
-    drop(many);
-
+    let mut rss_with = Vec::new();
+    for distinct in [true, false] {
+        let many = Portcullis::builder(binary)
+            .config(&format!(
+                "{}{}",
+                memory::on_new_ports(&portcullis.config),
+                memory::extra_routes(routes, portcullis.port, &upstream.url(), distinct),
+            ))
+            .start()
+            .await
+            .map_err(|e| format!("proxy with {routes} routes: {e}"))?;
+        rss_with.push(memory::settled_rss(many.pid().ok_or("no pid")?).await);
+    }
     let report = memory::Report {
         sessions: settings.sessions,
         rss_idle_mib,
@@ -614,7 +615,8 @@ async fn memory_run(
         rss_with_jwt_mib,
         routes,
         rss_few_routes_mib,
-        rss_many_routes_mib,
+        rss_many_routes_mib: rss_with[0],
+        rss_repeated_policies_mib: rss_with[1],
     };
     println!("{}", report.table());
     if let Some(dir) = out.parent() {

@@ -3,10 +3,11 @@
 //! Sessions: the proxy's VmRSS before and after every seeded session sent one request, first
 //! on a route without identity headers (the session cache, the opened-cookie memo), then on
 //! the authorized route (each allowed session's identity JWT signed and cached as well), each
-//! growth scaled to 100,000 sessions. Routes: two proxy processes against the same databroker,
-//! one with the bench's routes and one with `routes` more (each a host of its own, a policy of
-//! three criteria like the authorized route's), their VmRSS once ready; the difference divided
-//! by `routes`.
+//! growth scaled to 100,000 sessions. Routes: proxy processes against the same databroker, one
+//! with the bench's routes and others with `routes` more (each a host of its own, a policy of
+//! three criteria like the authorized route's: every policy different, then 50 policies each
+//! repeated by many routes, which share one compiled copy), their VmRSS once ready; the
+//! difference divided by `routes`.
 //!
 //! RSS moves by whole pages and the allocator keeps freed memory, so small counts say little:
 //! use 100,000 sessions and 10,000 routes (the defaults here).
@@ -29,7 +30,10 @@ pub struct Report {
     pub rss_with_jwt_mib: f64,
     pub routes: usize,
     pub rss_few_routes_mib: f64,
+    /// Every route's policy its own.
     pub rss_many_routes_mib: f64,
+    /// 50 policies, each repeated by many routes.
+    pub rss_repeated_policies_mib: f64,
 }
 
 impl Report {
@@ -43,10 +47,18 @@ impl Report {
         per_100k(self.rss_with_jwt_mib - self.rss_idle_mib, self.sessions)
     }
 
-    /// Bytes per route.
+    /// Bytes per route, every policy its own.
     pub fn bytes_per_route(&self) -> f64 {
-        (self.rss_many_routes_mib - self.rss_few_routes_mib) * 1024.0 * 1024.0
-            / self.routes.max(1) as f64
+        self.per_route(self.rss_many_routes_mib)
+    }
+
+    /// Bytes per route when routes repeat 50 policies.
+    pub fn bytes_per_route_repeated(&self) -> f64 {
+        self.per_route(self.rss_repeated_policies_mib)
+    }
+
+    fn per_route(&self, rss_mib: f64) -> f64 {
+        (rss_mib - self.rss_few_routes_mib) * 1024.0 * 1024.0 / self.routes.max(1) as f64
     }
 
     pub fn table(&self) -> String {
@@ -58,7 +70,8 @@ impl Report {
              | --- | ---: | ---: | ---: | --- |\n\
              | {n} sessions, one request each, no identity headers | {a:.1} MiB | {b:.1} MiB | {s:.1} MiB per 100k | |\n\
              | the same sessions, identity JWT on | {a:.1} MiB | {c:.1} MiB | {j:.1} MiB per 100k | ≤ 40 MiB per 100k: {jg} |\n\
-             | {r} routes | {d:.1} MiB | {e:.1} MiB | {pr:.0} bytes per route | ≤ 2 KB per route: {rg} |\n",
+             | {r} routes, every policy its own | {d:.1} MiB | {e:.1} MiB | {pr:.0} bytes per route | ≤ 2 KB per route: {rg} |\n\
+             | {r} routes, 50 policies repeated | {d:.1} MiB | {f:.1} MiB | {rr:.0} bytes per route | |\n",
             n = self.sessions,
             a = self.rss_idle_mib,
             b = self.rss_sessions_mib,
@@ -69,6 +82,8 @@ impl Report {
             r = self.routes,
             d = self.rss_few_routes_mib,
             e = self.rss_many_routes_mib,
+            f = self.rss_repeated_policies_mib,
+            rr = self.bytes_per_route_repeated(),
             pr = per_route,
             rg = goal(per_route <= 2048.0),
         )
@@ -112,8 +127,9 @@ pub fn on_new_ports(config: &str) -> String {
         + "\n"
 }
 
-/// `routes` extra routes, each on a host of its own, in the form the proxy config takes.
-pub fn extra_routes(routes: usize, port: u16, upstream: &str) -> String {
+/// `routes` extra routes, each on a host of its own, in the form the proxy config takes: each
+/// policy names a group of its own when `distinct`, else one of 50.
+pub fn extra_routes(routes: usize, port: u16, upstream: &str, distinct: bool) -> String {
     let mut text = String::with_capacity(routes * 320);
     for i in 0..routes {
         text.push_str(&format!(
@@ -127,7 +143,7 @@ policy = [
   {{ deny = {{ or = [ {{ http_method = {{ is = "DELETE" }} }} ] }} }},
 ]
 "#,
-            g = i % 50,
+            g = if distinct { i } else { i % 50 },
         ));
     }
     text
