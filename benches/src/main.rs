@@ -61,7 +61,8 @@ pub struct Args {
     #[arg(long)]
     pub duration: Option<f64>,
     /// Open-loop rate in requests/s (default: half of nginx's closed-loop median, or half of
-    /// Portcullis auth-off's when nginx is absent). 0 skips the open loop.
+    /// Portcullis auth-off's when nginx is absent). 0 skips the open loop. With --soak: the
+    /// soak's rate (default: half of the authorized scenario's capacity).
     #[arg(long)]
     pub rate: Option<f64>,
     /// Run only these scenarios, comma-separated (default: all). Names: direct,
@@ -254,6 +255,7 @@ async fn run(args: Args) -> Result<(), String> {
             &portcullis,
             &settings,
             minutes.clamp(0.1, 24.0 * 60.0),
+            args.rate.filter(|r| *r > 0.0),
             &out,
         )
         .await;
@@ -522,6 +524,7 @@ async fn soak_run(
     portcullis: &PortcullisUnderTest,
     settings: &Settings,
     minutes: f64,
+    rate: Option<f64>,
     out: &std::path::Path,
 ) -> Result<(), String> {
     let pid = portcullis.proxy.pid().ok_or("the proxy is not running")?;
@@ -534,6 +537,7 @@ async fn soak_run(
         soak::run(
             pid,
             minutes,
+            rate,
             |d| measure(s, Mode::Closed, connections, d, "soak: capacity"),
             |rate, d, label| async move {
                 measure(s, Mode::Open { rate }, connections, d, &label).await

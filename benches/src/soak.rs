@@ -1,8 +1,8 @@
 //! `--soak MINUTES`: the authorized scenario at half of its own closed-loop capacity for a long
 //! time, sampling the proxy's RSS, to tell a leak from warm-up.
 //!
-//! First a short closed-loop run finds the capacity; then an open loop at half of it runs for
-//! the whole soak, in one-minute slices so that errors and latency are reported as they come.
+//! First a short closed-loop run finds the capacity; then an open loop at half of it (or at
+//! `--rate`, on a machine shared with other work) runs for the whole soak, in one-minute slices so that errors and latency are reported as they come.
 //! RSS (VmRSS of the proxy process) is sampled every 5 s. The verdict: zero errors, and RSS
 //! after the first minute stays within 5 MB (max − min). The series goes to JSON and to an SVG
 //! plot beside it.
@@ -38,9 +38,11 @@ pub struct SoakReport {
 
 /// Runs the soak. `closed` measures capacity for a duration; `open` runs one open-loop slice
 /// at a rate for a duration.
+/// `rate`: the open loop's requests/s; `None`, half of the measured capacity.
 pub async fn run<C, CF, O, OF>(
     pid: u32,
     minutes: f64,
+    rate: Option<f64>,
     closed: C,
     open: O,
 ) -> Result<SoakReport, String>
@@ -57,7 +59,7 @@ where
             capacity.rps, capacity.errors
         ));
     }
-    let rate = (capacity.rps / 2.0).floor();
+    let rate = rate.unwrap_or((capacity.rps / 2.0).floor());
     let total = Duration::from_secs_f64(minutes * 60.0);
     eprintln!(
         "soak: capacity {:.0} req/s, soaking at {rate:.0} req/s for {minutes:.1} min",
