@@ -20,6 +20,7 @@ mod procstat;
 mod report;
 mod slow_headers;
 mod soak;
+mod tls;
 mod upstream;
 
 use std::path::PathBuf;
@@ -30,8 +31,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use http::HeaderValue;
 
-use crate::load::{Mode, Progress, Target};
-use crate::peers::{ApacheUnderTest, PeerProcess, PortcullisUnderTest, APP_HOST, PUBLIC_HOST};
+use crate::load::{Mode, Progress, Target, Tls};
+use crate::peers::{
+    ApacheUnderTest, PeerProcess, PortcullisUnderTest, TlsProxy, APP_HOST, PUBLIC_HOST,
+};
 use crate::report::{OpenResult, RoundResult, ScenarioResult};
 
 #[derive(Parser, Debug, Clone, serde::Serialize)]
@@ -63,8 +66,9 @@ pub struct Args {
     #[arg(long)]
     pub rate: Option<f64>,
     /// Run only these scenarios, comma-separated (default: all). Names: direct,
-    /// portcullis-public, portcullis-auth, portcullis-403, portcullis-302, nginx, apache-oidc.
-    /// A peer left out is not started.
+    /// portcullis-public, portcullis-auth, portcullis-403, portcullis-302, nginx, apache-oidc,
+    /// and over TLS portcullis-auth-tls, nginx-tls, portcullis-handshake, nginx-handshake. A
+    /// peer left out is not started.
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// Instead of throughput: count the proxy's instructions per request under valgrind's
@@ -94,7 +98,7 @@ pub struct Args {
 }
 
 /// Every scenario's name, in the order the rounds run them.
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 11] = [
     "direct",
     "portcullis-public",
     "portcullis-auth",
@@ -102,6 +106,18 @@ const SCENARIOS: [&str; 7] = [
     "portcullis-302",
     "nginx",
     "apache-oidc",
+    "portcullis-auth-tls",
+    "nginx-tls",
+    "portcullis-handshake",
+    "nginx-handshake",
+];
+
+/// The scenarios over TLS; they need the bench's certificate ([`tls::BenchCert`]).
+const TLS_SCENARIOS: [&str; 4] = [
+    "portcullis-auth-tls",
+    "nginx-tls",
+    "portcullis-handshake",
+    "nginx-handshake",
 ];
 
 /// Settings after defaults.
@@ -213,8 +229,23 @@ async fn run(args: Args) -> Result<(), String> {
         settings.sessions
     );
     let wrapper = callgrind.as_ref().map(|c| c.wrapper()).unwrap_or_default();
-    let portcullis =
-        PortcullisUnderTest::start(&binary, &upstream.url(), settings.sessions, &wrapper).await?;
+    // The HTTPS scenarios are part of the scenario runs, not of the other modes.
+    let scenario_run = callgrind.is_none() && args.soak.is_none() && args.slow_headers.is_none();
+    let cert = match scenario_run && TLS_SCENARIOS.iter().any(|n| wanted(n)) {
+        true => Some(tls::BenchCert::generate(&[APP_HOST, PUBLIC_HOST])?),
+        false => None,
+    };
+    let portcullis_tls = cert
+        .as_ref()
+        .filter(|_| wanted("portcullis-auth-tls") || wanted("portcullis-handshake"));
+    let (portcullis, tls_proxy) = PortcullisUnderTest::start(
+        &binary,
+        &upstream.url(),
+        settings.sessions,
+        &wrapper,
+        portcullis_tls,
+    )
+    .await?;
     if let Some(callgrind) = callgrind {
         let out = args
             .out
@@ -260,9 +291,12 @@ async fn run(args: Args) -> Result<(), String> {
         return slow_headers_run(&upstream, &portcullis, &settings, &plan, &out).await;
     }
     let mut skipped = Vec::new();
-    let nginx = match wanted("nginx") {
+    let nginx_tls = cert
+        .as_ref()
+        .filter(|_| wanted("nginx-tls") || wanted("nginx-handshake"));
+    let nginx = match wanted("nginx") || nginx_tls.is_some() {
         true => started(
-            PeerProcess::nginx(upstream.addr, settings.workers).await,
+            PeerProcess::nginx(upstream.addr, settings.workers, nginx_tls).await,
             "nginx",
             &mut skipped,
         ),
@@ -280,7 +314,21 @@ async fn run(args: Args) -> Result<(), String> {
         false => None,
     };
 
-    let mut scenarios = scenarios(&upstream, &portcullis, nginx.as_ref(), apache.as_ref())?;
+    let client_tls = cert
+        .as_ref()
+        .map(tls::BenchCert::client_config)
+        .transpose()?;
+    let tls_peers = client_tls.as_ref().map(|config| TlsPeers {
+        config: config.clone(),
+        portcullis: tls_proxy.as_ref(),
+    });
+    let mut scenarios = scenarios(
+        &upstream,
+        &portcullis,
+        tls_peers.as_ref(),
+        nginx.as_ref(),
+        apache.as_ref(),
+    )?;
     scenarios.retain(|s| wanted(s.name));
 
     warm_up(&scenarios, &settings).await?;
@@ -313,7 +361,9 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let mut open = Vec::new();
     if rate >= 1.0 {
-        for s in &scenarios {
+        // Plain HTTP only: the rate is plain nginx's, far above what a handshake per request
+        // reaches.
+        for s in scenarios.iter().filter(|s| s.target.tls.is_none()) {
             let label = format!("open loop {rate:.0} req/s {}", s.name);
             let r = measure(
                 s,
@@ -343,6 +393,7 @@ async fn run(args: Args) -> Result<(), String> {
     if let Some(a) = apache {
         a.server.stop().await;
     }
+    drop(tls_proxy);
     drop(portcullis);
     drop(upstream);
 
@@ -392,6 +443,9 @@ fn cap(d: Duration) -> u64 {
 async fn warm_up(scenarios: &[Scenario], settings: &Settings) -> Result<(), String> {
     eprintln!("warming up ...");
     for s in scenarios {
+        if let Some(agreed) = load::negotiated(&s.target).await? {
+            eprintln!("{}: TLS {agreed}", s.name);
+        }
         let n = s.target.cookies.len().max(1) as u64;
         let warm = Duration::from_secs_f64((settings.duration_secs / 2.0).clamp(0.2, 2.0));
         let progress = Arc::new(Progress::default());
@@ -433,7 +487,7 @@ async fn count_instructions(
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     let pid = portcullis.proxy.pid().ok_or("the proxy is not running")?;
-    let mut scenarios = scenarios(upstream, portcullis, None, None)?;
+    let mut scenarios = scenarios(upstream, portcullis, None, None, None)?;
     scenarios.retain(|s| s.name.starts_with("portcullis-") && wanted(s.name));
     warm_up(&scenarios, settings).await?;
     let requests: u64 = if settings.quick { 1_000 } else { 20_000 };
@@ -505,7 +559,7 @@ async fn soak_run(
     out: &std::path::Path,
 ) -> Result<(), String> {
     let pid = portcullis.proxy.pid().ok_or("the proxy is not running")?;
-    let mut scenarios = scenarios(upstream, portcullis, None, None)?;
+    let mut scenarios = scenarios(upstream, portcullis, None, None, None)?;
     scenarios.retain(|s| s.name == "portcullis-auth");
     warm_up(&scenarios, settings).await?;
     let s = scenarios.first().ok_or("no portcullis-auth scenario")?;
@@ -540,7 +594,7 @@ async fn slow_headers_run(
     out: &std::path::Path,
 ) -> Result<(), String> {
     let pid = portcullis.proxy.pid().ok_or("the proxy is not running")?;
-    let mut scenarios = scenarios(upstream, portcullis, None, None)?;
+    let mut scenarios = scenarios(upstream, portcullis, None, None, None)?;
     scenarios.retain(|s| s.name == "portcullis-auth");
     warm_up(&scenarios, settings).await?;
     let s = scenarios.first().ok_or("no portcullis-auth scenario")?;
@@ -620,9 +674,17 @@ async fn measure(
     )
 }
 
+/// What the HTTPS scenarios need: the load client's TLS configuration, and Portcullis's TLS
+/// listener when it runs.
+struct TlsPeers<'a> {
+    config: Arc<tokio_rustls::rustls::ClientConfig>,
+    portcullis: Option<&'a TlsProxy>,
+}
+
 fn scenarios(
     upstream: &upstream::FastUpstream,
     p: &PortcullisUnderTest,
+    tls: Option<&TlsPeers>,
     nginx: Option<&PeerProcess>,
     apache: Option<&ApacheUnderTest>,
 ) -> Result<Vec<Scenario>, String> {
@@ -647,6 +709,8 @@ fn scenarios(
                 path: "/",
                 cookies: none.clone(),
                 expect: 200,
+                tls: None,
+                fresh: false,
             },
             pid: None,
         },
@@ -659,6 +723,8 @@ fn scenarios(
                 path: "/",
                 cookies: none.clone(),
                 expect: 200,
+                tls: None,
+                fresh: false,
             },
             pid: proxy_pid,
         },
@@ -671,6 +737,8 @@ fn scenarios(
                 path: "/",
                 cookies: cookies(&p.allowed)?,
                 expect: 200,
+                tls: None,
+                fresh: false,
             },
             pid: proxy_pid,
         },
@@ -683,6 +751,8 @@ fn scenarios(
                 path: "/",
                 cookies: cookies(&p.denied)?,
                 expect: 403,
+                tls: None,
+                fresh: false,
             },
             pid: proxy_pid,
         },
@@ -695,6 +765,8 @@ fn scenarios(
                 path: "/",
                 cookies: none.clone(),
                 expect: 302,
+                tls: None,
+                fresh: false,
             },
             pid: proxy_pid,
         },
@@ -709,6 +781,8 @@ fn scenarios(
                 path: "/",
                 cookies: none.clone(),
                 expect: 200,
+                tls: None,
+                fresh: false,
             },
             pid: n.pid(),
         });
@@ -723,9 +797,85 @@ fn scenarios(
                 path: "/",
                 cookies: Arc::new(vec![header(a.cookie.clone())?]),
                 expect: 200,
+                tls: None,
+                fresh: false,
             },
             pid: a.server.pid(),
         });
+    }
+    if let Some(tls) = tls {
+        let client = |host: &'static str| -> Result<Option<Tls>, String> {
+            let server_name = tokio_rustls::rustls::pki_types::ServerName::try_from(host)
+                .map_err(|e| format!("{host}: {e}"))?;
+            Ok(Some(Tls {
+                config: tls.config.clone(),
+                server_name,
+            }))
+        };
+        if let Some(t) = tls.portcullis {
+            out.push(Scenario {
+                name: "portcullis-auth-tls",
+                about: "Portcullis over TLS, keep-alive: authorized cookie requests as portcullis-auth",
+                target: Target {
+                    addr: loopback(t.port),
+                    host: header(format!("{APP_HOST}:{}", t.port))?,
+                    path: "/",
+                    cookies: cookies(&t.allowed)?,
+                    expect: 200,
+                    tls: client(APP_HOST)?,
+                    fresh: false,
+                },
+                pid: t.proxy.pid(),
+            });
+        }
+        if let Some(port) = nginx.and_then(|n| n.tls_port) {
+            out.push(Scenario {
+                name: "nginx-tls",
+                about: "nginx over TLS, keep-alive, plain reverse proxy (no auth)",
+                target: Target {
+                    addr: loopback(port),
+                    host: header(format!("{APP_HOST}:{port}"))?,
+                    path: "/",
+                    cookies: none.clone(),
+                    expect: 200,
+                    tls: client(APP_HOST)?,
+                    fresh: false,
+                },
+                pid: nginx.and_then(PeerProcess::pid),
+            });
+        }
+        if let Some(t) = tls.portcullis {
+            out.push(Scenario {
+                name: "portcullis-handshake",
+                about: "Portcullis over TLS, public route, a new connection and full handshake per request (req/s = handshakes/s)",
+                target: Target {
+                    addr: loopback(t.port),
+                    host: header(format!("{PUBLIC_HOST}:{}", t.port))?,
+                    path: "/",
+                    cookies: none.clone(),
+                    expect: 200,
+                    tls: client(PUBLIC_HOST)?,
+                    fresh: true,
+                },
+                pid: t.proxy.pid(),
+            });
+        }
+        if let Some(port) = nginx.and_then(|n| n.tls_port) {
+            out.push(Scenario {
+                name: "nginx-handshake",
+                about: "nginx over TLS, a new connection and full handshake per request (req/s = handshakes/s)",
+                target: Target {
+                    addr: loopback(port),
+                    host: header(format!("{PUBLIC_HOST}:{port}"))?,
+                    path: "/",
+                    cookies: none.clone(),
+                    expect: 200,
+                    tls: client(PUBLIC_HOST)?,
+                    fresh: true,
+                },
+                pid: nginx.and_then(PeerProcess::pid),
+            });
+        }
     }
     Ok(out)
 }
