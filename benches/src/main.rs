@@ -2,7 +2,9 @@
 //! harness. It starts everything itself on 127.0.0.1 (ephemeral ports): a small fast upstream,
 //! Portcullis as a `databroker` process plus a `proxy` process (sessions seeded with
 //! `portcullis sessions seed`), nginx as a plain reverse proxy and Apache httpd with
-//! mod_auth_openidc (both skipped, with a line saying how to install them, when absent). Then it
+//! mod_auth_openidc (both skipped, with a line saying how to install them, when absent); for the
+//! HTTPS scenarios, one self-signed certificate ([`tls`]) served by a second proxy process and
+//! a second nginx server, kept-alive or with a full handshake per request. Then it
 //! runs the scenarios in interleaved rounds (A B C A B C ...), closed loop with N keep-alive
 //! connections, then once more open loop at a fixed rate, and prints a table of medians. The
 //! results go to JSON (`--out`, default `target/bench/results.json`) with a latency plot (SVG)
