@@ -3,6 +3,10 @@
 //! each request has an intended send time on a fixed schedule, and its latency is measured from
 //! that time, not from when it could actually be sent: a stalled server is charged for the
 //! requests that queued behind the stall (no coordinated omission).
+//!
+//! Over TLS ([`crate::tls`]) the same, each connection's handshake first; or, for the handshake
+//! scenarios, a new connection (a full handshake) for every request, which asks the server to
+//! close it (`Connection: close`) and reads to its end.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +19,11 @@ use http::{HeaderValue, Request};
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;
 use rand::{Rng as _, SeedableRng as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::TlsConnector;
 
 /// What one request looks like.
 #[derive(Clone)]
@@ -26,7 +35,25 @@ pub struct Target {
     pub cookies: Arc<Vec<HeaderValue>>,
     /// The status every answer must have; anything else counts as an error.
     pub expect: u16,
+    /// TLS to the target, or plain TCP.
+    pub tls: Option<Tls>,
+    /// A new connection for every request (with `tls`, a full handshake each), rather than
+    /// keep-alive.
+    pub fresh: bool,
 }
+
+/// The client side of TLS: the configuration and the name sent as SNI.
+#[derive(Clone)]
+pub struct Tls {
+    pub config: Arc<ClientConfig>,
+    pub server_name: ServerName<'static>,
+}
+
+/// How long a request on a new connection may take, handshake included.
+const FRESH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most a new connection's answer may hold.
+const FRESH_MAX_ANSWER: usize = 64 * 1024;
 
 /// How to drive the load.
 #[derive(Clone, Copy, Debug)]
@@ -133,15 +160,63 @@ struct ConnOutcome {
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
-async fn connect(addr: SocketAddr) -> Result<Sender, String> {
+async fn tcp(addr: SocketAddr) -> Result<TcpStream, String> {
     // Only loopback: the harness never sends traffic anywhere else.
     if !addr.ip().is_loopback() {
         return Err(format!("refusing non-loopback address {addr}"));
     }
-    let stream = tokio::net::TcpStream::connect(addr)
+    let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+async fn tls_handshake(
+    tls: &Tls,
+    stream: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    TlsConnector::from(tls.config.clone())
+        .connect(tls.server_name.clone(), stream)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))
+}
+
+/// What one handshake with `target` agrees on (version, cipher suite, key exchange group), for
+/// the log; `None` without TLS.
+pub async fn negotiated(target: &Target) -> Result<Option<String>, String> {
+    let Some(tls) = &target.tls else {
+        return Ok(None);
+    };
+    let stream = tls_handshake(tls, tcp(target.addr).await?).await?;
+    let (_, conn) = stream.get_ref();
+    let name = |s: Option<String>| s.unwrap_or_else(|| "-".into());
+    Ok(Some(format!(
+        "{} {} {}",
+        name(conn.protocol_version().map(|v| format!("{v:?}"))),
+        name(
+            conn.negotiated_cipher_suite()
+                .map(|s| format!("{:?}", s.suite()))
+        ),
+        name(
+            conn.negotiated_key_exchange_group()
+                .map(|g| format!("{:?}", g.name()))
+        ),
+    )))
+}
+
+async fn connect(target: &Target) -> Result<Sender, String> {
+    let stream = tcp(target.addr).await?;
+    match &target.tls {
+        Some(tls) => http1(tls_handshake(tls, stream).await?).await,
+        None => http1(stream).await,
+    }
+}
+
+async fn http1<S>(stream: S) -> Result<Sender, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
@@ -231,22 +306,29 @@ async fn one_request(
     rng: &mut rand::rngs::StdRng,
     turn: Option<u64>,
 ) -> Result<(), String> {
+    let cookie = (!target.cookies.is_empty()).then(|| {
+        let n = target.cookies.len();
+        let i = match turn {
+            Some(t) => (t % n as u64) as usize,
+            None => rng.gen_range(0..n),
+        };
+        &target.cookies[i]
+    });
+    if target.fresh {
+        return tokio::time::timeout(FRESH_TIMEOUT, fresh_request(target, cookie))
+            .await
+            .map_err(|_| format!("no answer within {FRESH_TIMEOUT:?}"))?;
+    }
     let s = match sender {
         Some(s) if !s.is_closed() => s,
-        _ => sender.insert(connect(target.addr).await?),
+        _ => sender.insert(connect(target).await?),
     };
     s.ready().await.map_err(|e| format!("ready: {e}"))?;
     let mut req = Request::get(target.path)
         .header(http::header::HOST, target.host.clone())
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
-    if !target.cookies.is_empty() {
-        let n = target.cookies.len();
-        let i = match turn {
-            Some(t) => (t % n as u64) as usize,
-            None => rng.gen_range(0..n),
-        };
-        let c = &target.cookies[i];
+    if let Some(c) = cookie {
         req.headers_mut().insert(http::header::COOKIE, c.clone());
     }
     let resp = s
@@ -269,4 +351,123 @@ async fn one_request(
         return Err(format!("status {status}, expected {}", target.expect));
     }
     Ok(())
+}
+
+/// One request on a new connection (and, with TLS, a full handshake).
+async fn fresh_request(target: &Target, cookie: Option<&HeaderValue>) -> Result<(), String> {
+    let stream = tcp(target.addr).await?;
+    match &target.tls {
+        Some(tls) => exchange(tls_handshake(tls, stream).await?, target, cookie).await,
+        None => exchange(stream, target, cookie).await,
+    }
+}
+
+/// Sends the request with `Connection: close` and reads the answer up to the server's close.
+/// Waiting for that close leaves the closed connection's TIME_WAIT on the server's side, not on
+/// the client's ephemeral ports, at thousands of connections a second.
+async fn exchange<S>(
+    mut stream: S,
+    target: &Target,
+    cookie: Option<&HeaderValue>,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"GET ");
+    head.extend_from_slice(target.path.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    head.extend_from_slice(target.host.as_bytes());
+    head.extend_from_slice(b"\r\nconnection: close\r\n");
+    if let Some(c) = cookie {
+        head.extend_from_slice(b"cookie: ");
+        head.extend_from_slice(c.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    stream
+        .write_all(&head)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    stream.flush().await.map_err(|e| format!("write: {e}"))?;
+    let mut answer = Vec::with_capacity(1024);
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) if answer.len() + n <= FRESH_MAX_ANSWER => answer.extend_from_slice(&buf[..n]),
+            Ok(_) => return Err(format!("answer over {FRESH_MAX_ANSWER} bytes")),
+            // A TLS server may close without close_notify once it has answered.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !answer.is_empty() => break,
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    let status = answer
+        .strip_prefix(b"HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| std::str::from_utf8(code).ok()?.parse::<u16>().ok())
+        .ok_or_else(|| format!("no HTTP/1.1 status line in {} bytes", answer.len()))?;
+    if !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        return Err("the connection closed before the end of the answer's head".into());
+    }
+    if status != target.expect {
+        return Err(format!("status {status}, expected {}", target.expect));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(expect: u16) -> Target {
+        Target {
+            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            host: HeaderValue::from_static("public.localhost:1"),
+            path: "/",
+            cookies: Arc::new(Vec::new()),
+            expect,
+            tls: None,
+            fresh: true,
+        }
+    }
+
+    /// Runs `exchange` against a server that reads the request, writes `answer` and closes;
+    /// returns the outcome and the request the server read.
+    async fn against(answer: &'static [u8], expect: u16) -> (Result<(), String>, String) {
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                match server.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = server.write_all(answer).await;
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        let cookie = HeaderValue::from_static("_portcullis=abc");
+        let outcome = exchange(client, &target(expect), Some(&cookie)).await;
+        (outcome, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_asks_the_server_to_close_and_reads_to_its_end() {
+        let (outcome, request) =
+            against(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", 200).await;
+        assert_eq!(outcome, Ok(()));
+        assert_eq!(
+            request,
+            "GET / HTTP/1.1\r\nhost: public.localhost:1\r\nconnection: close\r\ncookie: _portcullis=abc\r\n\r\n"
+        );
+
+        let (outcome, _) = against(b"HTTP/1.1 302 Found\r\n\r\n", 200).await;
+        assert_eq!(outcome, Err("status 302, expected 200".into()));
+        let (outcome, _) = against(b"HTTP/1.1 200 OK\r\ncontent-le", 200).await;
+        assert!(outcome.is_err_and(|e| e.contains("before the end")));
+        let (outcome, _) = against(b"", 200).await;
+        assert!(outcome.is_err_and(|e| e.contains("no HTTP/1.1 status line")));
+    }
 }

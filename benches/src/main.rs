@@ -2,7 +2,9 @@
 //! harness. It starts everything itself on 127.0.0.1 (ephemeral ports): a small fast upstream,
 //! Portcullis as a `databroker` process plus a `proxy` process (sessions seeded with
 //! `portcullis sessions seed`), nginx as a plain reverse proxy and Apache httpd with
-//! mod_auth_openidc (both skipped, with a line saying how to install them, when absent). Then it
+//! mod_auth_openidc (both skipped, with a line saying how to install them, when absent); for the
+//! HTTPS scenarios, one self-signed certificate ([`tls`]) served by a second proxy process and
+//! a second nginx server, kept-alive or with a full handshake per request. Then it
 //! runs the scenarios in interleaved rounds (A B C A B C ...), closed loop with N keep-alive
 //! connections, then once more open loop at a fixed rate, and prints a table of medians. The
 //! results go to JSON (`--out`, default `target/bench/results.json`) with a latency plot (SVG)
@@ -21,6 +23,7 @@ mod procstat;
 mod report;
 mod slow_headers;
 mod soak;
+mod tls;
 mod upstream;
 
 use std::path::PathBuf;
@@ -31,8 +34,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use http::HeaderValue;
 
-use crate::load::{Mode, Progress, Target};
-use crate::peers::{ApacheUnderTest, PeerProcess, PortcullisUnderTest, APP_HOST, PUBLIC_HOST};
+use crate::load::{Mode, Progress, Target, Tls};
+use crate::peers::{
+    ApacheUnderTest, PeerProcess, PortcullisUnderTest, TlsProxy, APP_HOST, PUBLIC_HOST,
+};
 use crate::report::{OpenResult, RoundResult, ScenarioResult};
 use portcullis_harness::Portcullis;
 
@@ -66,8 +71,9 @@ pub struct Args {
     #[arg(long)]
     pub rate: Option<f64>,
     /// Run only these scenarios, comma-separated (default: all). Names: direct,
-    /// portcullis-public, portcullis-auth, portcullis-403, portcullis-302, nginx, apache-oidc.
-    /// A peer left out is not started.
+    /// portcullis-public, portcullis-auth, portcullis-403, portcullis-302, nginx, apache-oidc,
+    /// and over TLS portcullis-auth-tls, nginx-tls, portcullis-handshake, nginx-handshake. A
+    /// peer left out is not started.
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// Instead of throughput: count the proxy's instructions per request under valgrind's
@@ -104,7 +110,7 @@ pub struct Args {
 }
 
 /// Every scenario's name, in the order the rounds run them.
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 11] = [
     "direct",
     "portcullis-public",
     "portcullis-auth",
@@ -112,6 +118,18 @@ const SCENARIOS: [&str; 7] = [
     "portcullis-302",
     "nginx",
     "apache-oidc",
+    "portcullis-auth-tls",
+    "nginx-tls",
+    "portcullis-handshake",
+    "nginx-handshake",
+];
+
+/// The scenarios over TLS; they need the bench's certificate ([`tls::BenchCert`]).
+const TLS_SCENARIOS: [&str; 4] = [
+    "portcullis-auth-tls",
+    "nginx-tls",
+    "portcullis-handshake",
+    "nginx-handshake",
 ];
 
 /// Settings after defaults.
@@ -227,8 +245,26 @@ async fn run(args: Args) -> Result<(), String> {
         settings.sessions
     );
     let wrapper = callgrind.as_ref().map(|c| c.wrapper()).unwrap_or_default();
-    let portcullis =
-        PortcullisUnderTest::start(&binary, &upstream.url(), settings.sessions, &wrapper).await?;
+    // The HTTPS scenarios are part of the scenario runs, not of the other modes.
+    let scenario_run = callgrind.is_none()
+        && args.soak.is_none()
+        && args.slow_headers.is_none()
+        && args.memory.is_none();
+    let cert = match scenario_run && TLS_SCENARIOS.iter().any(|n| wanted(n)) {
+        true => Some(tls::BenchCert::generate(&[APP_HOST, PUBLIC_HOST])?),
+        false => None,
+    };
+    let portcullis_tls = cert
+        .as_ref()
+        .filter(|_| wanted("portcullis-auth-tls") || wanted("portcullis-handshake"));
+    let (portcullis, tls_proxy) = PortcullisUnderTest::start(
+        &binary,
+        &upstream.url(),
+        settings.sessions,
+        &wrapper,
+        portcullis_tls,
+    )
+    .await?;
     if let Some(callgrind) = callgrind {
         let out = args
             .out
@@ -282,9 +318,12 @@ async fn run(args: Args) -> Result<(), String> {
         return slow_headers_run(&upstream, &portcullis, &settings, &plan, &out).await;
     }
     let mut skipped = Vec::new();
-    let nginx = match wanted("nginx") {
+    let nginx_tls = cert
+        .as_ref()
+        .filter(|_| wanted("nginx-tls") || wanted("nginx-handshake"));
+    let nginx = match wanted("nginx") || nginx_tls.is_some() {
         true => started(
-            PeerProcess::nginx(upstream.addr, settings.workers).await,
+            PeerProcess::nginx(upstream.addr, settings.workers, nginx_tls).await,
             "nginx",
             &mut skipped,
         ),
@@ -302,7 +341,21 @@ async fn run(args: Args) -> Result<(), String> {
         false => None,
     };
 
-    let mut scenarios = scenarios(&upstream, &portcullis, nginx.as_ref(), apache.as_ref())?;
+    let client_tls = cert
+        .as_ref()
+        .map(tls::BenchCert::client_config)
+        .transpose()?;
+    let tls_peers = client_tls.as_ref().map(|config| TlsPeers {
+        config: config.clone(),
+        portcullis: tls_proxy.as_ref(),
+    });
+    let mut scenarios = scenarios(
+        &upstream,
+        &portcullis,
+        tls_peers.as_ref(),
+        nginx.as_ref(),
+        apache.as_ref(),
+    )?;
     scenarios.retain(|s| wanted(s.name));
 
     warm_up(&scenarios, &settings).await?;
@@ -335,7 +388,9 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let mut open = Vec::new();
     if rate >= 1.0 {
-        for s in &scenarios {
+        // Plain HTTP only: the rate is plain nginx's, far above what a handshake per request
+        // reaches.
+        for s in scenarios.iter().filter(|s| s.target.tls.is_none()) {
             let label = format!("open loop {rate:.0} req/s {}", s.name);
             let r = measure(
                 s,
@@ -365,6 +420,7 @@ async fn run(args: Args) -> Result<(), String> {
     if let Some(a) = apache {
         a.server.stop().await;
     }
+    drop(tls_proxy);
     drop(portcullis);
     drop(upstream);
 
@@ -414,6 +470,9 @@ fn cap(d: Duration) -> u64 {
 async fn warm_up(scenarios: &[Scenario], settings: &Settings) -> Result<(), String> {
     eprintln!("warming up ...");
     for s in scenarios {
+        if let Some(agreed) = load::negotiated(&s.target).await? {
+            eprintln!("{}: TLS {agreed}", s.name);
+        }
         let n = s.target.cookies.len().max(1) as u64;
         let warm = Duration::from_secs_f64((settings.duration_secs / 2.0).clamp(0.2, 2.0));
         let progress = Arc::new(Progress::default());
@@ -455,7 +514,7 @@ async fn count_instructions(
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     let pid = portcullis.proxy.pid().ok_or("the proxy is not running")?;
-    let mut scenarios = scenarios(upstream, portcullis, None, None)?;
+    let mut scenarios = scenarios(upstream, portcullis, None, None, None)?;
     scenarios.retain(|s| s.name.starts_with("portcullis-") && wanted(s.name));
     warm_up(&scenarios, settings).await?;
     let requests: u64 = if settings.quick { 1_000 } else { 20_000 };
@@ -528,7 +587,7 @@ async fn soak_run(
     out: &std::path::Path,
 ) -> Result<(), String> {
     let pid = portcullis.proxy.pid().ok_or("the proxy is not running")?;
-    let mut scenarios = scenarios(upstream, portcullis, None, None)?;
+    let mut scenarios = scenarios(upstream, portcullis, None, None, None)?;
     scenarios.retain(|s| s.name == "portcullis-auth");
     warm_up(&scenarios, settings).await?;
     let s = scenarios.first().ok_or("no portcullis-auth scenario")?;
@@ -565,7 +624,7 @@ async fn memory_run(
     out: &std::path::Path,
 ) -> Result<(), String> {
     let pid = portcullis.proxy.pid().ok_or("the proxy is not running")?;
-    let mut scenarios = scenarios(upstream, portcullis, None, None)?;
+    let mut scenarios = scenarios(upstream, portcullis, None, None, None)?;
     scenarios.retain(|s| s.name == "portcullis-auth" || s.name == "portcullis-403");
     // Every session once: on the route without identity headers, then on the authorized one
     // (the denied users' sessions are already cached; they get no JWT).
@@ -641,7 +700,7 @@ async fn slow_headers_run(
     out: &std::path::Path,
 ) -> Result<(), String> {
     let pid = portcullis.proxy.pid().ok_or("the proxy is not running")?;
-    let mut scenarios = scenarios(upstream, portcullis, None, None)?;
+    let mut scenarios = scenarios(upstream, portcullis, None, None, None)?;
     scenarios.retain(|s| s.name == "portcullis-auth");
     warm_up(&scenarios, settings).await?;
     let s = scenarios.first().ok_or("no portcullis-auth scenario")?;
@@ -721,9 +780,17 @@ async fn measure(
     )
 }
 
+/// What the HTTPS scenarios need: the load client's TLS configuration, and Portcullis's TLS
+/// listener when it runs.
+struct TlsPeers<'a> {
+    config: Arc<tokio_rustls::rustls::ClientConfig>,
+    portcullis: Option<&'a TlsProxy>,
+}
+
 fn scenarios(
     upstream: &upstream::FastUpstream,
     p: &PortcullisUnderTest,
+    tls: Option<&TlsPeers>,
     nginx: Option<&PeerProcess>,
     apache: Option<&ApacheUnderTest>,
 ) -> Result<Vec<Scenario>, String> {
@@ -748,6 +815,8 @@ fn scenarios(
                 path: "/",
                 cookies: none.clone(),
                 expect: 200,
+                tls: None,
+                fresh: false,
             },
             pid: None,
         },
@@ -760,6 +829,8 @@ fn scenarios(
                 path: "/",
                 cookies: none.clone(),
                 expect: 200,
+                tls: None,
+                fresh: false,
             },
             pid: proxy_pid,
         },
@@ -772,6 +843,8 @@ fn scenarios(
                 path: "/",
                 cookies: cookies(&p.allowed)?,
                 expect: 200,
+                tls: None,
+                fresh: false,
             },
             pid: proxy_pid,
         },
@@ -784,6 +857,8 @@ fn scenarios(
                 path: "/",
                 cookies: cookies(&p.denied)?,
                 expect: 403,
+                tls: None,
+                fresh: false,
             },
             pid: proxy_pid,
         },
@@ -796,6 +871,8 @@ fn scenarios(
                 path: "/",
                 cookies: none.clone(),
                 expect: 302,
+                tls: None,
+                fresh: false,
             },
             pid: proxy_pid,
         },
@@ -810,6 +887,8 @@ fn scenarios(
                 path: "/",
                 cookies: none.clone(),
                 expect: 200,
+                tls: None,
+                fresh: false,
             },
             pid: n.pid(),
         });
@@ -824,9 +903,85 @@ fn scenarios(
                 path: "/",
                 cookies: Arc::new(vec![header(a.cookie.clone())?]),
                 expect: 200,
+                tls: None,
+                fresh: false,
             },
             pid: a.server.pid(),
         });
+    }
+    if let Some(tls) = tls {
+        let client = |host: &'static str| -> Result<Option<Tls>, String> {
+            let server_name = tokio_rustls::rustls::pki_types::ServerName::try_from(host)
+                .map_err(|e| format!("{host}: {e}"))?;
+            Ok(Some(Tls {
+                config: tls.config.clone(),
+                server_name,
+            }))
+        };
+        if let Some(t) = tls.portcullis {
+            out.push(Scenario {
+                name: "portcullis-auth-tls",
+                about: "Portcullis over TLS, keep-alive: authorized cookie requests as portcullis-auth",
+                target: Target {
+                    addr: loopback(t.port),
+                    host: header(format!("{APP_HOST}:{}", t.port))?,
+                    path: "/",
+                    cookies: cookies(&t.allowed)?,
+                    expect: 200,
+                    tls: client(APP_HOST)?,
+                    fresh: false,
+                },
+                pid: t.proxy.pid(),
+            });
+        }
+        if let Some(port) = nginx.and_then(|n| n.tls_port) {
+            out.push(Scenario {
+                name: "nginx-tls",
+                about: "nginx over TLS, keep-alive, plain reverse proxy (no auth)",
+                target: Target {
+                    addr: loopback(port),
+                    host: header(format!("{APP_HOST}:{port}"))?,
+                    path: "/",
+                    cookies: none.clone(),
+                    expect: 200,
+                    tls: client(APP_HOST)?,
+                    fresh: false,
+                },
+                pid: nginx.and_then(PeerProcess::pid),
+            });
+        }
+        if let Some(t) = tls.portcullis {
+            out.push(Scenario {
+                name: "portcullis-handshake",
+                about: "Portcullis over TLS, public route, a new connection and full handshake per request (req/s = handshakes/s)",
+                target: Target {
+                    addr: loopback(t.port),
+                    host: header(format!("{PUBLIC_HOST}:{}", t.port))?,
+                    path: "/",
+                    cookies: none.clone(),
+                    expect: 200,
+                    tls: client(PUBLIC_HOST)?,
+                    fresh: true,
+                },
+                pid: t.proxy.pid(),
+            });
+        }
+        if let Some(port) = nginx.and_then(|n| n.tls_port) {
+            out.push(Scenario {
+                name: "nginx-handshake",
+                about: "nginx over TLS, a new connection and full handshake per request (req/s = handshakes/s)",
+                target: Target {
+                    addr: loopback(port),
+                    host: header(format!("{PUBLIC_HOST}:{port}"))?,
+                    path: "/",
+                    cookies: none.clone(),
+                    expect: 200,
+                    tls: client(PUBLIC_HOST)?,
+                    fresh: true,
+                },
+                pid: nginx.and_then(PeerProcess::pid),
+            });
+        }
     }
     Ok(out)
 }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use portcullis_harness::{free_port, random_secret, Browser, Idp, IdpOptions, Portcullis};
 use tokio::process::{Child, Command};
 
+use crate::tls::BenchCert;
+
 /// The route hosts of the Portcullis configuration.
 pub const APP_HOST: &str = "app.localhost";
 pub const PUBLIC_HOST: &str = "public.localhost";
@@ -30,6 +32,8 @@ pub struct PortcullisUnderTest {
 /// A peer server run as a child process tree (nginx or Apache).
 pub struct PeerProcess {
     pub port: u16,
+    /// The HTTPS listener's port, when the peer has one.
+    pub tls_port: Option<u16>,
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -44,15 +48,34 @@ pub struct ApacheUnderTest {
 
 // === Portcullis ===
 
+/// A second proxy process on the same databroker, its listener on TLS (the HTTPS scenarios),
+/// with cookies seeded for its own host.
+pub struct TlsProxy {
+    pub proxy: Portcullis,
+    pub port: u16,
+    /// Cookie values of seeded users in group `users`, sealed for this proxy's host.
+    pub allowed: Vec<String>,
+}
+
+/// What the proxy configurations of one run share.
+struct ProxySetup<'a> {
+    grpc: u16,
+    shared_secret: &'a str,
+    cookie_secret: &'a str,
+    upstream: &'a str,
+}
+
 impl PortcullisUnderTest {
     /// Starts both processes and seeds `sessions`. A non-empty `proxy_wrapper` runs the proxy
-    /// under that program (`--instructions`: callgrind).
+    /// under that program (`--instructions`: callgrind). With `tls`, a second proxy
+    /// ([`TlsProxy`]) serves that certificate.
     pub async fn start(
         binary: &Path,
         upstream: &str,
         sessions: usize,
         proxy_wrapper: &[String],
-    ) -> Result<Self, String> {
+        tls: Option<&BenchCert>,
+    ) -> Result<(Self, Option<TlsProxy>), String> {
         let shared_secret = random_secret();
         let cookie_secret = random_secret();
         let grpc = free_port();
@@ -71,106 +94,50 @@ log_level = "warn"
             .start()
             .await
             .map_err(|e| format!("databroker: {e}"))?;
+        let setup = ProxySetup {
+            grpc,
+            shared_secret: &shared_secret,
+            cookie_secret: &cookie_secret,
+            upstream,
+        };
 
         let port = free_port();
-        // The IdP is never contacted: sessions are seeded, and a sign-in redirect only names
-        // the authenticate host. A closed loopback port keeps it that way.
-        let config = format!(
-            r#"services = "proxy"
-databroker_service_url = "http://127.0.0.1:{grpc}"
-insecure_server = true
-address = "127.0.0.1:{port}"
-metrics_address = "127.0.0.1:{metrics}"
-authenticate_service_url = "http://authenticate.localhost:{port}"
-shared_secret = "{shared_secret}"
-cookie_secret = "{cookie_secret}"
-cookie_secure = false
-idp_provider_url = "http://127.0.0.1:9"
-idp_client_id = "bench"
-idp_client_secret = "bench"
-jwt_claims_headers = {{ "X-Email" = "email", "X-Groups" = "groups" }}
-log_level = "info"
-log_format = "json"
-
-# `--memory`: the same users and policy without identity headers.
-[[routes]]
-from = "http://{APP_HOST}:{port}"
-prefix = "/plain/"
-to = "{upstream}"
-policy = [
-  {{ allow = {{ and = [ {{ domain = {{ is = "example.com" }} }}, {{ groups = {{ has = "users" }} }} ] }} }},
-]
-
-# Three criteria: two allow conditions and a deny.
-[[routes]]
-from = "http://{APP_HOST}:{port}"
-to = "{upstream}"
-pass_identity_headers = true
-policy = [
-  {{ allow = {{ and = [ {{ domain = {{ is = "example.com" }} }}, {{ groups = {{ has = "users" }} }} ] }} }},
-  {{ deny = {{ or = [ {{ http_method = {{ is = "DELETE" }} }} ] }} }},
-]
-
-[[routes]]
-from = "http://{PUBLIC_HOST}:{port}"
-to = "{upstream}"
-allow_public_unauthenticated_access = true
-"#,
-            metrics = free_port(),
-        );
+        let config = setup.config(port, None);
         let proxy = Portcullis::builder(binary)
             .config(&config)
             .wrapped_in(proxy_wrapper)
             .start()
             .await
             .map_err(|e| format!("proxy: {e}"))?;
+        let (allowed, denied) = seed(binary, &config, sessions)?;
 
-        // Seed through the supported command, with the proxy's own file.
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let cookies_path = dir.path().join("cookies.txt");
-        let seed = Portcullis::run(
-            binary,
-            &[
-                "sessions",
-                "seed",
-                "--count",
-                &sessions.to_string(),
-                "--out",
-                &cookies_path.display().to_string(),
-            ],
-            &config,
-        );
-        if !seed.status.success() {
-            return Err(format!(
-                "portcullis sessions seed: {}\n{}",
-                seed.status,
-                String::from_utf8_lossy(&seed.stderr)
-            ));
-        }
-        let text = std::fs::read_to_string(&cookies_path).map_err(|e| e.to_string())?;
-        let (mut allowed, mut denied) = (Vec::new(), Vec::new());
-        // `sessions seed` leaves every tenth user out of group `users`.
-        for (i, line) in text.lines().enumerate() {
-            if i % 10 == 9 {
-                denied.push(line.to_owned());
-            } else {
-                allowed.push(line.to_owned());
+        let tls = match tls {
+            None => None,
+            Some(cert) => {
+                let port = free_port();
+                let config = setup.config(port, Some(cert));
+                let proxy = Portcullis::builder(binary)
+                    .config(&config)
+                    .start()
+                    .await
+                    .map_err(|e| format!("TLS proxy: {e}"))?;
+                let (allowed, _) = seed(binary, &config, sessions)?;
+                Some(TlsProxy {
+                    proxy,
+                    port,
+                    allowed,
+                })
             }
-        }
-        if allowed.is_empty() || denied.is_empty() {
-            return Err(format!(
-                "seeded {} sessions; need at least 10 for both allowed and denied users",
-                text.lines().count()
-            ));
-        }
-        Ok(Self {
+        };
+        let under_test = Self {
             proxy,
             _databroker: databroker,
             port,
             config,
             allowed,
             denied,
-        })
+        };
+        Ok((under_test, tls))
     }
 
     /// ES256 signatures so far: (all of them, those a request waited for), from
@@ -189,6 +156,124 @@ allow_public_unauthenticated_access = true
             on_request_path: read("portcullis_identity_jwt_request_path_signatures_total")?,
         })
     }
+}
+
+impl ProxySetup<'_> {
+    /// A proxy's configuration: listening on 127.0.0.1:`port`, plain HTTP, or TLS with `cert`
+    /// (then the routes are `https://`).
+    fn config(&self, port: u16, cert: Option<&BenchCert>) -> String {
+        let Self {
+            grpc,
+            shared_secret,
+            cookie_secret,
+            upstream,
+        } = self;
+        let (scheme, listener) = match cert {
+            None => (
+                "http",
+                "insecure_server = true\ncookie_secure = false".to_owned(),
+            ),
+            Some(c) => (
+                "https",
+                format!(
+                    "certificate_file = \"{}\"\ncertificate_key_file = \"{}\"",
+                    c.cert_file.display(),
+                    c.key_file.display()
+                ),
+            ),
+        };
+        // The IdP is never contacted: sessions are seeded, and a sign-in redirect only names
+        // the authenticate host. A closed loopback port keeps it that way.
+        format!(
+            r#"services = "proxy"
+databroker_service_url = "http://127.0.0.1:{grpc}"
+{listener}
+address = "127.0.0.1:{port}"
+metrics_address = "127.0.0.1:{metrics}"
+authenticate_service_url = "{scheme}://authenticate.localhost:{port}"
+shared_secret = "{shared_secret}"
+cookie_secret = "{cookie_secret}"
+idp_provider_url = "http://127.0.0.1:9"
+idp_client_id = "bench"
+idp_client_secret = "bench"
+jwt_claims_headers = {{ "X-Email" = "email", "X-Groups" = "groups" }}
+log_level = "info"
+log_format = "json"
+
+# `--memory`: the same users and policy without identity headers.
+[[routes]]
+from = "{scheme}://{APP_HOST}:{port}"
+prefix = "/plain/"
+to = "{upstream}"
+policy = [
+  {{ allow = {{ and = [ {{ domain = {{ is = "example.com" }} }}, {{ groups = {{ has = "users" }} }} ] }} }},
+]
+
+# Three criteria: two allow conditions and a deny.
+[[routes]]
+from = "{scheme}://{APP_HOST}:{port}"
+to = "{upstream}"
+pass_identity_headers = true
+policy = [
+  {{ allow = {{ and = [ {{ domain = {{ is = "example.com" }} }}, {{ groups = {{ has = "users" }} }} ] }} }},
+  {{ deny = {{ or = [ {{ http_method = {{ is = "DELETE" }} }} ] }} }},
+]
+
+[[routes]]
+from = "{scheme}://{PUBLIC_HOST}:{port}"
+to = "{upstream}"
+allow_public_unauthenticated_access = true
+"#,
+            metrics = free_port(),
+        )
+    }
+}
+
+/// Seeds `sessions` through the supported command, with the proxy's own configuration, for
+/// its first route's host; returns the cookie values of (allowed, denied) users.
+fn seed(
+    binary: &Path,
+    config: &str,
+    sessions: usize,
+) -> Result<(Vec<String>, Vec<String>), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let cookies_path = dir.path().join("cookies.txt");
+    let seed = Portcullis::run(
+        binary,
+        &[
+            "sessions",
+            "seed",
+            "--count",
+            &sessions.to_string(),
+            "--out",
+            &cookies_path.display().to_string(),
+        ],
+        config,
+    );
+    if !seed.status.success() {
+        return Err(format!(
+            "portcullis sessions seed: {}\n{}",
+            seed.status,
+            String::from_utf8_lossy(&seed.stderr)
+        ));
+    }
+    let text = std::fs::read_to_string(&cookies_path).map_err(|e| e.to_string())?;
+    let (mut allowed, mut denied) = (Vec::new(), Vec::new());
+    // `sessions seed` leaves every tenth user out of group `users`.
+    for (i, line) in text.lines().enumerate() {
+        if i % 10 == 9 {
+            denied.push(line.to_owned());
+        } else {
+            allowed.push(line.to_owned());
+        }
+    }
+    if allowed.is_empty() || denied.is_empty() {
+        return Err(format!(
+            "seeded {} sessions; need at least 10 for both allowed and denied users",
+            text.lines().count()
+        ));
+    }
+    Ok((allowed, denied))
 }
 
 /// ES256 signature counts of the proxy.
@@ -252,9 +337,15 @@ async fn wait_listening(
 
 impl PeerProcess {
     /// nginx as a plain reverse proxy: `workers` worker processes, keep-alive to the upstream.
+    /// With `tls`, a second server on another port serves that certificate as Portcullis does:
+    /// TLS 1.2 and 1.3, OpenSSL's defaults otherwise (its cipher suites and groups, two TLS 1.3
+    /// session tickets after each handshake, no session cache), and no limit on the requests
+    /// of a kept-alive connection (nginx's default, 1,000, would add a handshake every 1,000
+    /// requests, which Portcullis does not).
     pub async fn nginx(
         upstream: std::net::SocketAddr,
         workers: usize,
+        tls: Option<&BenchCert>,
     ) -> Result<PeerProcess, String> {
         let Some(nginx) = which("nginx") else {
             return Err(
@@ -267,6 +358,29 @@ impl PeerProcess {
             .map_err(|e| e.to_string())?;
         let d = dir.path().display().to_string();
         let port = free_port();
+        let tls_port = tls.map(|_| free_port());
+        let location = r#"location / {
+            proxy_pass http://bench_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+        }"#;
+        let tls_server = match (tls, tls_port) {
+            (Some(cert), Some(tls_port)) => format!(
+                r#"server {{
+        listen 127.0.0.1:{tls_port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        keepalive_requests 100000000;
+        {location}
+    }}"#,
+                cert = cert.cert_file.display(),
+                key = cert.key_file.display(),
+            ),
+            _ => String::new(),
+        };
         let conf = format!(
             r#"worker_processes {workers};
 daemon off;
@@ -287,14 +401,9 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://bench_upstream;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $remote_addr;
-        }}
+        {location}
     }}
+    {tls_server}
 }}
 "#
         );
@@ -313,8 +422,12 @@ http {{
             .spawn()
             .map_err(|e| format!("spawn nginx: {e}"))?;
         wait_listening(port, &mut child, "nginx", &log).await?;
+        if let Some(tls_port) = tls_port {
+            wait_listening(tls_port, &mut child, "nginx", &log).await?;
+        }
         Ok(PeerProcess {
             port,
+            tls_port,
             child,
             _dir: dir,
         })
@@ -490,6 +603,7 @@ ProxyPassReverse / http://{upstream}/
         wait_listening(port, &mut child, "apache2", &log).await?;
         let server = PeerProcess {
             port,
+            tls_port: None,
             child,
             _dir: dir,
         };
