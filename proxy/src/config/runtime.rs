@@ -300,9 +300,9 @@ pub enum PathMatcher {
     Regex(Regex),
 }
 
+/// One `to` URL, resolved; [`fmt::Display`] writes it back (`https://host:port/base`).
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    pub url: Url,
     pub addr: SocketAddr,
     pub tls: bool,
     /// `h2c://`: cleartext HTTP/2 with prior knowledge.
@@ -316,6 +316,17 @@ pub struct Upstream {
     pub weight: u32,
     /// A path on the `to` URL acts as a prefix rewrite ("" when none).
     pub base_path: String,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = match (self.tls, self.h2c) {
+            (true, _) => "https",
+            (false, true) => "h2c",
+            (false, false) => "http",
+        };
+        write!(f, "{scheme}://{}{}", self.authority, self.base_path)
+    }
 }
 
 /// A route's upstream TLS options, loaded from their files at configuration time.

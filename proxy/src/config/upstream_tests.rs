@@ -175,3 +175,15 @@ fn health_checks() {
         "{e:?}"
     );
 }
+
+#[test]
+fn an_upstream_writes_back_as_its_url() {
+    for (to, shown) in [
+        ("http://127.0.0.1:9000/api/", "http://127.0.0.1:9000/api"),
+        ("https://127.0.0.1", "https://127.0.0.1"),
+        ("h2c://[::1]:81", "h2c://[::1]:81"),
+    ] {
+        let c = with_route(&format!("to = \"{to}\""), Path::new(".")).unwrap();
+        assert_eq!(c.routes[0].upstreams[0].to_string(), shown);
+    }
+}

@@ -252,6 +252,5 @@ pub(super) fn upstream(errors: &mut Errors, path: &str, raw: &str) -> Option<Ups
         sni: bare.to_string(),
         weight,
         base_path,
-        url,
     })
 }

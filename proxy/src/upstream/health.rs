@@ -52,7 +52,7 @@ pub fn spawn(table: &RouteTable) {
             peer.options.write_timeout = Some(check.timeout);
             targets.push(Target {
                 route: route.name.clone(),
-                upstream: upstream.url.to_string(),
+                upstream: upstream.to_string(),
                 index,
                 health: Arc::downgrade(&health),
                 peer,
