@@ -10,10 +10,12 @@
 //! results go to JSON (`--out`, default `target/bench/results.json`) with a latency plot (SVG)
 //! beside it. Every load loop is bounded in time and in request count. With `--instructions` it
 //! measures no throughput: it counts the proxy's instructions per request under callgrind
-//! ([`instructions`]).
+//! ([`instructions`]). With `--cold` it measures a restarted proxy's first seconds in front of
+//! many existing sessions ([`cold`]).
 
 #![forbid(unsafe_code)]
 
+mod cold;
 mod instructions;
 mod load;
 mod memory;
@@ -105,8 +107,15 @@ pub struct Args {
     /// `--sessions` says otherwise) and per route (this many routes more in a second proxy;
     /// 10,000 when given without a number). Results go to JSON (`--out`, default
     /// `target/bench/memory.json`).
-    #[arg(long, num_args = 0..=1, default_missing_value = "10000", conflicts_with_all = ["instructions", "slow_headers", "soak"])]
+    #[arg(long, num_args = 0..=1, default_missing_value = "10000", conflicts_with_all = ["instructions", "slow_headers", "soak", "cold"])]
     pub memory: Option<usize>,
+    /// Instead of the scenarios: a cold start. With the sessions seeded (default 100,000), the
+    /// proxy process is restarted (an empty session cache) and loaded closed loop with random
+    /// seeded cookies as soon as it is ready: requests/s second by second for `--duration`
+    /// seconds, then the warm rate and the ratio. Results go to JSON (`--out`, default
+    /// `target/bench/cold.json`).
+    #[arg(long, conflicts_with_all = ["instructions", "slow_headers", "soak"])]
+    pub cold: bool,
 }
 
 /// Every scenario's name, in the order the rounds run them.
@@ -197,7 +206,7 @@ async fn run(args: Args) -> Result<(), String> {
         rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 5 }).max(1),
         sessions: args
             .sessions
-            .unwrap_or(match (args.quick, args.memory.is_some()) {
+            .unwrap_or(match (args.quick, args.memory.is_some() || args.cold) {
                 (true, _) => 50,
                 (false, true) => 100_000,
                 (false, false) => 10_000,
@@ -249,7 +258,8 @@ async fn run(args: Args) -> Result<(), String> {
     let scenario_run = callgrind.is_none()
         && args.soak.is_none()
         && args.slow_headers.is_none()
-        && args.memory.is_none();
+        && args.memory.is_none()
+        && !args.cold;
     let cert = match scenario_run && TLS_SCENARIOS.iter().any(|n| wanted(n)) {
         true => Some(tls::BenchCert::generate(&[APP_HOST, PUBLIC_HOST])?),
         false => None,
@@ -257,7 +267,7 @@ async fn run(args: Args) -> Result<(), String> {
     let portcullis_tls = cert
         .as_ref()
         .filter(|_| wanted("portcullis-auth-tls") || wanted("portcullis-handshake"));
-    let (portcullis, tls_proxy) = PortcullisUnderTest::start(
+    let (mut portcullis, tls_proxy) = PortcullisUnderTest::start(
         &binary,
         &upstream.url(),
         settings.sessions,
@@ -280,6 +290,13 @@ async fn run(args: Args) -> Result<(), String> {
             args.profiles.as_deref(),
         )
         .await;
+    }
+    if args.cold {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| target_dir().join("bench").join("cold.json"));
+        return cold_run(&binary, &upstream, &mut portcullis, &settings, &out).await;
     }
     if let Some(minutes) = args.soak {
         let out = args
@@ -687,6 +704,76 @@ async fn memory_run(
     }
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     std::fs::write(out, json).map_err(|e| format!("{}: {e}", out.display()))?;
+    println!("results: {}", out.display());
+    Ok(())
+}
+
+/// `--cold`: restarts the proxy in front of the seeded sessions and loads it at once.
+async fn cold_run(
+    binary: &std::path::Path,
+    upstream: &upstream::FastUpstream,
+    portcullis: &mut PortcullisUnderTest,
+    settings: &Settings,
+    out: &std::path::Path,
+) -> Result<(), String> {
+    eprintln!("restarting the proxy (empty session cache) ...");
+    let ready_after = portcullis.restart_proxy(binary).await?;
+    let pid = portcullis.proxy.pid().ok_or("the proxy is not running")?;
+    let rss_when_ready_mib = procstat::rss_mib(pid);
+    eprintln!(
+        "proxy ready {:.2} s after its spawn; loading it at once",
+        ready_after.as_secs_f64()
+    );
+    let mut scenarios = scenarios(upstream, portcullis, None, None, None)?;
+    scenarios.retain(|s| s.name == "portcullis-auth");
+    let s = scenarios.first().ok_or("no portcullis-auth scenario")?;
+    let window = Duration::from_secs_f64(settings.duration_secs.max(1.0));
+    let signatures_before = portcullis.signatures().await;
+    let (cold, per_second) =
+        cold::per_second(&s.target, settings.connections, window, "cold").await;
+    let signatures = match (signatures_before, portcullis.signatures().await) {
+        (Some(before), Some(after)) => Some(before.until(after).on_request_path),
+        _ => None,
+    };
+    let text = portcullis.proxy.metrics().await;
+    let metric = |name: &str| portcullis_harness::metric(&text, name);
+    let (cache_hits, cache_misses, preloaded) = (
+        metric("portcullis_session_cache_hits_total"),
+        metric("portcullis_session_cache_misses_total"),
+        metric("portcullis_session_cache_preloaded"),
+    );
+    warm_up(&scenarios, settings).await?;
+    let (warm, _) = cold::per_second(&s.target, settings.connections, window, "warm").await;
+    let rps = |o: &load::Outcome| o.requests as f64 / o.elapsed.as_secs_f64().max(1e-9);
+    let warm_rps = rps(&warm);
+    let first = per_second.first().copied().unwrap_or(0) as f64;
+    let slowest = per_second.iter().copied().min().unwrap_or(0) as f64;
+    let report = cold::ColdReport {
+        sessions: settings.sessions,
+        connections: settings.connections,
+        binary: binary.display().to_string(),
+        ready_after_secs: ready_after.as_secs_f64(),
+        per_second,
+        cold_window_rps: rps(&cold),
+        cold_window_errors: cold.errors,
+        warm_rps,
+        warm_errors: warm.errors,
+        first_second_ratio: first / warm_rps.max(1e-9),
+        slowest_second_ratio: slowest / warm_rps.max(1e-9),
+        cache_hits,
+        cache_misses,
+        preloaded,
+        cold_window_signatures_on_request_path: signatures,
+        rss_when_ready_mib,
+    };
+    for e in cold.error_samples.iter().chain(&warm.error_samples) {
+        eprintln!("    error: {e}");
+    }
+    println!("{}", report.table());
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::write(out, report.json()).map_err(|e| format!("{}: {e}", out.display()))?;
     println!("results: {}", out.display());
     Ok(())
 }

@@ -21,7 +21,7 @@ pub struct PortcullisUnderTest {
     pub proxy: Portcullis,
     pub _databroker: Portcullis,
     pub port: u16,
-    /// The proxy's configuration file.
+    /// The proxy's configuration file, to start it again ([`PortcullisUnderTest::restart_proxy`]).
     pub config: String,
     /// Cookie values of seeded users in group `users` (allowed by the route's policy).
     pub allowed: Vec<String>,
@@ -138,6 +138,27 @@ log_level = "warn"
             denied,
         };
         Ok((under_test, tls))
+    }
+
+    /// Stops the proxy process and starts a fresh one (an empty session cache) with the same
+    /// configuration, from `binary`; returns once it reports ready (`/readyz`), with the time
+    /// from its spawn to then.
+    pub async fn restart_proxy(&mut self, binary: &Path) -> Result<Duration, String> {
+        self.proxy.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.proxy.try_wait().is_none() {
+            if Instant::now() > deadline {
+                return Err("the proxy did not stop within 30 s of SIGTERM".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let spawned = Instant::now();
+        self.proxy = Portcullis::builder(binary)
+            .config(&self.config)
+            .start()
+            .await
+            .map_err(|e| format!("proxy restart: {e}"))?;
+        Ok(spawned.elapsed())
     }
 
     /// ES256 signatures so far: (all of them, those a request waited for), from

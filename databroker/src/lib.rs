@@ -113,11 +113,21 @@ pub struct Snapshot {
     pub versions: Versions,
 }
 
+/// [`Store::sync_latest`] delivered as it is read: the versions first, then the records, so
+/// that a reader of a large snapshot holds one record (or one message of them) at a time.
+pub struct SnapshotStream {
+    /// Follow [`Store::sync`] from `versions.latest_record_version` to stay current.
+    pub versions: Versions,
+    pub records: RecordStream,
+}
+
 /// Every change after a version, in version order; waits for new ones when caught up.
 pub type ChangeStream = Pin<Box<dyn Stream<Item = Result<Record, Error>> + Send>>;
+/// Records as they arrive; ends after the last one.
+pub type RecordStream = Pin<Box<dyn Stream<Item = Result<Record, Error>> + Send>>;
 
 /// What can go wrong talking to a store.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The backend cannot be reached; callers must fail closed.
@@ -160,6 +170,15 @@ pub trait Store: Send + Sync + 'static {
     async fn sync(&self, after: u64) -> Result<ChangeStream, Error>;
     /// Every live record (of `kind`, or of every type when `None`) as one consistent snapshot.
     async fn sync_latest(&self, kind: Option<&str>) -> Result<Snapshot, Error>;
+    /// The same snapshot as [`Store::sync_latest`], delivered as it is read. A backend that
+    /// holds the whole snapshot anyway may keep this default.
+    async fn sync_latest_stream(&self, kind: Option<&str>) -> Result<SnapshotStream, Error> {
+        let Snapshot { records, versions } = self.sync_latest(kind).await?;
+        Ok(SnapshotStream {
+            versions,
+            records: Box::pin(futures::stream::iter(records.into_iter().map(Ok))),
+        })
+    }
 
     /// Takes the lease `name` for `holder` for `ttl` when it is free, expired or already
     /// `holder`'s (then it is extended). `true` when `holder` holds it afterwards.

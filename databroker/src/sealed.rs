@@ -17,7 +17,10 @@ use rand::RngCore;
 use std::time::Duration;
 use tracing::warn;
 
-use crate::{ChangeStream, Error, NewRecord, Query, QueryPage, Record, Snapshot, Store, Versions};
+use crate::{
+    ChangeStream, Error, NewRecord, Query, QueryPage, Record, Snapshot, SnapshotStream, Store,
+    Versions,
+};
 
 /// The HKDF `info` under which the at-rest key is derived from `shared_secret`.
 pub const AT_REST_KEY_INFO: &str = "portcullis-databroker-at-rest";
@@ -193,6 +196,15 @@ impl<S: Store> Store for SealedStore<S> {
         Ok(snapshot)
     }
 
+    async fn sync_latest_stream(&self, kind: Option<&str>) -> Result<SnapshotStream, Error> {
+        let cipher = self.cipher.clone();
+        let SnapshotStream { versions, records } = self.inner.sync_latest_stream(kind).await?;
+        Ok(SnapshotStream {
+            versions,
+            records: Box::pin(records.map(move |r| r.map(|r| open_record(&cipher, r)))),
+        })
+    }
+
     async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, Error> {
         self.inner.acquire_lease(name, holder, ttl).await
     }
@@ -229,6 +241,9 @@ impl Store for std::sync::Arc<dyn Store> {
     }
     async fn sync_latest(&self, kind: Option<&str>) -> Result<Snapshot, Error> {
         (**self).sync_latest(kind).await
+    }
+    async fn sync_latest_stream(&self, kind: Option<&str>) -> Result<SnapshotStream, Error> {
+        (**self).sync_latest_stream(kind).await
     }
     async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, Error> {
         (**self).acquire_lease(name, holder, ttl).await

@@ -79,6 +79,34 @@ async fn remote_store_keeps_the_contract() {
 }
 
 #[tokio::test]
+async fn a_snapshot_of_many_messages_streams_whole_and_in_order() {
+    use futures::StreamExt as _;
+
+    let store = Arc::new(MemoryStore::new());
+    // More than two of the server's 500-record messages, and records of another type.
+    let records: Vec<_> = (0..1_234)
+        .map(|i| common::rec("session", &format!("s{i:05}"), i))
+        .chain((0..7).map(|i| common::rec("user", &format!("u{i}"), i)))
+        .collect();
+    store.put(records).await.unwrap();
+    store.delete("session", "s00001").await.unwrap();
+    let server = start(store.clone(), [3; 32]).await;
+    let client = RemoteStore::connect_lazy(&server.url, TokenKey::new([3; 32]), None).unwrap();
+
+    let whole = store.sync_latest(Some("session")).await.unwrap();
+    let streamed = client.sync_latest_stream(Some("session")).await.unwrap();
+    assert_eq!(streamed.versions, whole.versions);
+    let records: Vec<_> = streamed
+        .records
+        .map(|r| r.unwrap())
+        .collect::<Vec<_>>()
+        .await;
+    assert_eq!(records.len(), 1_233, "live sessions only");
+    assert_eq!(records, whole.records);
+    assert_eq!(client.sync_latest(Some("session")).await.unwrap(), whole);
+}
+
+#[tokio::test]
 async fn compaction_travels_as_compacted() {
     let memory = MemoryStore::new();
     let server = start(Arc::new(memory.clone()), [3; 32]).await;

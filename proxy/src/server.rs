@@ -73,7 +73,8 @@ impl BackgroundService for Background {
         let state = self.state.clone();
         let listen = self.listen;
         tokio::spawn(async move {
-            // Ready once the proxy listener accepts connections.
+            // Ready once the proxy listener accepts connections and the session cache's first
+            // preload has ended, so that the first requests find their sessions cached.
             let probe = if listen.ip().is_unspecified() {
                 SocketAddr::from(([127, 0, 0, 1], listen.port()))
             } else {
@@ -85,7 +86,7 @@ impl BackgroundService for Background {
                 })
                 .await
                 .unwrap_or(false);
-                if ok {
+                if ok && state.sessions.first_preload_ended() {
                     state.metrics.ready.store(true, Ordering::Release);
                     info!(address = %listen, "ready");
                     return;

@@ -34,7 +34,10 @@ pub use token::{
     TokenError, TokenKey, TokenVerifier, REPLAY_CACHE_MAX, TOKEN_KEY_INFO, TOKEN_LIFETIME_SECS,
 };
 
-use crate::{ChangeStream, Error, NewRecord, Query, QueryPage, Record, Snapshot, Store, Versions};
+use crate::{
+    ChangeStream, Error, NewRecord, Query, QueryPage, Record, Snapshot, SnapshotStream, Store,
+    Versions,
+};
 
 /// The generated protocol types and stubs (`proto/databroker.proto`).
 #[allow(clippy::all, missing_docs)]
@@ -211,25 +214,30 @@ impl Databroker for DatabrokerService {
         request: Request<pb::SyncLatestRequest>,
     ) -> Result<Response<Self::SyncLatestStream>, Status> {
         let kind = request.into_inner().r#type;
-        let snapshot = self
+        let SnapshotStream { versions, records } = self
             .store
-            .sync_latest(kind.as_deref())
+            .sync_latest_stream(kind.as_deref())
             .await
             .map_err(status)?;
-        let mut messages = vec![pb::SyncLatestResponse {
-            versions: Some(versions_to_pb(snapshot.versions)),
+        let first = pb::SyncLatestResponse {
+            versions: Some(versions_to_pb(versions)),
             records: Vec::new(),
-        }];
-        let mut records = snapshot.records.into_iter().map(to_pb).peekable();
-        while records.peek().is_some() {
-            messages.push(pb::SyncLatestResponse {
+        };
+        // Converted a chunk at a time as the client reads, never the whole snapshot at once.
+        let chunks = records.chunks(SNAPSHOT_CHUNK).map(|chunk| {
+            let records = chunk
+                .into_iter()
+                .map(|r| r.map(to_pb))
+                .collect::<Result<Vec<_>, Error>>()
+                .map_err(status)?;
+            Ok::<_, Status>(pb::SyncLatestResponse {
                 versions: None,
-                records: records.by_ref().take(SNAPSHOT_CHUNK).collect(),
-            });
-        }
-        Ok(Response::new(Box::pin(futures::stream::iter(
-            messages.into_iter().map(Ok),
-        ))))
+                records,
+            })
+        });
+        Ok(Response::new(Box::pin(
+            futures::stream::once(async { Ok::<_, Status>(first) }).chain(chunks),
+        )))
     }
 
     async fn server_version(
@@ -403,31 +411,53 @@ impl Store for RemoteStore {
     }
 
     async fn sync_latest(&self, kind: Option<&str>) -> Result<Snapshot, Error> {
+        let SnapshotStream {
+            versions,
+            mut records,
+        } = self.sync_latest_stream(kind).await?;
+        let mut all = Vec::new();
+        while let Some(record) = records.next().await {
+            all.push(record?);
+        }
+        Ok(Snapshot {
+            records: all,
+            versions,
+        })
+    }
+
+    async fn sync_latest_stream(&self, kind: Option<&str>) -> Result<SnapshotStream, Error> {
         let mut client = self.client.clone();
         let mut messages = self
             .call(client.sync_latest(pb::SyncLatestRequest {
                 r#type: kind.map(str::to_owned),
             }))
             .await?;
-        let mut versions = None;
-        let mut records = Vec::new();
-        let collect = async {
-            while let Some(message) = messages.next().await {
-                let message = message.map_err(error)?;
-                if let Some(v) = message.versions {
-                    versions = Some(versions_from_pb(v));
-                }
-                for r in message.records {
-                    records.push(from_pb(r)?);
-                }
+        // The first message carries the versions (and, from older servers, maybe records).
+        let first = match tokio::time::timeout(self.timeout, messages.next()).await {
+            Ok(Some(message)) => message.map_err(error)?,
+            Ok(None) => {
+                return Err(Error::Unavailable(
+                    "databroker ended a snapshot before its versions".into(),
+                ))
             }
-            Ok::<_, Error>(())
+            Err(_) => {
+                return Err(Error::Unavailable(format!(
+                    "databroker did not start a snapshot within {:?}",
+                    self.timeout
+                )))
+            }
         };
-        collect.await?;
-        let versions = versions.ok_or_else(|| {
+        let versions = first.versions.map(versions_from_pb).ok_or_else(|| {
             Error::Unavailable("databroker sent a snapshot without versions".into())
         })?;
-        Ok(Snapshot { records, versions })
+        let rest = messages.flat_map(|message| match message {
+            Ok(message) => records_of(message).left_stream(),
+            Err(s) => futures::stream::once(async move { Err(error(s)) }).right_stream(),
+        });
+        Ok(SnapshotStream {
+            versions,
+            records: Box::pin(records_of(first).chain(rest)),
+        })
     }
 
     async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, Error> {
@@ -461,6 +491,11 @@ fn lease(name: &str, holder: &str, ttl: Duration) -> pb::LeaseRequest {
         holder: holder.to_owned(),
         ttl_ms: ttl.as_millis() as u64,
     }
+}
+
+/// The records one snapshot message carries.
+fn records_of(message: pb::SyncLatestResponse) -> impl Stream<Item = Result<Record, Error>> {
+    futures::stream::iter(message.records.into_iter().map(from_pb))
 }
 
 fn to_pb(r: Record) -> pb::Record {

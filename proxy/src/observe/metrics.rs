@@ -33,6 +33,8 @@ pub struct Metrics {
     pub duration: HistogramVec,
     pub session_cache_hits: IntCounter,
     pub session_cache_misses: IntCounter,
+    /// Sessions the last preload put in the cache from the store's snapshot.
+    pub session_cache_preloaded: IntGauge,
     /// ES256 identity assertions signed since start; a counter that catches up with the
     /// signer's own count at each scrape ([`Metrics::count_identity_signatures`]).
     identity_signatures: IntCounter,
@@ -57,7 +59,8 @@ pub struct Metrics {
     pub streams_closed: IntCounterVec,
     /// TLS handshakes on the proxy listener that failed or ran past the head deadline.
     pub tls_handshake_failures: IntCounter,
-    /// Set once the session follower is in sync with the store.
+    /// Set once the proxy listener accepts connections and the session cache's first preload
+    /// has ended (a databroker process: once it serves gRPC).
     pub ready: AtomicBool,
     /// `decisions`' series for [`KEPT_OUTCOMES`].
     kept_decisions: Kept<&'static str, IntCounter, { KEPT_OUTCOMES.len() }>,
@@ -121,6 +124,10 @@ impl Metrics {
             "portcullis_session_cache_misses_total",
             "Session lookups that went to the databroker",
         )?;
+        let session_cache_preloaded = IntGauge::new(
+            "portcullis_session_cache_preloaded",
+            "Sessions the last preload put in the session cache from the databroker's snapshot",
+        )?;
         let identity_signatures = IntCounter::new(
             "portcullis_identity_jwt_signatures_total",
             "ES256 identity assertions signed since start (cached assertions are not counted)",
@@ -148,6 +155,7 @@ impl Metrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(session_cache_hits.clone()))?;
         registry.register(Box::new(session_cache_misses.clone()))?;
+        registry.register(Box::new(session_cache_preloaded.clone()))?;
         registry.register(Box::new(identity_signatures.clone()))?;
         registry.register(Box::new(identity_signatures_on_request_path.clone()))?;
         let in_flight = IntGauge::new(
@@ -198,6 +206,7 @@ impl Metrics {
             duration,
             session_cache_hits,
             session_cache_misses,
+            session_cache_preloaded,
             identity_signatures,
             identity_signatures_on_request_path,
             identity_signatures_lock: Mutex::new(()),
