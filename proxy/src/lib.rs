@@ -33,6 +33,7 @@ pub mod allocator;
 pub mod authenticate;
 pub mod authority;
 pub mod authorize;
+pub mod clock;
 pub mod config;
 pub mod ctx;
 pub mod databroker;

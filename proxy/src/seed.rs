@@ -12,9 +12,9 @@
 //! Users are random (`seed-<hex>@example.com`) with a few groups out of [`GROUPS`]; every
 //! tenth session has no `users` group so that a policy on `users` has something to deny.
 
+use crate::clock::now_unix;
 use std::io::Write;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use portcullis_auth::{Cipher, Session, SessionCookie};
 use portcullis_databroker::{NewRecord, Record, Store, SESSION_TYPE};
@@ -174,13 +174,6 @@ pub fn random_session(
         refresh_token: None,
         access_token_expires_at: None,
     }
-}
-
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
