@@ -27,6 +27,9 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(5);
 pub const FLUSH_BYTES: usize = 64 * 1024;
 /// Threads that log wait for room beyond this.
 pub const MAX_PENDING: usize = 8 * 1024 * 1024;
+/// A buffer that grew past this while the writer lagged is given back once written: the two
+/// buffers would otherwise keep their largest size (up to twice [`MAX_PENDING`]) for good.
+const RETAINED_BYTES: usize = 4 * FLUSH_BYTES;
 
 /// A handle that appends lines; cheap to clone.
 #[derive(Clone)]
@@ -159,6 +162,9 @@ impl Shared {
                 let _ = out.write_all(&writing);
                 let _ = out.flush();
                 writing.clear();
+                if writing.capacity() > RETAINED_BYTES {
+                    writing = Vec::with_capacity(FLUSH_BYTES);
+                }
             }
             if closed && self.lock().bytes.is_empty() {
                 return;
@@ -228,6 +234,33 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_burst_does_not_keep_its_buffers_once_written() {
+        let sink = Sink::default();
+        let (writer, guard) = LogWriter::start_with(sink.clone(), MAX_PENDING, FLUSH_INTERVAL);
+        // Far more than a flush at once, as when the writer fell behind for a while.
+        let burst = vec![b'x'; 2 * 1024 * 1024];
+        writer.append(&burst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut written = 0;
+        while written < burst.len() + 4 && Instant::now() < deadline {
+            writer.append(b"\n");
+            std::thread::sleep(FLUSH_INTERVAL * 2);
+            written = sink.0.lock().unwrap().len();
+        }
+        // The two buffers take turns as the one lines are appended to: look at both.
+        let mut kept = 0;
+        for _ in 0..8 {
+            writer.append(b"\n");
+            // Not a multiple of the writer's period, so that both turns are seen.
+            std::thread::sleep(FLUSH_INTERVAL * 3 / 2);
+            kept = kept.max(guard.shared.lock().bytes.capacity());
+        }
+        assert!(kept <= RETAINED_BYTES, "{kept} bytes kept after the burst");
+        drop(guard);
+        assert!(sink.0.lock().unwrap().len() > burst.len());
     }
 
     #[test]
