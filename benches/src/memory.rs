@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use portcullis_harness::free_port;
+use portcullis_harness::route::three_criteria_table;
 use serde::Serialize;
 
 use crate::procstat::rss_mib;
@@ -130,21 +131,14 @@ pub fn on_new_ports(config: &str) -> String {
 /// `routes` extra routes, each on a host of its own, in the form the proxy config takes: each
 /// policy names a group of its own when `distinct`, else one of 50.
 pub fn extra_routes(routes: usize, port: u16, upstream: &str, distinct: bool) -> String {
-    let mut text = String::with_capacity(routes * 320);
-    for i in 0..routes {
-        text.push_str(&format!(
-            r#"
-[[routes]]
-from = "http://r{i}.example.localhost:{port}"
-to = "{upstream}"
-pass_identity_headers = true
-policy = [
-  {{ allow = {{ and = [ {{ domain = {{ is = "example.com" }} }}, {{ groups = {{ has = "team-{g}" }} }} ] }} }},
-  {{ deny = {{ or = [ {{ http_method = {{ is = "DELETE" }} }} ] }} }},
-]
-"#,
-            g = if distinct { i } else { i % 50 },
-        ));
-    }
-    text
+    (0..routes)
+        .map(|i| {
+            let group = format!("team-{}", if distinct { i } else { i % 50 });
+            three_criteria_table(
+                &format!("http://r{i}.example.localhost:{port}"),
+                upstream,
+                &group,
+            )
+        })
+        .collect()
 }

@@ -34,32 +34,7 @@ allow_any_authenticated_user = true"#,
     let config = env
         .config_text()
         .replace(env.shared_secret(), &shared_secret);
-    let dir = tempfile::tempdir().unwrap();
-    let cookies_path = dir.path().join("cookies.txt");
-    let out = Portcullis::run(
-        binary.as_ref(),
-        &[
-            "sessions",
-            "seed",
-            "--count",
-            &COUNT.to_string(),
-            "--out",
-            cookies_path.to_str().unwrap(),
-        ],
-        &config,
-    );
-    assert!(
-        out.status.success(),
-        "seed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cookies: Vec<String> = std::fs::read_to_string(&cookies_path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(cookies.len(), COUNT);
+    let cookies = Portcullis::seed_sessions(binary.as_ref(), &config, COUNT);
 
     // A fresh process (an empty cache) on the same ports, with the databroker's secret in its
     // file; the harness waits for /readyz.

@@ -15,6 +15,7 @@ use portcullis::sessions::SessionCache;
 use portcullis::state::Runtime;
 use portcullis_auth::{AssertionCache, AssertionSigner, IdentityClaims, Secret};
 use portcullis_databroker::{MemoryStore, Store};
+use portcullis_harness::route::three_criteria_table;
 
 /// One measurement at a time: the tests of this file share the counter.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -62,18 +63,10 @@ idp_client_secret = "s"
 fn config(routes: usize, distinct: bool) -> String {
     let mut text = BASE.to_owned();
     for i in 0..routes {
-        text.push_str(&format!(
-            r#"
-[[routes]]
-from = "http://r{i}.example.localhost:18080"
-to = "http://127.0.0.1:18099"
-pass_identity_headers = true
-policy = [
-  {{ allow = {{ and = [ {{ domain = {{ is = "example.com" }} }}, {{ groups = {{ has = "team-{g}" }} }} ] }} }},
-  {{ deny = {{ or = [ {{ http_method = {{ is = "DELETE" }} }} ] }} }},
-]
-"#,
-            g = if distinct { i } else { i % 50 }
+        text.push_str(&three_criteria_table(
+            &format!("http://r{i}.example.localhost:18080"),
+            "http://127.0.0.1:18099",
+            &format!("team-{}", if distinct { i } else { i % 50 }),
         ));
     }
     text

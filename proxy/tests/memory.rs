@@ -15,18 +15,10 @@ const MAX_BYTES_PER_ROUTE: u64 = 4_096;
 fn many_routes(upstream: &str) -> String {
     (0..ROUTES)
         .map(|i| {
-            format!(
-                r#"
-[[routes]]
-from = "http://r{i}.localhost"
-to = "{upstream}"
-pass_identity_headers = true
-policy = [
-  {{ allow = {{ and = [ {{ domain = {{ is = "example.com" }} }}, {{ groups = {{ has = "team-{g}" }} }} ] }} }},
-  {{ deny = {{ or = [ {{ http_method = {{ is = "DELETE" }} }} ] }} }},
-]
-"#,
-                g = i % 50
+            route::three_criteria_table(
+                &format!("http://r{i}.localhost"),
+                upstream,
+                &format!("team-{}", i % 50),
             )
         })
         .collect()

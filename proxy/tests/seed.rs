@@ -34,32 +34,7 @@ policy = [ { allow = { and = [ { domain = { is = "example.com" } }, { groups = {
     let config = env
         .config_text()
         .replace(env.shared_secret(), &shared_secret);
-    let dir = tempfile::tempdir().unwrap();
-    let cookies_path = dir.path().join("cookies.txt");
-    let out = Portcullis::run(
-        binary.as_ref(),
-        &[
-            "sessions",
-            "seed",
-            "--count",
-            &COUNT.to_string(),
-            "--out",
-            cookies_path.to_str().unwrap(),
-        ],
-        &config,
-    );
-    assert!(
-        out.status.success(),
-        "seed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cookies: Vec<String> = std::fs::read_to_string(&cookies_path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(cookies.len(), COUNT);
+    let cookies = Portcullis::seed_sessions(binary.as_ref(), &config, COUNT);
     let unique: std::collections::HashSet<_> = cookies.iter().collect();
     assert_eq!(unique.len(), COUNT, "every cookie names its own session");
 
@@ -82,6 +57,7 @@ policy = [ { allow = { and = [ { domain = { is = "example.com" } }, { groups = {
 
     // By default the cookies are for the first route's host; sealed for another (`--host`),
     // a seeded cookie is no session on app.
+    let dir = tempfile::tempdir().unwrap();
     let other_path = dir.path().join("other.txt");
     let out = Portcullis::run(
         binary.as_ref(),

@@ -208,6 +208,38 @@ impl Portcullis {
         child.wait_with_output().expect("wait for portcullis")
     }
 
+    /// `portcullis sessions seed --count COUNT` with `config_toml`: the cookie values it wrote,
+    /// one a session, in order. Panics (with the command's stderr) when the seeding fails.
+    pub fn seed_sessions(binary: &Path, config_toml: &str, count: usize) -> Vec<String> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cookies_path = dir.path().join("cookies.txt");
+        let out = Portcullis::run(
+            binary,
+            &[
+                "sessions",
+                "seed",
+                "--count",
+                &count.to_string(),
+                "--out",
+                &cookies_path.display().to_string(),
+            ],
+            config_toml,
+        );
+        assert!(
+            out.status.success(),
+            "seed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cookies: Vec<String> = std::fs::read_to_string(&cookies_path)
+            .expect("the seeded cookies")
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(cookies.len(), count, "one cookie a seeded session");
+        cookies
+    }
+
     async fn wait_ready(&mut self) -> Result<(), String> {
         let client = reqwest::Client::builder()
             .no_proxy()

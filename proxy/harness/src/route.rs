@@ -15,6 +15,24 @@ pub fn public(host: &str) -> String {
     )
 }
 
+/// A whole `[[routes]]` table (header included, to append to a file) from `from` to `to`, with
+/// identity headers and a policy of three criteria: users of example.com in `group`, never
+/// `DELETE`. Memory measurements build thousands of them.
+pub fn three_criteria_table(from: &str, to: &str, group: &str) -> String {
+    format!(
+        r#"
+[[routes]]
+from = "{from}"
+to = "{to}"
+pass_identity_headers = true
+policy = [
+  {{ allow = {{ and = [ {{ domain = {{ is = "example.com" }} }}, {{ groups = {{ has = "{group}" }} }} ] }} }},
+  {{ deny = {{ or = [ {{ http_method = {{ is = "DELETE" }} }} ] }} }},
+]
+"#
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
