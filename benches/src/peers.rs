@@ -257,41 +257,19 @@ fn seed(
     config: &str,
     sessions: usize,
 ) -> Result<(Vec<String>, Vec<String>), String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let cookies_path = dir.path().join("cookies.txt");
-    let seed = Portcullis::run(
-        binary,
-        &[
-            "sessions",
-            "seed",
-            "--count",
-            &sessions.to_string(),
-            "--out",
-            &cookies_path.display().to_string(),
-        ],
-        config,
-    );
-    if !seed.status.success() {
-        return Err(format!(
-            "portcullis sessions seed: {}\n{}",
-            seed.status,
-            String::from_utf8_lossy(&seed.stderr)
-        ));
-    }
-    let text = std::fs::read_to_string(&cookies_path).map_err(|e| e.to_string())?;
+    let cookies = Portcullis::seed_sessions(binary, config, sessions)?;
     let (mut allowed, mut denied) = (Vec::new(), Vec::new());
     // `sessions seed` leaves every tenth user out of group `users`.
-    for (i, line) in text.lines().enumerate() {
+    for (i, cookie) in cookies.into_iter().enumerate() {
         if i % 10 == 9 {
-            denied.push(line.to_owned());
+            denied.push(cookie);
         } else {
-            allowed.push(line.to_owned());
+            allowed.push(cookie);
         }
     }
     if allowed.is_empty() || denied.is_empty() {
         return Err(format!(
-            "seeded {} sessions; need at least 10 for both allowed and denied users",
-            text.lines().count()
+            "seeded {sessions} sessions; need at least 10 for both allowed and denied users"
         ));
     }
     Ok((allowed, denied))

@@ -34,7 +34,7 @@ allow_any_authenticated_user = true"#,
     let config = env
         .config_text()
         .replace(env.shared_secret(), &shared_secret);
-    let cookies = Portcullis::seed_sessions(binary.as_ref(), &config, COUNT);
+    let cookies = Portcullis::seed_sessions(binary.as_ref(), &config, COUNT).expect("seeded");
 
     // A fresh process (an empty cache) on the same ports, with the databroker's secret in its
     // file; the harness waits for /readyz.

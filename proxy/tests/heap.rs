@@ -13,7 +13,7 @@ use portcullis::config::Config;
 use portcullis::observe::metrics::Metrics;
 use portcullis::sessions::SessionCache;
 use portcullis::state::Runtime;
-use portcullis_auth::{AssertionCache, AssertionSigner, IdentityClaims, Secret};
+use portcullis_auth::{AssertionCache, AssertionSigner, Secret};
 use portcullis_databroker::{MemoryStore, Store};
 use portcullis_harness::route::three_criteria_table;
 
@@ -149,19 +149,7 @@ async fn sessions_and_assertions() {
                 "app.localhost",
                 s.assertion_content,
                 now,
-                || IdentityClaims {
-                    iss: "app.localhost".into(),
-                    aud: "app.localhost".into(),
-                    sub: s.user_id().into(),
-                    user: s.user_id().into(),
-                    email: s.email().into(),
-                    groups: s.identity.groups().iter().map(|g| g.to_string()).collect(),
-                    name: s.name().into(),
-                    sid: s.id.to_string(),
-                    iat: 0,
-                    exp: 0,
-                    jti: String::new(),
-                },
+                || portcullis::upstream::identity::claims("app.localhost", s),
             )
             .expect("signed");
     }

@@ -34,7 +34,7 @@ policy = [ { allow = { and = [ { domain = { is = "example.com" } }, { groups = {
     let config = env
         .config_text()
         .replace(env.shared_secret(), &shared_secret);
-    let cookies = Portcullis::seed_sessions(binary.as_ref(), &config, COUNT);
+    let cookies = Portcullis::seed_sessions(binary.as_ref(), &config, COUNT).expect("seeded");
     let unique: std::collections::HashSet<_> = cookies.iter().collect();
     assert_eq!(unique.len(), COUNT, "every cookie names its own session");
 

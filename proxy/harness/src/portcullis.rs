@@ -209,9 +209,13 @@ impl Portcullis {
     }
 
     /// `portcullis sessions seed --count COUNT` with `config_toml`: the cookie values it wrote,
-    /// one a session, in order. Panics (with the command's stderr) when the seeding fails.
-    pub fn seed_sessions(binary: &Path, config_toml: &str, count: usize) -> Vec<String> {
-        let dir = tempfile::tempdir().expect("temp dir");
+    /// one a session, in order; or what went wrong, with the command's stderr.
+    pub fn seed_sessions(
+        binary: &Path,
+        config_toml: &str,
+        count: usize,
+    ) -> Result<Vec<String>, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let cookies_path = dir.path().join("cookies.txt");
         let out = Portcullis::run(
             binary,
@@ -225,19 +229,22 @@ impl Portcullis {
             ],
             config_toml,
         );
-        assert!(
-            out.status.success(),
-            "seed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            return Err(format!(
+                "portcullis sessions seed: {}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
         let cookies: Vec<String> = std::fs::read_to_string(&cookies_path)
-            .expect("the seeded cookies")
+            .map_err(|e| format!("the seeded cookies: {e}"))?
             .lines()
             .map(str::to_owned)
             .collect();
-        assert_eq!(cookies.len(), count, "one cookie a seeded session");
-        cookies
+        if cookies.len() != count {
+            return Err(format!("{} cookies for {count} sessions", cookies.len()));
+        }
+        Ok(cookies)
     }
 
     async fn wait_ready(&mut self) -> Result<(), String> {

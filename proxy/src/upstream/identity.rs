@@ -22,19 +22,7 @@ pub fn assertion(state: &State, audience: &str, session: &CachedSession) -> Opti
         audience,
         s.assertion_content,
         now_unix(),
-        || IdentityClaims {
-            iss: audience.to_string(),
-            aud: audience.to_string(),
-            sub: s.user_id().to_owned(),
-            user: s.user_id().to_owned(),
-            email: s.email().to_owned(),
-            groups: s.identity.groups().iter().map(|g| g.to_string()).collect(),
-            name: s.name().to_owned(),
-            sid: s.id.to_string(),
-            iat: 0,
-            exp: 0,
-            jti: String::new(),
-        },
+        || claims(audience, s),
     );
     match result {
         Ok(jwt) => Some(jwt),
@@ -42,6 +30,29 @@ pub fn assertion(state: &State, audience: &str, session: &CachedSession) -> Opti
             warn!(error = %e, "cannot sign the identity assertion");
             None
         }
+    }
+}
+
+/// What the identity assertion of `session` for the route host `audience` says; the assertion
+/// cache dates it and gives it its id.
+pub fn claims(audience: &str, session: &CachedSession) -> IdentityClaims {
+    IdentityClaims {
+        iss: audience.to_string(),
+        aud: audience.to_string(),
+        sub: session.user_id().to_owned(),
+        user: session.user_id().to_owned(),
+        email: session.email().to_owned(),
+        groups: session
+            .identity
+            .groups()
+            .iter()
+            .map(|g| g.to_string())
+            .collect(),
+        name: session.name().to_owned(),
+        sid: session.id.to_string(),
+        iat: 0,
+        exp: 0,
+        jti: String::new(),
     }
 }
 
