@@ -481,13 +481,6 @@ policy = [ { allow = { or = [ { groups = { has = "admins" } } ] } } ]"#,
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-
-    /// Stops the proxy (SIGTERM) and starts it again with the same configuration and ports.
-    pub async fn restart_proxy(&mut self) {
-        self.proxy
-            .restart_in_place(&self.binary, &self.config)
-            .await;
-    }
 }
 
 impl std::fmt::Debug for TestEnv {

@@ -378,14 +378,6 @@ impl Portcullis {
             }
         }
     }
-
-    pub(crate) async fn restart_in_place(&mut self, binary: &Path, config: &str) {
-        let _ = self.stop_in_place().await;
-        *self = Portcullis::builder(binary)
-            .config(config)
-            .start_or_panic()
-            .await;
-    }
 }
 
 impl std::fmt::Debug for Portcullis {
