@@ -82,3 +82,52 @@ async fn routes_cost_kilobytes_of_resident_memory_at_start_and_after_a_reload() 
         "{at_start} bytes a route at start"
     );
 }
+
+/// Client connections kept alive and idle after one request each.
+const IDLE_CONNECTIONS: usize = 400;
+/// The most such a connection may cost, in resident bytes: its 16 KiB read buffer, the task
+/// that waits for its next request, and what Pingora keeps of it (about 47 KB in all). With
+/// Pingora's default read buffer of 64 KiB, zeroed when the connection is accepted, it was
+/// about 100 KB.
+const MAX_BYTES_PER_IDLE_CONNECTION: u64 = 64 * 1024;
+
+/// `count` connections to the proxy on `port`, each left idle after a `HEAD` answered 200.
+async fn idle_connections(port: u16, count: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt as _;
+    let request = format!("HEAD / HTTP/1.1\r\nHost: public.localhost:{port}\r\n\r\n");
+    let mut connections = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        s.write_all(request.as_bytes()).await.expect("write");
+        let head = portcullis_harness::read_head(&mut s)
+            .await
+            .expect("an answer");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        connections.push(s);
+    }
+    connections
+}
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_costs_kilobytes_of_resident_memory() {
+    let env = TestEnv::builder(env!("CARGO_BIN_EXE_portcullis"))
+        .route(&route::public("public"))
+        .start()
+        .await;
+    let pid = env.proxy.pid().expect("pid");
+    // The first connections also set up what every later one shares (the upstream pool, the
+    // worker threads' allocator pages): not counted.
+    let warm = idle_connections(env.port, 20).await;
+    let before = settled_rss(pid).await;
+    let idle = idle_connections(env.port, IDLE_CONNECTIONS).await;
+    let after = settled_rss(pid).await;
+    let per_connection = after.saturating_sub(before) / IDLE_CONNECTIONS as u64;
+    eprintln!("{IDLE_CONNECTIONS} idle connections: {per_connection} resident bytes each");
+    assert!(
+        per_connection <= MAX_BYTES_PER_IDLE_CONNECTION,
+        "{per_connection} resident bytes per idle connection"
+    );
+    drop((warm, idle));
+}
