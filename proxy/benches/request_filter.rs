@@ -19,10 +19,11 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use pingora::proxy::{ProxyHttp, Session};
+use portcullis::clock::now_unix;
 use portcullis::config::Config;
 use portcullis::ctx::Ctx;
 use portcullis::service::Proxy;
-use portcullis::state::{now_unix, State};
+use portcullis::state::State;
 use portcullis_auth::{Cipher, Session as StoredSession, SessionCookie};
 
 mod common;

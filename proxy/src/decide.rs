@@ -5,12 +5,13 @@ use pingora::proxy::Session;
 
 use crate::authenticate;
 use crate::authorize::{authorize, Asker};
+use crate::clock::now_unix;
 use crate::ctx::Ctx;
 use crate::observe::outcome::Outcome;
 use crate::observe::request_log;
 use crate::request;
 use crate::respond::{Refusal, Reply};
-use crate::state::{now_unix, Runtime, State};
+use crate::state::{Runtime, State};
 
 /// What the decision wants done with the request.
 pub enum Flow {

@@ -172,7 +172,7 @@ fn millis(d: Duration) -> i64 {
 }
 
 fn now_ms() -> i64 {
-    crate::state::now_unix()
+    crate::clock::now_unix()
         .saturating_mul(1000)
         .saturating_add(i64::from(
             std::time::SystemTime::now()
@@ -392,7 +392,7 @@ async fn refresh(state: &State, id: &str) -> Outcome {
     let Some(mut session) = parse(&record) else {
         return Outcome::Gone;
     };
-    let now = crate::state::now_unix();
+    let now = crate::clock::now_unix();
     if session.is_expired(now) {
         return Outcome::Gone;
     }
@@ -442,7 +442,7 @@ async fn refresh(state: &State, id: &str) -> Outcome {
             return Outcome::Gone;
         }
     }
-    session.apply_refresh(tokens, crate::state::now_unix());
+    session.apply_refresh(tokens, crate::clock::now_unix());
     let outcome = write_back(&state.sessions, &session, record.version).await;
     match outcome {
         Outcome::Due(_) => metric("success"),

@@ -53,7 +53,7 @@ pub fn evaluate(config: Config, probe: &Probe) -> Result<Verdict, String> {
                 format!("--time {t:?}: {e} (expected RFC 3339, e.g. 2026-01-31T09:30:00Z)")
             })?
             .unix_timestamp(),
-        None => crate::state::now_unix(),
+        None => crate::clock::now_unix(),
     };
     let mut claims = serde_json::Map::new();
     for c in &probe.claims {

@@ -14,8 +14,9 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tracing::{error, info, warn};
 
+use crate::clock::now_unix;
 use crate::config::Config;
-use crate::state::{now_unix, Runtime, State};
+use crate::state::{Runtime, State};
 use crate::upstream::health;
 
 /// What a reload did.

@@ -12,13 +12,13 @@
 //! Users are random (`seed-<hex>@example.com`) with a few groups out of [`GROUPS`]; every
 //! tenth session has no `users` group so that a policy on `users` has something to deny.
 
-use crate::clock::now_unix;
 use std::io::Write;
 use std::sync::Arc;
 
 use portcullis_auth::{Cipher, Session, SessionCookie};
 use portcullis_databroker::{NewRecord, Record, Store, SESSION_TYPE};
 
+use crate::clock::now_unix;
 use crate::config::{Config, StorageType};
 
 /// Groups handed out to seeded users. Everyone but every tenth user is in `users`.

@@ -125,7 +125,7 @@ impl BackgroundService for Background {
                 let _ = tokio::task::spawn_blocking(move || {
                     state.assertions.renew_due(
                         &state.assertion_signer,
-                        crate::state::now_unix(),
+                        crate::clock::now_unix(),
                         ASSERTION_RENEW_SPREAD,
                         &|| *stop.borrow(),
                     )
@@ -165,7 +165,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<(), String> {
     crate::allocator::return_freed_memory();
     crate::upstream::health::spawn(&state.runtime.load().routes);
     metrics.reload_success.set(1);
-    metrics.reload_timestamp.set(crate::state::now_unix());
+    metrics.reload_timestamp.set(crate::clock::now_unix());
 
     let mut conf = ServerConf::default();
     let pid = std::process::id();

@@ -257,5 +257,3 @@ impl State {
         }
     }
 }
-
-pub use crate::clock::now_unix;

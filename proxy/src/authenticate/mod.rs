@@ -28,11 +28,12 @@ use tracing::{info, warn};
 use url::Url;
 
 use crate::authorize::load_session;
+use crate::clock::now_unix;
 use crate::ctx::Ctx;
 use crate::observe::outcome::Outcome;
 use crate::respond::pages;
 use crate::respond::{Dependency, Malformed, Refusal, Reply, SignInFailure};
-use crate::state::{now_unix, Runtime, State, LOGIN_STATE_COOKIE_TTL};
+use crate::state::{Runtime, State, LOGIN_STATE_COOKIE_TTL};
 
 pub const JWKS_PATH: &str = "/.well-known/portcullis/jwks.json";
 pub const SIGN_IN_PATH: &str = "/.portcullis/sign_in";

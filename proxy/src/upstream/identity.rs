@@ -9,8 +9,9 @@ use portcullis_auth::IdentityClaims;
 use portcullis_policy::Claim;
 use tracing::warn;
 
+use crate::clock::now_unix;
 use crate::sessions::CachedSession;
-use crate::state::{now_unix, State};
+use crate::state::State;
 
 /// The identity assertion for `session`, for the route host `audience`.
 pub fn assertion(state: &State, audience: &str, session: &CachedSession) -> Option<HeaderValue> {

@@ -22,10 +22,11 @@ use pingora::http::RequestHeader;
 use tracing::{debug, info};
 
 use crate::authorize::{authorize, Asker, Found};
+use crate::clock::now_unix;
 use crate::observe::outcome::Outcome;
 use crate::request::Validated;
 use crate::respond::Refusal;
-use crate::state::{now_unix, State};
+use crate::state::State;
 use crate::upstream::tripwire::Tripwire;
 
 /// Why a stream was closed.
