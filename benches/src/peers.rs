@@ -229,23 +229,18 @@ to = "{upstream}"
 policy = [
   {{ allow = {{ and = [ {{ domain = {{ is = "example.com" }} }}, {{ groups = {{ has = "users" }} }} ] }} }},
 ]
-
-# Three criteria: two allow conditions and a deny.
-[[routes]]
-from = "{scheme}://{APP_HOST}:{port}"
-to = "{upstream}"
-pass_identity_headers = true
-policy = [
-  {{ allow = {{ and = [ {{ domain = {{ is = "example.com" }} }}, {{ groups = {{ has = "users" }} }} ] }} }},
-  {{ deny = {{ or = [ {{ http_method = {{ is = "DELETE" }} }} ] }} }},
-]
-
+{authorized}
 [[routes]]
 from = "{scheme}://{PUBLIC_HOST}:{port}"
 to = "{upstream}"
 allow_public_unauthenticated_access = true
 "#,
             metrics = free_port(),
+            authorized = portcullis_harness::route::three_criteria_table(
+                &format!("{scheme}://{APP_HOST}:{port}"),
+                upstream,
+                "users"
+            ),
         )
     }
 }

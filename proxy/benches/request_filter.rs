@@ -47,21 +47,17 @@ idp_provider_url = "http://127.0.0.1:9"
 idp_client_id = "bench"
 idp_client_secret = "bench"
 jwt_claims_headers = {{ "X-Email" = "email", "X-Groups" = "groups" }}
-
-[[routes]]
-from = "http://{APP}:8000"
-to = "http://127.0.0.1:9"
-pass_identity_headers = true
-policy = [
-  {{ allow = {{ and = [ {{ domain = {{ is = "example.com" }} }}, {{ groups = {{ has = "users" }} }} ] }} }},
-  {{ deny = {{ or = [ {{ http_method = {{ is = "DELETE" }} }} ] }} }},
-]
-
+{authorized}
 [[routes]]
 from = "http://{PUBLIC}:8000"
 to = "http://127.0.0.1:9"
 allow_public_unauthenticated_access = true
-"#
+"#,
+        authorized = portcullis_harness::route::three_criteria_table(
+            &format!("http://{APP}:8000"),
+            "http://127.0.0.1:9",
+            "users"
+        ),
     );
     Config::from_toml(&text, Vec::new(), Path::new(".")).unwrap_or_else(|e| panic!("{e}"))
 }
