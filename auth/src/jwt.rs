@@ -6,6 +6,13 @@
 //! in the background before that while the session keeps sending requests;
 //! [`AssertionCache::signatures_on_request_path`] lets the proxy prove in its metrics that a
 //! steady-state request never waits for a signature.
+//!
+//! The cache keeps an assertion's signature and the claims it chose (dates and id); the other
+//! claims are the session's, which the caller holds anyway. The JWT itself (about 600 bytes) is
+//! kept beside them only while requests keep asking for it: one unused for
+//! [`ASSERTION_KEEP_JWT_SECS`] goes, and the next request makes it again from the signature and
+//! the session (no signing, some ten thousand instructions). So a session that is busy costs
+//! a reference count per request, and an idle one a few hundred bytes.
 
 use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -38,6 +45,10 @@ pub const ASSERTION_RENEW_INTERVAL: Duration = Duration::from_secs(10);
 /// Over how long the proxy spreads one run's signatures ([`AssertionCache::renew_due`]'s
 /// `spread`): less than the interval, so that runs never overlap.
 pub const ASSERTION_RENEW_SPREAD: Duration = Duration::from_secs(8);
+/// A JWT no request asked for in this long is no longer kept ready to send: only its signature
+/// is ([`AssertionCache::renew_due`] drops it, so it goes within one more
+/// [`ASSERTION_RENEW_INTERVAL`]).
+pub const ASSERTION_KEEP_JWT_SECS: i64 = 60;
 
 // A run sees an assertion first with at most the renewal lead left (less up to one interval),
 // and may then take the whole spread to sign it: it must still be in time for the reuse margin.
@@ -142,18 +153,32 @@ struct Entry {
     audience: Box<str>,
     /// Fingerprint of the session fields the claims were made from.
     content: u64,
-    /// The current JWT. Its claims are not kept beside it: a renewal reads them back from the
-    /// JWT's payload ([`Entry::sign_again`]), which halves what an entry holds.
+    /// The current signature, with the claims the cache gave it.
     signed: RwLock<Signed>,
     /// When a request last asked for it, unix seconds.
     last_used: AtomicI64,
 }
 
-/// A signed JWT, ready to send.
+/// What [`AssertionCache::renew_due`] asks of the sessions: for a session id and an audience,
+/// the session's content fingerprint and its claims for that audience, if it knows the session.
+pub type ClaimsFor<'a> = dyn Fn(&str, &str) -> Option<(u64, IdentityClaims)> + 'a;
+
+/// Random bytes of a `jti` (base64url in the JWT).
+const JTI_BYTES: usize = 16;
+
+/// A signed assertion without its session's claims: what the cache chose (the dates and the
+/// id) and the ES256 signature (r and s) over the JWT made with them
+/// ([`AssertionSigner::encode`] makes it again), and that JWT while it is in use.
+#[derive(Clone)]
 struct Signed {
-    value: HeaderValue,
-    exp: i64,
+    iat: i64,
+    jti: [u8; JTI_BYTES],
+    signature: [u8; SIGNATURE_BYTES],
+    jwt: Option<HeaderValue>,
 }
+
+/// An ES256 signature: r and s, 32 bytes each (RFC 7518, section 3.4).
+const SIGNATURE_BYTES: usize = 64;
 
 // === impl AssertionSigner ===
 
@@ -263,26 +288,88 @@ impl AssertionSigner {
     /// Signs `claims` as an ES256 JWT with header `{alg: ES256, typ: JWT, kid}`. This is
     /// asymmetric crypto: go through [`AssertionCache`] on the request path.
     pub fn sign(&self, claims: &IdentityClaims) -> Result<String, AuthError> {
-        #[cfg(test)]
-        if self.fail {
-            return Err(AuthError::Signing("failing on purpose".into()));
-        }
-        // JWS compact serialization (RFC 7515): header.claims.signature, each base64url; the
-        // ES256 signature is r and s, 32 bytes each (RFC 7518, section 3.4).
+        let mut jwt = self.signing_input(claims)?;
+        let signature = self.signature(&jwt)?;
+        push_signature(&mut jwt, &signature);
+        Ok(jwt)
+    }
+
+    /// JWS compact serialization (RFC 7515) is `header.claims.signature`, each base64url; this
+    /// is `header.claims`, what the signature is over, with room left for the rest.
+    fn signing_input(&self, claims: &IdentityClaims) -> Result<String, AuthError> {
         let claims = serde_json::to_vec(claims).map_err(|e| AuthError::Signing(e.to_string()))?;
         let mut jwt = String::with_capacity(self.encoded_header.len() + claims.len() * 4 / 3 + 90);
         jwt.push_str(&self.encoded_header);
         jwt.push('.');
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(&claims, &mut jwt);
-        let signature = self
-            .key_pair
-            .sign(&SystemRandom::new(), jwt.as_bytes())
-            .map_err(|_| AuthError::Signing("ECDSA signing failed".into()))?;
-        jwt.push('.');
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode_string(signature.as_ref(), &mut jwt);
         Ok(jwt)
     }
+
+    fn signature(&self, signing_input: &str) -> Result<[u8; SIGNATURE_BYTES], AuthError> {
+        #[cfg(test)]
+        if self.fail {
+            return Err(AuthError::Signing("failing on purpose".into()));
+        }
+        let signature = self
+            .key_pair
+            .sign(&SystemRandom::new(), signing_input.as_bytes())
+            .map_err(|_| AuthError::Signing("ECDSA signing failed".into()))?;
+        signature
+            .as_ref()
+            .try_into()
+            .map_err(|_| AuthError::Signing("an ES256 signature is not 64 bytes".into()))
+    }
+
+    /// Dates `claims` at `now_unix` (`exp` an [`ASSERTION_LIFETIME_SECS`] later), gives them a
+    /// fresh random `jti` and signs them: the JWT, and what the cache keeps of it.
+    fn sign_fresh(
+        &self,
+        claims: &mut IdentityClaims,
+        now_unix: i64,
+    ) -> Result<(Signed, HeaderValue), AuthError> {
+        let mut jti = [0u8; JTI_BYTES];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut jti);
+        let stamp = Signed {
+            iat: now_unix,
+            jti,
+            signature: [0; SIGNATURE_BYTES],
+            jwt: None,
+        };
+        stamp.date(claims);
+        let mut jwt = self.signing_input(claims)?;
+        let signature = self.signature(&jwt)?;
+        push_signature(&mut jwt, &signature);
+        let jwt = header_value(jwt)?;
+        let signed = Signed {
+            signature,
+            jwt: Some(jwt.clone()),
+            ..stamp
+        };
+        Ok((signed, jwt))
+    }
+
+    /// The JWT that `signed` was made as: `claims`, which must be the ones it was signed from
+    /// (the same session content and audience), dated and identified as it was.
+    fn encode(
+        &self,
+        claims: &mut IdentityClaims,
+        signed: &Signed,
+    ) -> Result<HeaderValue, AuthError> {
+        signed.date(claims);
+        let mut jwt = self.signing_input(claims)?;
+        push_signature(&mut jwt, &signed.signature);
+        header_value(jwt)
+    }
+}
+
+fn push_signature(jwt: &mut String, signature: &[u8]) {
+    jwt.push('.');
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(signature, jwt);
+}
+
+fn header_value(jwt: String) -> Result<HeaderValue, AuthError> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(jwt))
+        .map_err(|_| AuthError::Signing("the JWT is not a header value".into()))
 }
 
 impl std::fmt::Debug for AssertionSigner {
@@ -369,8 +456,8 @@ impl AssertionCache {
         now_unix: i64,
         make_claims: impl FnOnce() -> IdentityClaims,
     ) -> Result<HeaderValue, AuthError> {
-        if let Some(value) = slot.answer(audience, content, now_unix) {
-            return Ok(value);
+        if let Some((entry, signed)) = slot.answer(audience, content, now_unix) {
+            return entry.send(signer, signed, make_claims);
         }
         let (hash, shard) = self.locate(session_id);
         // An entry past its reuse margin is signed again with no lock held.
@@ -384,7 +471,9 @@ impl AssertionCache {
                 Some(entry) => {
                     if let Some(valid) = entry.use_at(now_unix) {
                         slot.keep(entry);
-                        return Ok(valid);
+                        let entry = Arc::clone(entry);
+                        drop(map);
+                        return entry.send(signer, valid, make_claims);
                     }
                     Some(Arc::clone(entry))
                 }
@@ -392,20 +481,14 @@ impl AssertionCache {
             }
         };
         if let Some(entry) = stale {
-            let value = entry.sign_again(signer, now_unix)?;
+            let value = entry.sign_again(signer, make_claims(), now_unix, true)?;
             self.on_request.fetch_add(1, Ordering::Relaxed);
             slot.keep(&entry);
             return Ok(value);
         }
-        let entry = Arc::new(Entry::sign(
-            signer,
-            audience,
-            content,
-            make_claims(),
-            now_unix,
-        )?);
+        let (entry, value) = Entry::sign(signer, audience, content, make_claims(), now_unix)?;
+        let entry = Arc::new(entry);
         self.on_request.fetch_add(1, Ordering::Relaxed);
-        let value = entry.current();
         let mut map = write(shard);
         let hasher = &self.hasher;
         let rehash = |(id, _): &(Box<str>, Vec<Arc<Entry>>)| hasher.hash_one(&**id);
@@ -443,26 +526,32 @@ impl AssertionCache {
     /// are signed at once. The run ends early, returning what it signed so far, once `stop`
     /// says so (asked before each signature and every 100 ms between them): a shutdown does
     /// not wait for the spread.
+    ///
+    /// `claims_for(session_id, audience)` gives the session's content fingerprint and its
+    /// claims for the audience, as a request would; an assertion whose session it does not
+    /// know, or whose content changed, is not renewed (its next request signs).
     pub fn renew_due(
         &self,
         signer: &AssertionSigner,
         now_unix: i64,
         spread: Duration,
         stop: &dyn Fn() -> bool,
+        claims_for: &ClaimsFor<'_>,
     ) -> usize {
         // Collected under read locks, signed with none held.
         let mut due = Vec::new();
         for shard in self.shards.iter() {
             let mut idle = false;
-            for (_, entries) in read(shard).iter() {
+            for (id, entries) in read(shard).iter() {
                 for entry in entries {
                     if is_idle(entry, now_unix) {
                         idle = true;
                         continue;
                     }
+                    entry.forget_jwt_if_unused(now_unix);
                     let expires_at = entry.expires_at();
                     if expires_at.saturating_sub(now_unix) <= ASSERTION_RENEW_AHEAD_SECS {
-                        due.push((expires_at, Arc::clone(entry)));
+                        due.push((expires_at, id.clone(), Arc::clone(entry)));
                     }
                 }
             }
@@ -470,15 +559,21 @@ impl AssertionCache {
                 drop_idle(&mut write(shard), now_unix);
             }
         }
-        due.sort_unstable_by_key(|(expires_at, _)| *expires_at);
+        due.sort_unstable_by_key(|(expires_at, _, _)| *expires_at);
         let began = Instant::now();
         let mut renewed = 0;
-        for (turn, (_, entry)) in due.iter().enumerate() {
+        for (turn, (_, id, entry)) in due.iter().enumerate() {
             let Some(elapsed) = wait_for_turn(began, spread, turn, due.len(), stop) else {
                 break;
             };
+            let Some((content, claims)) = claims_for(id, &entry.audience) else {
+                continue;
+            };
+            if content != entry.content {
+                continue;
+            }
             let at = now_unix.saturating_add(i64::try_from(elapsed.as_secs()).unwrap_or(0));
-            if entry.sign_again(signer, at).is_ok() {
+            if entry.sign_again(signer, claims, at, false).is_ok() {
                 self.in_background.fetch_add(1, Ordering::Relaxed);
                 renewed += 1;
             }
@@ -614,7 +709,7 @@ impl AssertionSlot {
         std::mem::size_of::<Entry>() + 2 * std::mem::size_of::<usize>();
 
     /// The kept assertion, when it is what the cache would answer with (see the type).
-    fn answer(&self, audience: &str, content: u64, now_unix: i64) -> Option<HeaderValue> {
+    fn answer(&self, audience: &str, content: u64, now_unix: i64) -> Option<(Arc<Entry>, Signed)> {
         let entry = self.0.read().ok()?.upgrade()?;
         if entry.retired.load(Ordering::Acquire)
             || entry.content != content
@@ -622,7 +717,8 @@ impl AssertionSlot {
         {
             return None;
         }
-        entry.use_at(now_unix)
+        let signed = entry.use_at(now_unix)?;
+        Some((entry, signed))
     }
 
     fn keep(&self, entry: &Arc<Entry>) {
@@ -654,20 +750,21 @@ impl Entry {
         content: u64,
         mut claims: IdentityClaims,
         now_unix: i64,
-    ) -> Result<Entry, AuthError> {
-        let signed = Signed::new(signer, &mut claims, now_unix)?;
-        Ok(Entry {
+    ) -> Result<(Entry, HeaderValue), AuthError> {
+        let (signed, value) = signer.sign_fresh(&mut claims, now_unix)?;
+        let entry = Entry {
             retired: AtomicBool::new(false),
             audience: audience.into(),
             content,
             signed: RwLock::new(signed),
             last_used: AtomicI64::new(now_unix),
-        })
+        };
+        Ok((entry, value))
     }
 
-    /// A request asks for the JWT at `now_unix`: the current one while it has more than the
-    /// reuse margin left. Marks the entry used (what keeps it renewed in the background).
-    fn use_at(&self, now_unix: i64) -> Option<HeaderValue> {
+    /// A request asks for the assertion at `now_unix`: the current one while it has more than
+    /// the reuse margin left. Marks the entry used (what keeps it renewed in the background).
+    fn use_at(&self, now_unix: i64) -> Option<Signed> {
         // Written once a second at most: every thread reads this line per request.
         if self.last_used.load(Ordering::Relaxed) != now_unix {
             self.last_used.store(now_unix, Ordering::Relaxed);
@@ -680,35 +777,66 @@ impl Entry {
         self.retired.store(true, Ordering::Release);
     }
 
-    /// The current JWT while it has more than the reuse margin left.
-    fn valid_at(&self, now_unix: i64) -> Option<HeaderValue> {
+    /// The current assertion while it has more than the reuse margin left.
+    fn valid_at(&self, now_unix: i64) -> Option<Signed> {
         let signed = self.signed.read().ok()?;
-        (signed.exp.saturating_sub(now_unix) > ASSERTION_REUSE_MARGIN_SECS)
-            .then(|| signed.value.clone())
+        (signed.exp().saturating_sub(now_unix) > ASSERTION_REUSE_MARGIN_SECS)
+            .then(|| signed.clone())
     }
 
-    fn current(&self) -> HeaderValue {
-        match self.signed.read() {
-            Ok(s) => s.value.clone(),
-            Err(poisoned) => poisoned.into_inner().value.clone(),
+    /// The JWT of `signed` (this entry's current assertion): the kept one, or made again from
+    /// `make_claims()` and kept for the next requests.
+    fn send(
+        &self,
+        signer: &AssertionSigner,
+        signed: Signed,
+        make_claims: impl FnOnce() -> IdentityClaims,
+    ) -> Result<HeaderValue, AuthError> {
+        if let Some(jwt) = signed.jwt {
+            return Ok(jwt);
+        }
+        let jwt = signer.encode(&mut make_claims(), &signed)?;
+        if let Ok(mut current) = self.signed.write() {
+            // Unless a renewal replaced it meanwhile.
+            if current.iat == signed.iat && current.jti == signed.jti {
+                current.jwt = Some(jwt.clone());
+            }
+        }
+        Ok(jwt)
+    }
+
+    /// Keeps only the signature of a JWT no request asked for in [`ASSERTION_KEEP_JWT_SECS`].
+    fn forget_jwt_if_unused(&self, now_unix: i64) {
+        let unused = now_unix.saturating_sub(self.last_used.load(Ordering::Relaxed))
+            >= ASSERTION_KEEP_JWT_SECS;
+        let kept = self.signed.read().is_ok_and(|s| s.jwt.is_some());
+        if unused && kept {
+            if let Ok(mut current) = self.signed.write() {
+                current.jwt = None;
+            }
         }
     }
 
     fn expires_at(&self) -> i64 {
-        self.signed.read().map(|s| s.exp).unwrap_or(i64::MIN)
+        self.signed.read().map(|s| s.exp()).unwrap_or(i64::MIN)
     }
 
-    /// The same claims with a new `iat`, `exp` and `jti`, signed and put in place.
+    /// `claims` (this entry's session's, as of its content) with a new `iat`, `exp` and
+    /// `jti`, signed and put in place. The new JWT is kept ready to send for a request
+    /// (`for_request`), or when the one it replaces was.
     fn sign_again(
         &self,
         signer: &AssertionSigner,
+        mut claims: IdentityClaims,
         now_unix: i64,
+        for_request: bool,
     ) -> Result<HeaderValue, AuthError> {
-        let mut claims = claims_of(&self.current())?;
-        let signed = Signed::new(signer, &mut claims, now_unix)?;
-        let value = signed.value.clone();
+        let (mut signed, value) = signer.sign_fresh(&mut claims, now_unix)?;
         if let Ok(mut current) = self.signed.write() {
-            if signed.exp >= current.exp {
+            if signed.iat >= current.iat {
+                if !for_request && current.jwt.is_none() {
+                    signed.jwt = None;
+                }
                 *current = signed;
             }
         }
@@ -716,36 +844,18 @@ impl Entry {
     }
 }
 
-/// The claims of a JWT this cache signed, read back from its payload.
-fn claims_of(jwt: &HeaderValue) -> Result<IdentityClaims, AuthError> {
-    let unreadable = || AuthError::Signing("a cached assertion does not read back".into());
-    let payload = jwt
-        .as_bytes()
-        .split(|b| *b == b'.')
-        .nth(1)
-        .ok_or_else(unreadable)?;
-    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .map_err(|_| unreadable())?;
-    serde_json::from_slice(&json).map_err(|_| unreadable())
-}
+// === impl Signed ===
 
 impl Signed {
-    fn new(
-        signer: &AssertionSigner,
-        claims: &mut IdentityClaims,
-        now_unix: i64,
-    ) -> Result<Signed, AuthError> {
-        claims.iat = now_unix;
-        claims.exp = now_unix.saturating_add(ASSERTION_LIFETIME_SECS);
-        claims.jti = IdentityClaims::new_jti();
-        let jwt = signer.sign(claims)?;
-        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(jwt))
-            .map_err(|_| AuthError::Signing("the JWT is not a header value".into()))?;
-        Ok(Signed {
-            value,
-            exp: claims.exp,
-        })
+    fn exp(&self) -> i64 {
+        self.iat.saturating_add(ASSERTION_LIFETIME_SECS)
+    }
+
+    /// Gives `claims` this assertion's dates and id.
+    fn date(&self, claims: &mut IdentityClaims) {
+        claims.iat = self.iat;
+        claims.exp = self.exp();
+        claims.jti = b64url(&self.jti);
     }
 }
 

@@ -123,11 +123,17 @@ impl BackgroundService for Background {
                 // ECDSA signing is CPU work: keep it off the async workers, and spread it out
                 // (a crowd of sessions comes due at once) so that it never holds a CPU for long.
                 let _ = tokio::task::spawn_blocking(move || {
+                    let now = crate::clock::now_unix();
                     state.assertions.renew_due(
                         &state.assertion_signer,
-                        crate::clock::now_unix(),
+                        now,
                         ASSERTION_RENEW_SPREAD,
                         &|| *stop.borrow(),
+                        &|id, audience| {
+                            let session = state.sessions.cached(id, now)?;
+                            let claims = crate::upstream::identity::claims(audience, &session);
+                            Some((session.assertion_content, claims))
+                        },
                     )
                 })
                 .await;

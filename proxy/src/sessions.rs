@@ -265,6 +265,13 @@ impl SessionCache {
             && self.cache_is_trusted()
     }
 
+    /// The cache's current entry for `id`, if it holds one that [`SessionCache::is_current`]
+    /// would accept, without asking the store or counting a hit: for work off the request path
+    /// (the identity assertions' renewal) that only needs what is cached.
+    pub fn cached(&self, id: &str, now_unix: i64) -> Option<Arc<CachedSession>> {
+        self.cache.get(id).filter(|s| self.is_current(s, now_unix))
+    }
+
     /// Counts a session answered from the cache without [`SessionCache::get`].
     pub fn count_hit(&self) {
         self.metrics.session_cache_hits.inc();

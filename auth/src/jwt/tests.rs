@@ -34,9 +34,15 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-/// One renewal run with every signature at once.
+/// One renewal run with every signature at once, every session's content 0 and claims
+/// `claims(0)`.
 fn renew_at_once(cache: &AssertionCache, signer: &AssertionSigner, now_unix: i64) -> usize {
-    cache.renew_due(signer, now_unix, Duration::ZERO, &|| false)
+    cache.renew_due(signer, now_unix, Duration::ZERO, &|| false, &same_claims)
+}
+
+/// What `renew_due` asks of the sessions, for tests where all have content 0 and `claims(0)`.
+fn same_claims(_id: &str, _audience: &str) -> Option<(u64, IdentityClaims)> {
+    Some((0, claims(0)))
 }
 
 fn verify(signer: &AssertionSigner, jwt: &str) -> IdentityClaims {
@@ -150,15 +156,15 @@ fn cache_signs_once_for_repeated_calls() {
     let s = AssertionSigner::from_pem(SEC1).unwrap();
     let cache = AssertionCache::default();
     let t = now();
-    let mut made = 0;
+    // The caller's claims are dated and identified by the cache.
+    let undated = || IdentityClaims {
+        iat: 0,
+        exp: 0,
+        jti: String::new(),
+        ..claims(0)
+    };
     let first = cache
-        .get_or_sign(&s, "sess-1", "app.example.com", 0, t, || {
-            made += 1;
-            IdentityClaims {
-                jti: String::new(),
-                ..claims(0)
-            }
-        })
+        .get_or_sign(&s, "sess-1", "app.example.com", 0, t, undated)
         .unwrap();
     for dt in [
         0,
@@ -167,18 +173,11 @@ fn cache_signs_once_for_repeated_calls() {
         ASSERTION_LIFETIME_SECS - ASSERTION_REUSE_MARGIN_SECS - 1,
     ] {
         let again = cache
-            .get_or_sign(
-                &s,
-                "sess-1",
-                "app.example.com",
-                0,
-                t + dt,
-                || unreachable!(),
-            )
+            .get_or_sign(&s, "sess-1", "app.example.com", 0, t + dt, undated)
             .unwrap();
+        // Made again from the kept signature and the same claims: the same bytes.
         assert_eq!(first, again);
     }
-    assert_eq!(made, 1);
     assert_eq!(cache.signatures_total(), 1);
     let c = verify(&s, first.to_str().unwrap());
     assert_eq!(c.iat, t);
@@ -231,7 +230,7 @@ fn changed_session_content_gets_a_new_assertion_and_unchanged_keeps_it() {
         .unwrap();
     // The same content (the session read again, say after a change event): the same JWT.
     let again = cache
-        .get_or_sign(&s, "sess-1", "app.example.com", 7, t + 1, || unreachable!())
+        .get_or_sign(&s, "sess-1", "app.example.com", 7, t + 1, || claims(0))
         .unwrap();
     assert_eq!(a, again);
     // Other content (new groups after a refresh): signed again from the new claims.
@@ -253,9 +252,7 @@ fn invalidate_session_drops_its_assertions_only() {
     assert_eq!(cache.signatures_total(), 4);
     cache.invalidate_session("s1");
     for (sid, aud) in [("s10", "a"), ("s2", "a")] {
-        cache
-            .get_or_sign(&s, sid, aud, 0, t, || unreachable!("{sid} was dropped"))
-            .unwrap();
+        cache.get_or_sign(&s, sid, aud, 0, t, || claims(0)).unwrap();
     }
     assert_eq!(cache.signatures_total(), 4);
     for (sid, aud) in [("s1", "a"), ("s1", "b")] {
@@ -296,7 +293,7 @@ fn assertions_in_use_are_renewed_in_the_background_and_requests_never_wait() {
     // "busy" keeps sending requests; "idle" sent its last one at `t`.
     for at in (t..due).step_by(30) {
         cache
-            .get_or_sign(&s, "busy", "app.example.com", 0, at, || unreachable!())
+            .get_or_sign(&s, "busy", "app.example.com", 0, at, || claims(0))
             .unwrap();
     }
     assert_eq!(
@@ -312,15 +309,15 @@ fn assertions_in_use_are_renewed_in_the_background_and_requests_never_wait() {
         at += step;
         renewed += renew_at_once(&cache, &s, at);
         let jwt = cache
-            .get_or_sign(&s, "busy", "app.example.com", 0, at, || unreachable!())
+            .get_or_sign(&s, "busy", "app.example.com", 0, at, || claims(0))
             .unwrap();
         let c = verify(&s, jwt.to_str().unwrap());
         assert!(
             c.exp - at > ASSERTION_REUSE_MARGIN_SECS,
             "valid for its use"
         );
-        // A renewal reads the claims back from the JWT it replaces: all but the dates and the
-        // id stay as first signed.
+        // A renewal signs the session's claims as `renew_due` was given them: all but the
+        // dates and the id as first signed.
         let unstamped = |c: IdentityClaims| IdentityClaims {
             iat: 0,
             exp: 0,
@@ -362,12 +359,12 @@ fn the_cache_is_bounded_and_a_full_shard_makes_room() {
     assert_eq!(cache.signatures_total(), 200);
     // The last one is still cached: it was put in after the room was made.
     cache
-        .get_or_sign(&s, "sess-199", "app", 0, t, || unreachable!("kept"))
+        .get_or_sign(&s, "sess-199", "app", 0, t, || claims(0))
         .unwrap();
     // A shard full of sessions idle for a lifetime loses only the idle ones.
     let used = t + ASSERTION_LIFETIME_SECS - ASSERTION_RENEW_AHEAD_SECS;
     cache
-        .get_or_sign(&s, "sess-199", "app", 0, used, || unreachable!("kept"))
+        .get_or_sign(&s, "sess-199", "app", 0, used, || claims(0))
         .unwrap();
     let later = t + ASSERTION_LIFETIME_SECS + 1;
     assert_eq!(
@@ -391,9 +388,7 @@ fn a_kept_assertion_answers_before_any_lookup_and_stays_renewed() {
     // The slot is the session's own and answers before the cache is asked: an id the cache
     // has never seen gets the kept assertion, with nothing signed.
     let kept = cache
-        .get_or_sign_kept(&slot, &s, "never-seen", aud, 0, t + 1, || {
-            unreachable!("looked up")
-        })
+        .get_or_sign_kept(&slot, &s, "never-seen", aud, 0, t + 1, || claims(0))
         .unwrap();
     assert_eq!(kept, first);
     assert_eq!(cache.signatures_on_request_path(), 1);
@@ -405,7 +400,7 @@ fn a_kept_assertion_answers_before_any_lookup_and_stays_renewed() {
         at += ASSERTION_RENEW_INTERVAL.as_secs() as i64;
         renewed += renew_at_once(&cache, &s, at);
         let jwt = cache
-            .get_or_sign_kept(&slot, &s, "busy", aud, 0, at, || unreachable!("signed"))
+            .get_or_sign_kept(&slot, &s, "busy", aud, 0, at, || claims(0))
             .unwrap();
         let c = verify(&s, jwt.to_str().unwrap());
         assert!(
@@ -521,9 +516,7 @@ fn a_crowd_that_comes_due_together_is_renewed_spread_out_soonest_first() {
     let later: Vec<_> = (0..10).map(|i| sign(format!("later-{i}"), t + 5)).collect();
     let current = |id: String, at: i64| {
         cache
-            .get_or_sign(&s, &id, "app", 0, at, || {
-                unreachable!("signed on the request path")
-            })
+            .get_or_sign(&s, &id, "app", 0, at, || claims(at))
             .unwrap()
     };
     // All thirty are due; a run told to stop after twenty signed the crowd, which expires
@@ -532,7 +525,7 @@ fn a_crowd_that_comes_due_together_is_renewed_spread_out_soonest_first() {
     let asked = std::sync::atomic::AtomicUsize::new(0);
     let stop_after_twenty = || asked.fetch_add(1, Ordering::Relaxed) >= 20;
     assert_eq!(
-        cache.renew_due(&s, due, Duration::ZERO, &stop_after_twenty),
+        cache.renew_due(&s, due, Duration::ZERO, &stop_after_twenty, &same_claims),
         20
     );
     for (i, before) in crowd.iter().enumerate() {
@@ -553,7 +546,10 @@ fn a_crowd_that_comes_due_together_is_renewed_spread_out_soonest_first() {
     // comes at 9/10 of it. Signing ten at once takes a few milliseconds.
     let spread = Duration::from_millis(400);
     let began = Instant::now();
-    assert_eq!(cache.renew_due(&s, due, spread, &|| false), 10);
+    assert_eq!(
+        cache.renew_due(&s, due, spread, &|| false, &same_claims),
+        10
+    );
     let took = began.elapsed();
     assert!(
         took >= spread * 9 / 10,
@@ -583,7 +579,7 @@ fn a_stop_ends_a_spread_run_without_waiting_out_the_spread() {
     let began = Instant::now();
     let stopped = || began.elapsed() > Duration::from_millis(50);
     assert_eq!(
-        cache.renew_due(&s, due, Duration::from_secs(60), &stopped),
+        cache.renew_due(&s, due, Duration::from_secs(60), &stopped, &same_claims),
         1
     );
     let took = began.elapsed();
@@ -591,12 +587,134 @@ fn a_stop_ends_a_spread_run_without_waiting_out_the_spread() {
 }
 
 #[test]
-fn an_entry_keeps_its_jwt_and_not_a_second_copy_of_the_claims() {
-    // A cached assertion is one per active session: what it holds beside the JWT is paid
-    // 100,000 times over. The claims alone (nine strings and a list) would double it.
+fn an_entry_keeps_a_signature_and_not_the_jwt() {
+    // A cached assertion is one per active session: what it holds is paid 100,000 times over.
+    // Its signature and dates in the entry, the audience its one allocation besides the JWT,
+    // which (about 600 bytes) is kept only while in use.
     assert!(
-        std::mem::size_of::<Entry>() <= 128,
+        std::mem::size_of::<Entry>() <= 192,
         "{} bytes",
         std::mem::size_of::<Entry>()
     );
+}
+
+#[test]
+fn a_jwt_unused_for_a_while_is_kept_as_its_signature_and_made_again_when_asked() {
+    let s = AssertionSigner::from_pem(SEC1).unwrap();
+    let cache = AssertionCache::default();
+    let t = now();
+    let kept_jwt = |id: &str| {
+        let (hash, shard) = cache.locate(id);
+        let map = read(shard);
+        let (_, entries) = map.find(hash, |(k, _)| **k == *id).unwrap();
+        let kept = entries[0].signed.read().unwrap().jwt.is_some();
+        kept
+    };
+    let get = |id: &str, at: i64| {
+        cache
+            .get_or_sign(&s, id, "app.example.com", 0, at, || claims(0))
+            .unwrap()
+    };
+    let idle = get("idle", t);
+    let busy = get("busy", t);
+    assert!(kept_jwt("idle") && kept_jwt("busy"));
+    // "busy" asked again just now, "idle" not since `t`.
+    let later = t + ASSERTION_KEEP_JWT_SECS;
+    assert_eq!(get("busy", later - 1), busy);
+    assert_eq!(renew_at_once(&cache, &s, later), 0, "nothing is due yet");
+    assert!(
+        !kept_jwt("idle"),
+        "unused for ASSERTION_KEEP_JWT_SECS: only the signature"
+    );
+    assert!(kept_jwt("busy"));
+    // Its next request gets the same JWT, made again with no signature, and kept again.
+    assert_eq!(get("idle", later + 1), idle);
+    assert!(kept_jwt("idle"));
+    assert_eq!(cache.signatures_total(), 2);
+    verify(&s, idle.to_str().unwrap());
+}
+
+#[test]
+fn a_renewal_skips_sessions_it_does_not_know_or_that_changed() {
+    let s = AssertionSigner::from_pem(SEC1).unwrap();
+    let cache = AssertionCache::default();
+    let t = now();
+    for id in ["known", "changed", "gone"] {
+        cache
+            .get_or_sign(&s, id, "app.example.com", 7, t, || claims(0))
+            .unwrap();
+    }
+    let due = t + ASSERTION_LIFETIME_SECS - ASSERTION_RENEW_AHEAD_SECS;
+    let asked = std::sync::Mutex::new(Vec::new());
+    let sessions = |id: &str, audience: &str| {
+        asked.lock().unwrap().push(format!("{id}@{audience}"));
+        match id {
+            "known" => Some((7, claims(0))),
+            "changed" => Some((8, claims(0))),
+            _ => None,
+        }
+    };
+    assert_eq!(
+        cache.renew_due(&s, due, Duration::ZERO, &|| false, &sessions),
+        1
+    );
+    let mut asked = asked.into_inner().unwrap();
+    asked.sort();
+    assert_eq!(
+        asked,
+        [
+            "changed@app.example.com",
+            "gone@app.example.com",
+            "known@app.example.com"
+        ]
+    );
+    // The renewed one answers with a fresh JWT of the claims it was given; the others are
+    // signed at their next request, from what that request's session says.
+    let before = cache.signatures_on_request_path();
+    let jwt = cache
+        .get_or_sign(&s, "known", "app.example.com", 7, due, || claims(0))
+        .unwrap();
+    assert!(verify(&s, jwt.to_str().unwrap()).iat >= due);
+    assert_eq!(cache.signatures_on_request_path(), before);
+    let late = t + ASSERTION_LIFETIME_SECS - ASSERTION_REUSE_MARGIN_SECS;
+    cache
+        .get_or_sign(&s, "gone", "app.example.com", 7, late, || claims(0))
+        .unwrap();
+    assert_eq!(cache.signatures_on_request_path(), before + 1);
+}
+
+#[test]
+fn a_jwt_made_again_from_its_signature_verifies_and_carries_the_callers_claims() {
+    let s = AssertionSigner::from_pem(SEC1).unwrap();
+    let cache = AssertionCache::default();
+    let t = now();
+    let first = cache
+        .get_or_sign(&s, "sess-1", "app.example.com", 0, t, || claims(0))
+        .unwrap();
+    let again = cache
+        .get_or_sign(&s, "sess-1", "app.example.com", 0, t + 30, || claims(0))
+        .unwrap();
+    assert_eq!(again, first);
+    let c = verify(&s, again.to_str().unwrap());
+    assert_eq!((c.iat, c.exp), (t, t + ASSERTION_LIFETIME_SECS));
+    assert_eq!(c.jti.len(), 22, "16 random bytes in base64url");
+    assert_eq!(c.email, "alice@example.com");
+    // Claims other than the ones signed (a caller's bug: the content fingerprint must cover
+    // what the claims say) make a JWT that does not verify: never one signed for them. (Once
+    // the kept JWT went: until then it is what is sent.)
+    let later = t + 30 + ASSERTION_KEEP_JWT_SECS;
+    assert_eq!(renew_at_once(&cache, &s, later), 0);
+    let other = cache
+        .get_or_sign(&s, "sess-1", "app.example.com", 0, later, || {
+            IdentityClaims {
+                email: "mallory@example.com".into(),
+                ..claims(0)
+            }
+        })
+        .unwrap();
+    let set: JwkSet = serde_json::from_str(s.jwks_json()).unwrap();
+    let key = DecodingKey::from_jwk(set.find(s.kid()).unwrap()).unwrap();
+    let mut v = Validation::new(Algorithm::ES256);
+    v.set_audience(&["app.example.com"]);
+    assert!(jsonwebtoken::decode::<IdentityClaims>(other.to_str().unwrap(), &key, &v).is_err());
 }
