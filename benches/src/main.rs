@@ -666,6 +666,17 @@ async fn memory_run(
     warm_up(&scenarios, settings).await?;
     let rss_with_jwt_mib = memory::settled_rss(pid).await;
     eprintln!("after one more with the identity JWT: {rss_with_jwt_mib:.1} MiB");
+    // Unused that long, a JWT goes at the next renewal run (one interval later at most).
+    let keep = Duration::from_secs(portcullis_auth::jwt::ASSERTION_KEEP_JWT_SECS.unsigned_abs())
+        + portcullis_auth::jwt::ASSERTION_RENEW_INTERVAL
+        + Duration::from_secs(2);
+    eprintln!("waiting {} s for the JWTs to go unused ...", keep.as_secs());
+    tokio::time::sleep(keep).await;
+    // Traffic that needs no JWT goes on meanwhile (as on a proxy in service): the worker
+    // threads that allocated the JWTs take back what the renewal run freed.
+    warm_up(&plain, settings).await?;
+    let rss_jwt_idle_mib = memory::settled_rss(pid).await;
+    eprintln!("once they went unused: {rss_jwt_idle_mib:.1} MiB");
 
     eprintln!("starting a proxy with {routes} routes more ...");
     let few = Portcullis::builder(binary)
@@ -693,6 +704,7 @@ async fn memory_run(
         rss_idle_mib,
         rss_sessions_mib,
         rss_with_jwt_mib,
+        rss_jwt_idle_mib,
         routes,
         rss_few_routes_mib,
         rss_many_routes_mib: rss_with[0],
