@@ -20,3 +20,17 @@ pub fn return_freed_memory() {
         libmimalloc_sys::mi_collect(true);
     }
 }
+
+/// Turns transparent huge pages off for this process, before it allocates much.
+///
+/// mimalloc asks for huge pages on its arenas (`MADV_HUGEPAGE`). The kernel then backs a
+/// 2 MiB range with a huge page at a fault, and its khugepaged thread, scanning a few MB of
+/// address space every ten seconds, later collapses every range that holds a single used 4 KiB
+/// page into a whole resident huge page: RSS stepped up by ~10 MB about ten minutes into every
+/// soak (the time the scan took to reach the heap), with no allocation behind it, and stayed.
+/// A proxy's heap of small, short-lived objects gains little from huge pages; a predictable
+/// RSS matters more. Where the kernel refuses (not Linux), the process runs as before.
+pub fn turn_off_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_thp_disable(true);
+}

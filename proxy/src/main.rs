@@ -98,6 +98,7 @@ enum PolicyCommand {
 const CONFIG_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
+    portcullis::allocator::turn_off_transparent_huge_pages();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
