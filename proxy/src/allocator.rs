@@ -1,6 +1,7 @@
-//! Hands memory the allocator keeps back to the operating system, at the two moments when the
-//! process has just freed a lot of it: a configuration parsed at start, and one parsed by a
-//! reload.
+//! The process's memory as the operating system counts it: what the allocator keeps back is
+//! handed back at the two moments when the process has just freed a lot of it (a configuration
+//! parsed at start, and one parsed by a reload), and transparent huge pages are turned off
+//! ([`turn_off_transparent_huge_pages`]).
 //!
 //! The `portcullis` binary allocates with mimalloc, which returns freed pages to the system
 //! only later, as further allocations on the same thread come by. The TOML tree of a large
@@ -29,7 +30,8 @@ pub fn return_freed_memory() {
 /// page into a whole resident huge page: RSS stepped up by ~10 MB about ten minutes into every
 /// soak (the time the scan took to reach the heap), with no allocation behind it, and stayed.
 /// A proxy's heap of small, short-lived objects gains little from huge pages; a predictable
-/// RSS matters more. Where the kernel refuses (not Linux), the process runs as before.
+/// RSS matters more. Where that cannot be done (not Linux, or the kernel refuses), the process
+/// runs as before.
 pub fn turn_off_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     let _ = nix::sys::prctl::set_thp_disable(true);
