@@ -380,15 +380,6 @@ impl std::fmt::Debug for AssertionSigner {
     }
 }
 
-// === impl IdentityClaims ===
-
-impl IdentityClaims {
-    /// A fresh random `jti`.
-    pub fn new_jti() -> String {
-        crate::random_token(16)
-    }
-}
-
 // === impl AssertionCache ===
 
 impl AssertionCache {

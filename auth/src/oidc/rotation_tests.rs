@@ -120,7 +120,7 @@ impl TestIdp {
                 sid: "s1".to_owned(),
                 iat: now,
                 exp: now + 300,
-                jti: IdentityClaims::new_jti(),
+                jti: "id-token-1".to_owned(),
             })
             .unwrap();
         jwt.parse().unwrap()
