@@ -2,6 +2,7 @@
 //! the cache versus freshly signed, and kept on the session versus looked up.
 
 use std::hint::black_box;
+use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis_auth::{
@@ -83,8 +84,13 @@ fn assertion(c: &mut Criterion) {
 fn assertion_10k(c: &mut Criterion) {
     let signer = AssertionSigner::derive(&Secret::random()).expect("derived key");
     let cache = AssertionCache::default();
-    let sessions: Vec<(String, AssertionSlot)> = (0..10_000)
-        .map(|i| (format!("Zm9vYmFyYmF6cXV4{i:06}"), AssertionSlot::default()))
+    let sessions: Vec<(Arc<str>, AssertionSlot)> = (0..10_000)
+        .map(|i| {
+            (
+                format!("Zm9vYmFyYmF6cXV4{i:06}").into(),
+                AssertionSlot::default(),
+            )
+        })
         .collect();
     for (id, slot) in &sessions {
         cache

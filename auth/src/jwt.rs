@@ -110,9 +110,10 @@ pub struct IdentityClaims {
 /// Caches signed assertions per (session id, audience), and signs them again before they
 /// expire ([`AssertionCache::renew_due`]) while their session keeps sending requests.
 ///
-/// A plain map in lock shards, by session id, each session holding its assertions (one per
-/// route host it used): a lookup is one hash of the id and a read lock, with no bookkeeping
-/// per read. Not an LRU cache such as moka: its per-read bookkeeping would be a large share of
+/// A plain table in lock shards, of one entry per (session, route host it used), placed by the
+/// hash of the session id: a lookup is one hash of the id and a read lock, with no bookkeeping
+/// per read. An entry shares the session id with its caller's copy (the proxy's cached
+/// session), so that a session's assertion costs its signature and little more. Not an LRU cache such as moka: its per-read bookkeeping would be a large share of
 /// a session lookup when many sessions take turns. Entries that no request used for
 /// an assertion lifetime go at the next [`AssertionCache::renew_due`]; a sign-out drops its
 /// session's at once.
@@ -120,7 +121,7 @@ pub struct AssertionCache {
     shards: Box<[RwLock<Shard>]>,
     /// Seeded: session ids are server-minted, but nobody should be able to aim collisions.
     hasher: foldhash::quality::RandomState,
-    /// Sessions per shard before a new one needs [`make_room`].
+    /// Entries per shard before a new one needs [`make_room`].
     per_shard: usize,
     on_request: AtomicU64,
     in_background: AtomicU64,
@@ -129,8 +130,8 @@ pub struct AssertionCache {
 /// Lock shards, so that the threads of a busy proxy rarely wait for one another.
 const SHARDS: usize = 16;
 
-/// One shard: session id, and that session's assertions.
-type Shard = HashTable<(Box<str>, Vec<Arc<Entry>>)>;
+/// One shard: assertions, by the hash of their session id.
+type Shard = HashTable<Arc<Entry>>;
 
 /// Where a caller keeps the assertion it was last given for one session (the proxy keeps one on
 /// each cached session), so that the session's next request takes it from there
@@ -150,6 +151,7 @@ struct Entry {
     /// slot's weak pointer alone would not tell: a renewal or another request may still hold
     /// the entry for a moment after the cache let go of it.
     retired: AtomicBool,
+    session_id: Arc<str>,
     audience: Box<str>,
     /// Fingerprint of the session fields the claims were made from.
     content: u64,
@@ -157,6 +159,16 @@ struct Entry {
     signed: RwLock<Signed>,
     /// When a request last asked for it, unix seconds.
     last_used: AtomicI64,
+}
+
+/// What a lookup past the slot looks for, and where it keeps what it finds.
+struct Wanted<'a, S> {
+    slot: &'a AssertionSlot,
+    session_id: &'a str,
+    /// The id a new entry keeps.
+    share_id: S,
+    audience: &'a str,
+    content: u64,
 }
 
 /// What [`AssertionCache::renew_due`] asks of the sessions: for a session id and an audience,
@@ -383,12 +395,12 @@ impl std::fmt::Debug for AssertionSigner {
 // === impl AssertionCache ===
 
 impl AssertionCache {
-    /// A cache of assertions for at most about `max_sessions` sessions.
-    pub fn new(max_sessions: usize) -> AssertionCache {
+    /// A cache of at most about `max_entries` assertions (one per session and route host).
+    pub fn new(max_entries: usize) -> AssertionCache {
         AssertionCache {
             shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
             hasher: foldhash::quality::RandomState::default(),
-            per_shard: (max_sessions / SHARDS).max(1),
+            per_shard: (max_entries / SHARDS).max(1),
             on_request: AtomicU64::new(0),
             in_background: AtomicU64::new(0),
         }
@@ -422,26 +434,26 @@ impl AssertionCache {
     ) -> Result<HeaderValue, AuthError> {
         // A slot of its own, dropped after: the lookup, as `get_or_sign_kept` would do it.
         let slot = AssertionSlot::default();
-        self.get_or_sign_kept(
-            &slot,
-            signer,
+        let wanted = Wanted {
+            slot: &slot,
             session_id,
+            share_id: || Arc::from(session_id),
             audience,
             content,
-            now_unix,
-            make_claims,
-        )
+        };
+        self.find_or_sign(wanted, signer, now_unix, make_claims)
     }
 
     /// [`AssertionCache::get_or_sign`], answered from `slot` when it holds what the cache would
     /// answer with; otherwise looked up (or signed) and kept in `slot` for the next request.
-    /// `slot` must be `session_id`'s own: it is not keyed by the id.
+    /// `slot` must be `session_id`'s own: it is not keyed by the id. A new entry shares
+    /// `session_id`.
     #[allow(clippy::too_many_arguments)]
     pub fn get_or_sign_kept(
         &self,
         slot: &AssertionSlot,
         signer: &AssertionSigner,
-        session_id: &str,
+        session_id: &Arc<str>,
         audience: &str,
         content: u64,
         now_unix: i64,
@@ -450,15 +462,37 @@ impl AssertionCache {
         if let Some((entry, signed)) = slot.answer(audience, content, now_unix) {
             return entry.send(signer, signed, make_claims);
         }
+        let wanted = Wanted {
+            slot,
+            session_id,
+            share_id: || Arc::clone(session_id),
+            audience,
+            content,
+        };
+        self.find_or_sign(wanted, signer, now_unix, make_claims)
+    }
+
+    /// The lookup behind both `get_or_sign`s, past the slot.
+    fn find_or_sign(
+        &self,
+        wanted: Wanted<'_, impl FnOnce() -> Arc<str>>,
+        signer: &AssertionSigner,
+        now_unix: i64,
+        make_claims: impl FnOnce() -> IdentityClaims,
+    ) -> Result<HeaderValue, AuthError> {
+        let Wanted {
+            slot,
+            session_id,
+            share_id,
+            audience,
+            content,
+        } = wanted;
+        let is_it = |e: &Arc<Entry>| *e.session_id == *session_id && *e.audience == *audience;
         let (hash, shard) = self.locate(session_id);
         // An entry past its reuse margin is signed again with no lock held.
         let stale = {
             let map = read(shard);
-            let entry = map
-                .find(hash, |(id, _)| **id == *session_id)
-                .and_then(|(_, entries)| entries.iter().find(|e| *e.audience == *audience))
-                .filter(|e| e.content == content);
-            match entry {
+            match map.find(hash, is_it).filter(|e| e.content == content) {
                 Some(entry) => {
                     if let Some(valid) = entry.use_at(now_unix) {
                         slot.keep(entry);
@@ -477,25 +511,30 @@ impl AssertionCache {
             slot.keep(&entry);
             return Ok(value);
         }
-        let (entry, value) = Entry::sign(signer, audience, content, make_claims(), now_unix)?;
+        let (entry, value) = Entry::sign(
+            signer,
+            share_id(),
+            audience,
+            content,
+            make_claims(),
+            now_unix,
+        )?;
         let entry = Arc::new(entry);
         self.on_request.fetch_add(1, Ordering::Relaxed);
         let mut map = write(shard);
-        let hasher = &self.hasher;
-        let rehash = |(id, _): &(Box<str>, Vec<Arc<Entry>>)| hasher.hash_one(&**id);
-        match map.find_mut(hash, |(id, _)| **id == *session_id) {
-            Some((_, entries)) => match entries.iter_mut().find(|e| *e.audience == *audience) {
-                Some(slot) => {
-                    slot.retire();
-                    *slot = Arc::clone(&entry);
-                }
-                None => entries.push(Arc::clone(&entry)),
-            },
+        match map.find_mut(hash, is_it) {
+            Some(slot) => {
+                slot.retire();
+                *slot = Arc::clone(&entry);
+            }
             None => {
                 if map.len() >= self.per_shard {
                     make_room(&mut map, now_unix);
                 }
-                map.insert_unique(hash, (session_id.into(), vec![Arc::clone(&entry)]), rehash);
+                let hasher = &self.hasher;
+                map.insert_unique(hash, Arc::clone(&entry), |e| {
+                    hasher.hash_one(&*e.session_id)
+                });
             }
         }
         drop(map);
@@ -533,31 +572,29 @@ impl AssertionCache {
         let mut due = Vec::new();
         for shard in self.shards.iter() {
             let mut idle = false;
-            for (id, entries) in read(shard).iter() {
-                for entry in entries {
-                    if is_idle(entry, now_unix) {
-                        idle = true;
-                        continue;
-                    }
-                    entry.forget_jwt_if_unused(now_unix);
-                    let expires_at = entry.expires_at();
-                    if expires_at.saturating_sub(now_unix) <= ASSERTION_RENEW_AHEAD_SECS {
-                        due.push((expires_at, id.clone(), Arc::clone(entry)));
-                    }
+            for entry in read(shard).iter() {
+                if is_idle(entry, now_unix) {
+                    idle = true;
+                    continue;
+                }
+                entry.forget_jwt_if_unused(now_unix);
+                let expires_at = entry.expires_at();
+                if expires_at.saturating_sub(now_unix) <= ASSERTION_RENEW_AHEAD_SECS {
+                    due.push((expires_at, Arc::clone(entry)));
                 }
             }
             if idle {
                 drop_idle(&mut write(shard), now_unix);
             }
         }
-        due.sort_unstable_by_key(|(expires_at, _, _)| *expires_at);
+        due.sort_unstable_by_key(|(expires_at, _)| *expires_at);
         let began = Instant::now();
         let mut renewed = 0;
-        for (turn, (_, id, entry)) in due.iter().enumerate() {
+        for (turn, (_, entry)) in due.iter().enumerate() {
             let Some(elapsed) = wait_for_turn(began, spread, turn, due.len(), stop) else {
                 break;
             };
-            let Some((content, claims)) = claims_for(id, &entry.audience) else {
+            let Some((content, claims)) = claims_for(&entry.session_id, &entry.audience) else {
                 continue;
             };
             if content != entry.content {
@@ -576,9 +613,9 @@ impl AssertionCache {
     /// session changes: its new content fingerprint no longer matches.
     pub fn invalidate_session(&self, session_id: &str) {
         let (hash, shard) = self.locate(session_id);
-        if let Ok(found) = write(shard).find_entry(hash, |(id, _)| **id == *session_id) {
-            let ((_, entries), _) = found.remove();
-            entries.iter().for_each(|e| e.retire());
+        let mut map = write(shard);
+        while let Ok(found) = map.find_entry(hash, |e| *e.session_id == *session_id) {
+            found.remove().0.retire();
         }
     }
 
@@ -591,10 +628,7 @@ impl AssertionCache {
 
     /// How many assertions are cached now.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| read(s).iter().map(|(_, e)| e.len()).sum::<usize>())
-            .sum()
+        self.shards.iter().map(|s| read(s).len()).sum()
     }
 
     /// Whether no assertion is cached.
@@ -661,26 +695,23 @@ fn is_idle(entry: &Entry, now_unix: i64) -> bool {
 }
 
 fn drop_idle(map: &mut Shard, now_unix: i64) {
-    map.retain(|(_, entries)| {
-        entries.retain(|e| {
-            let idle = is_idle(e, now_unix);
-            if idle {
-                e.retire();
-            }
-            !idle
-        });
-        !entries.is_empty()
+    map.retain(|e| {
+        let idle = is_idle(e, now_unix);
+        if idle {
+            e.retire();
+        }
+        !idle
     });
 }
 
 /// Drops every entry of `map`.
 fn clear(map: &mut Shard) {
-    for (_, entries) in map.drain() {
-        entries.iter().for_each(|e| e.retire());
+    for e in map.drain() {
+        e.retire();
     }
 }
 
-/// A full shard: the idle sessions go; if none is idle, the whole shard (its sessions are
+/// A full shard: the idle entries go; if none is idle, the whole shard (its sessions are
 /// signed again at their next request, as after a restart).
 fn make_room(map: &mut Shard, now_unix: i64) {
     let before = map.len();
@@ -737,6 +768,7 @@ impl std::fmt::Debug for AssertionSlot {
 impl Entry {
     fn sign(
         signer: &AssertionSigner,
+        session_id: Arc<str>,
         audience: &str,
         content: u64,
         mut claims: IdentityClaims,
@@ -745,6 +777,7 @@ impl Entry {
         let (signed, value) = signer.sign_fresh(&mut claims, now_unix)?;
         let entry = Entry {
             retired: AtomicBool::new(false),
+            session_id,
             audience: audience.into(),
             content,
             signed: RwLock::new(signed),
