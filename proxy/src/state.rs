@@ -60,8 +60,9 @@ pub struct State {
     pub listener_port: u16,
 }
 
-/// How many opened session cookie values are kept (about 270 bytes each, so at most ~9 MiB).
-pub const OPENED_COOKIES_KEPT: usize = 32_768;
+/// How many opened session cookie values are kept: about 80 bytes each (a tag, not the value),
+/// so at most about 10 MiB, and a busy edge's clients past this many open their cookie again.
+pub const OPENED_COOKIES_KEPT: usize = 131_072;
 
 /// How long the login-state cookie lives.
 pub const LOGIN_STATE_COOKIE_TTL: Duration = Duration::from_secs(600);

@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use portcullis::config::Config;
 use portcullis::observe::metrics::Metrics;
+use portcullis::sessions::opened::{Known, OpenedCookies};
 use portcullis::sessions::SessionCache;
 use portcullis::state::Runtime;
 use portcullis_auth::jwt::ASSERTION_KEEP_JWT_SECS;
-use portcullis_auth::{AssertionCache, AssertionSigner, Secret};
+use portcullis_auth::{AssertionCache, AssertionSigner, Cipher, Secret, SessionCookie};
 use portcullis_databroker::{MemoryStore, Store};
 use portcullis_harness::route::three_criteria_table;
 
@@ -112,7 +113,7 @@ fn a_compiled_route_holds_less_than_two_kilobytes_of_heap() {
 const SESSIONS: usize = 5_000;
 
 #[test]
-fn a_cached_session_holds_about_a_kilobyte_and_its_identity_assertion_a_few_hundred_bytes() {
+fn a_cached_session_its_remembered_cookie_and_its_identity_assertion_stay_small() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     tokio::runtime::Builder::new_current_thread()
         .build()
@@ -134,6 +135,21 @@ async fn sessions_and_assertions() {
     let cache = SessionCache::new(store, metrics, 1 << 30, Duration::from_secs(60));
     let assertions = AssertionCache::new(1_000_000);
     let signer = AssertionSigner::derive(&Secret::from_bytes([9; 32])).expect("key");
+    const SCOPE: &str = "app.localhost:443";
+    let cipher = Cipher::new(&Secret::from_bytes([7; 32]));
+    let sealed: Vec<String> = sessions
+        .iter()
+        .map(|s| {
+            SessionCookie {
+                session_id: s.id.clone(),
+                scope: SCOPE.into(),
+                issued_at: now - 60,
+                expires_at: now + 3600,
+            }
+            .seal(&cipher)
+        })
+        .collect();
+    let memo = OpenedCookies::new(1_000_000);
 
     let before = LIVE.load(Ordering::Relaxed);
     let mut kept = Vec::with_capacity(SESSIONS);
@@ -141,6 +157,14 @@ async fn sessions_and_assertions() {
         kept.push(cache.get(&s.id, now).await.expect("get").expect("live"));
     }
     let cached = LIVE.load(Ordering::Relaxed);
+    // Each session's cookie opened once, and its session attached: as after a first request.
+    for (value, s) in sealed.iter().zip(&kept) {
+        let found = memo.open(&cipher, value, now, SCOPE, |_| true);
+        assert!(matches!(found, Some(Known::Cookie(_))), "opens");
+        memo.attach(value, SCOPE, s);
+    }
+    assert_eq!(memo.len(), SESSIONS);
+    let remembered = LIVE.load(Ordering::Relaxed);
     for s in &kept {
         assertions
             .get_or_sign_kept(
@@ -162,19 +186,23 @@ async fn sessions_and_assertions() {
     assert_eq!(renewed, 0);
     let idle = LIVE.load(Ordering::Relaxed);
     let per_session = (cached - before) / SESSIONS as isize;
-    let per_assertion = (signed - cached) / SESSIONS as isize;
-    let per_idle_assertion = (idle - cached) / SESSIONS as isize;
+    let per_cookie = (remembered - cached) / SESSIONS as isize;
+    let per_assertion = (signed - remembered) / SESSIONS as isize;
+    let per_idle_assertion = (idle - remembered) / SESSIONS as isize;
     eprintln!(
-        "heap per session: {per_session} bytes cached, {per_assertion} bytes of assertion in \
-         use, {per_idle_assertion} once unused for {ASSERTION_KEEP_JWT_SECS} s"
+        "heap per session: {per_session} bytes cached, {per_cookie} bytes of opened-cookie \
+         memo, {per_assertion} bytes of assertion in use, {per_idle_assertion} once unused for \
+         {ASSERTION_KEEP_JWT_SECS} s"
     );
     assert_eq!(assertions.len(), SESSIONS);
     // moka's own bookkeeping is a good part of the first. An assertion in use keeps its JWT
     // (about 600 bytes); an idle one its signature and the cache's entry for it.
     assert!(per_session <= 1_024, "{per_session} bytes a cached session");
+    // The memo keeps a tag of the cookie, not the cookie (about 200 bytes): its table's slot.
+    assert!(per_cookie <= 128, "{per_cookie} bytes a remembered cookie");
     assert!(per_assertion <= 1_024, "{per_assertion} bytes an assertion");
     assert!(
-        per_idle_assertion <= 320,
+        per_idle_assertion <= 256,
         "{per_idle_assertion} bytes an idle assertion"
     );
 }
