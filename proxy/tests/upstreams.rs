@@ -780,6 +780,52 @@ async fn websockets_pass_only_where_allowed_and_after_authorization() {
     }
 }
 
+/// An upstream that answers a websocket handshake at once, before it has even read the request,
+/// then echoes: its 101 reaches the proxy before the end of the upgrade request's own (empty)
+/// body is handled. Pingora 0.9.1 took that end for the end of the tunnel and closed the tunnel
+/// right after the 101 whenever the two came in that order (cloudflare/pingora#946): here, about
+/// one handshake in two. Fixed by the patch in `vendor/pingora-proxy`.
+#[tokio::test]
+async fn a_websocket_tunnel_holds_when_the_upstream_answers_at_once() {
+    use tokio::io::AsyncWriteExt as _;
+    let listener = tokio::net::TcpListener::bind((portcullis_harness::LOOPBACK, 0))
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if s.write_all(WEBSOCKET_101.as_bytes()).await.is_err() {
+                    return;
+                }
+                if read_head(&mut s).await.is_some() {
+                    echo(s).await;
+                }
+            });
+        }
+    });
+    let env = TestEnv::builder(BIN)
+        .route(&public(
+            "ws",
+            &format!("to = \"http://127.0.0.1:{port}\"\nallow_websockets = true"),
+        ))
+        .start()
+        .await;
+    let handshake = websocket_handshake(&format!("ws.localhost:{}", env.port), "/chat", "");
+    for attempt in 1..=100 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", env.port))
+            .await
+            .expect("connect");
+        s.write_all(handshake.as_bytes()).await.expect("handshake");
+        let head = read_head(&mut s).await.expect("an answer head");
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(
+            echoes(&mut s, b"hello").await,
+            "handshake {attempt}: the tunnel closed after its 101"
+        );
+    }
+}
+
 #[tokio::test]
 async fn server_sent_events_stream_without_buffering() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
