@@ -324,9 +324,14 @@ where
                 },
 
                 body = rx.recv(), if !request_done => {
+                    // A plain body task that arrives once the 101 was read is the end of the
+                    // upgrade request's own body, queued before the downstream side upgraded
+                    // (the upgraded tunnel's bytes come as `UpgradedBody`): it ends that body,
+                    // not the tunnel, whose client side is still to be read.
+                    let own_body_end = upgraded && matches!(body, Some(HttpTask::Body(..)));
                     match send_body_to1(client_session, body).await {
                         Ok(send_done) => {
-                            request_done = send_done;
+                            request_done = send_done && !own_body_end;
                             // An upgraded request is terminated when either side is done
                             if request_done && client_session.was_upgraded() {
                                 response_done = true;
