@@ -11,10 +11,10 @@
 //! inputs), under a key drawn at start that never leaves the process, of the scope and the
 //! value. A different value (or the same value on another host, or another port of the same
 //! host) has the same tag only with the chance of guessing a 128-bit tag under an unknown key,
-//! no better than forging the value's own AES-GCM tag; tags are compared in constant time. So a hit answers what opening would
-//! have answered, and the memo holds no copy of the credential (about 80 bytes a value, not the
-//! 200-odd of the value itself). The expiry is checked on every hit. The cookie key cannot
-//! change while the process runs (`cookie_secret` is restart-only).
+//! no better than forging the value's own AES-GCM tag; tags are compared in constant time. So a
+//! hit answers what opening would have answered, and the memo holds no copy of the credential
+//! (about 80 bytes a value, not the 200-odd of the value itself). The expiry is checked on every
+//! hit. The cookie key cannot change while the process runs (`cookie_secret` is restart-only).
 //!
 //! Whether the session is still live is the session cache's to say. A kept value also points
 //! (weakly) at the cached session its last lookup found, so that a steady client costs one
