@@ -113,10 +113,10 @@ pub struct IdentityClaims {
 /// A plain table in lock shards, of one entry per (session, route host it used), placed by the
 /// hash of the session id: a lookup is one hash of the id and a read lock, with no bookkeeping
 /// per read. An entry shares the session id with its caller's copy (the proxy's cached
-/// session), so that a session's assertion costs its signature and little more. Not an LRU cache such as moka: its per-read bookkeeping would be a large share of
-/// a session lookup when many sessions take turns. Entries that no request used for
-/// an assertion lifetime go at the next [`AssertionCache::renew_due`]; a sign-out drops its
-/// session's at once.
+/// session), so that a session's assertion costs its signature and little more. Not an LRU
+/// cache such as moka: its per-read bookkeeping would be a large share of a session lookup when
+/// many sessions take turns. Entries that no request used for an assertion lifetime go at the
+/// next [`AssertionCache::renew_due`]; a sign-out drops its session's at once.
 pub struct AssertionCache {
     shards: Box<[RwLock<Shard>]>,
     /// Seeded: session ids are server-minted, but nobody should be able to aim collisions.
@@ -151,6 +151,7 @@ struct Entry {
     /// slot's weak pointer alone would not tell: a renewal or another request may still hold
     /// the entry for a moment after the cache let go of it.
     retired: AtomicBool,
+    /// The session's id, the same allocation as the caller's.
     session_id: Arc<str>,
     audience: Box<str>,
     /// Fingerprint of the session fields the claims were made from.
