@@ -100,7 +100,7 @@ fn cookie_to_session(c: &mut Criterion) {
             .block_on(cache.get(&opened.session_id, NOW))
             .expect("get")
             .expect("live");
-        memo.attach(value, SCOPE, &s);
+        memo.attach(&opened, &s);
     }
     let mut group = c.benchmark_group("cookie_to_session_10k");
     let mut i = 0usize;

@@ -150,7 +150,7 @@ pub async fn load_session(
         Refusal::Unavailable(Dependency::SessionStore)
     })?;
     if let Some(s) = &session {
-        state.opened_cookies.attach(sealed, scope, s);
+        state.opened_cookies.attach(&cookie, s);
     }
     Ok(session)
 }

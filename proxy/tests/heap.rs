@@ -159,9 +159,10 @@ async fn sessions_and_assertions() {
     let cached = LIVE.load(Ordering::Relaxed);
     // Each session's cookie opened once, and its session attached: as after a first request.
     for (value, s) in sealed.iter().zip(&kept) {
-        let found = memo.open(&cipher, value, now, SCOPE, |_| true);
-        assert!(matches!(found, Some(Known::Cookie(_))), "opens");
-        memo.attach(value, SCOPE, s);
+        let Some(Known::Cookie(opened)) = memo.open(&cipher, value, now, SCOPE, |_| true) else {
+            panic!("a first visit opens the cookie");
+        };
+        memo.attach(&opened, s);
     }
     assert_eq!(memo.len(), SESSIONS);
     let remembered = LIVE.load(Ordering::Relaxed);

@@ -43,11 +43,12 @@ const SHARDS: usize = 16;
 /// value itself.
 pub const TAG_BYTES: usize = 16;
 
-/// What a session cookie value says.
+/// What a session cookie value says, and the tag it is kept by (for [`OpenedCookies::attach`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Opened {
     pub session_id: Arc<str>,
     pub expires_at: i64,
+    tag: Tag,
 }
 
 /// What a lookup found.
@@ -62,6 +63,20 @@ pub enum Known {
 /// A kept value's tag (see the module documentation).
 #[derive(Clone, Copy)]
 struct Tag([u8; TAG_BYTES]);
+
+impl PartialEq for Tag {
+    fn eq(&self, other: &Tag) -> bool {
+        self.matches(other)
+    }
+}
+
+impl Eq for Tag {}
+
+impl std::fmt::Debug for Tag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tag(..)")
+    }
+}
 
 impl Tag {
     /// The table's hash: the tag's first bytes, uniform and unknown outside the process.
@@ -82,7 +97,6 @@ impl Tag {
 
 /// A kept value's entry.
 struct Kept {
-    tag: Tag,
     opened: Opened,
     /// The cached session the last lookup of this value found.
     session: Weak<CachedSession>,
@@ -128,7 +142,7 @@ impl OpenedCookies {
         let tag = self.tag(value, scope);
         let shard = &self.shards[tag.shard()];
         if let Ok(map) = shard.read() {
-            if let Some(kept) = map.find(tag.hash(), |k| k.tag.matches(&tag)) {
+            if let Some(kept) = map.find(tag.hash(), |k| k.opened.tag.matches(&tag)) {
                 if now_unix >= kept.opened.expires_at {
                     return None;
                 }
@@ -143,18 +157,18 @@ impl OpenedCookies {
         let opened = Opened {
             session_id: cookie.session_id.into(),
             expires_at: cookie.expires_at,
+            tag,
         };
         if let Ok(mut map) = shard.write() {
             if map.len() >= self.per_shard {
                 map.clear();
             }
             let kept = Kept {
-                tag,
                 opened: opened.clone(),
                 session: Weak::new(),
             };
             // Two requests may both have opened the value: the second one's entry replaces.
-            match map.find_entry(tag.hash(), |k| k.tag.matches(&tag)) {
+            match map.find_entry(tag.hash(), |k| k.opened.tag.matches(&tag)) {
                 Ok(mut found) => *found.get_mut() = kept,
                 Err(_) => {
                     map.insert_unique(tag.hash(), kept, Kept::hash);
@@ -164,17 +178,13 @@ impl OpenedCookies {
         Some(Known::Cookie(opened))
     }
 
-    /// Remembers that the kept `value`, presented for `scope`, led to `session` (the session
-    /// it names), for the value's next lookups. Does nothing when the value is no longer kept.
-    pub fn attach(
-        &self,
-        value: &(impl AsRef<[u8]> + ?Sized),
-        scope: &str,
-        session: &Arc<CachedSession>,
-    ) {
-        let tag = self.tag(value.as_ref(), scope);
+    /// Remembers that the value [`OpenedCookies::open`] answered `opened` for led to `session`
+    /// (the session it names), for the value's next lookups. Does nothing when the value is no
+    /// longer kept.
+    pub fn attach(&self, opened: &Opened, session: &Arc<CachedSession>) {
+        let tag = opened.tag;
         if let Ok(mut map) = self.shards[tag.shard()].write() {
-            if let Some(kept) = map.find_mut(tag.hash(), |k| k.tag.matches(&tag)) {
+            if let Some(kept) = map.find_mut(tag.hash(), |k| k.opened.tag.matches(&tag)) {
                 if kept.opened.session_id == session.id {
                     // The cache's copy of the id, so that the memo holds none of its own.
                     kept.opened.session_id = Arc::clone(&session.id);
@@ -209,7 +219,7 @@ impl OpenedCookies {
 
 impl Kept {
     fn hash(&self) -> u64 {
-        self.tag.hash()
+        self.opened.tag.hash()
     }
 }
 
@@ -299,9 +309,9 @@ mod tests {
         let c = cipher(1);
         let memo = OpenedCookies::new(1024);
         let value = seal(&c, "s1", 1_000);
-        assert!(said(memo.open(&c, &value, 10, SCOPE, |_| true)).is_some());
+        let opened = said(memo.open(&c, &value, 10, SCOPE, |_| true)).expect("opens");
         let session = cached_session("s1");
-        memo.attach(&value, SCOPE, &session);
+        memo.attach(&opened, &session);
         assert!(matches!(
             memo.open(&c, &value, 10, SCOPE, |_| true),
             Some(Known::Session(_))
@@ -339,9 +349,9 @@ mod tests {
         let c = cipher(1);
         let memo = OpenedCookies::new(1024);
         let value = seal(&c, "s1", 1_000);
-        assert!(said(memo.open(&c, &value, 10, SCOPE, |_| true)).is_some());
+        let opened = said(memo.open(&c, &value, 10, SCOPE, |_| true)).expect("opens");
         let session = cached_session("s1");
-        memo.attach(&value, SCOPE, &session);
+        memo.attach(&opened, &session);
         match memo.open(&c, &value, 10, SCOPE, |_| true) {
             Some(Known::Session(s)) => assert!(Arc::ptr_eq(&s, &session)),
             other => panic!("the attached session, not {other:?}"),
@@ -361,13 +371,13 @@ mod tests {
         let c = cipher(1);
         let memo = OpenedCookies::new(1024);
         let value = seal(&c, "s1", 1_000);
-        assert!(said(memo.open(&c, &value, 10, SCOPE, |_| true)).is_some());
+        let opened = said(memo.open(&c, &value, 10, SCOPE, |_| true)).expect("opens");
         let mut rng = rand::thread_rng();
         let other = Arc::new(CachedSession::new(
             crate::seed::random_session(&mut rng, 0, 0, 1_000),
             1,
         ));
-        memo.attach(&value, SCOPE, &other);
+        memo.attach(&opened, &other);
         assert!(said(memo.open(&c, &value, 10, SCOPE, |_| true)).is_some());
     }
 }

@@ -434,7 +434,7 @@ async fn the_cookie_memo_answers_with_the_session_until_it_is_signed_out() {
         .await
         .expect("get")
         .expect("live");
-    memo.attach(&value, "app.localhost:443", &session);
+    memo.attach(&opened, &session);
     match lookup() {
         Some(Known::Session(s)) => assert!(Arc::ptr_eq(&s, &session)),
         other => panic!("the attached session, not {other:?}"),
