@@ -80,7 +80,7 @@ fn assertion(c: &mut Criterion) {
 
 /// 10,000 sessions in turn, each with its assertion cached: the assertion kept on the session
 /// (as the proxy's cached sessions keep it) against a lookup by session id (`get_or_sign`,
-/// which also fills a slot of its own that it then drops).
+/// which also makes an id and fills a slot of its own that it then drops).
 fn assertion_10k(c: &mut Criterion) {
     let signer = AssertionSigner::derive(&Secret::random()).expect("derived key");
     let cache = AssertionCache::default();

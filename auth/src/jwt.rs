@@ -162,16 +162,6 @@ struct Entry {
     last_used: AtomicI64,
 }
 
-/// What a lookup past the slot looks for, and where it keeps what it finds.
-struct Wanted<'a, S> {
-    slot: &'a AssertionSlot,
-    session_id: &'a str,
-    /// The id a new entry keeps.
-    share_id: S,
-    audience: &'a str,
-    content: u64,
-}
-
 /// What [`AssertionCache::renew_due`] asks of the sessions: for a session id and an audience,
 /// the session's content fingerprint and its claims for that audience, if it knows the session.
 pub type ClaimsFor<'a> = dyn Fn(&str, &str) -> Option<(u64, IdentityClaims)> + 'a;
@@ -423,7 +413,9 @@ impl AssertionCache {
     /// `iat = now_unix` and `exp = iat +` [`ASSERTION_LIFETIME_SECS`], and a fresh random `jti`.
     ///
     /// In steady state nothing is signed here: [`AssertionCache::renew_due`], run in the
-    /// background, signs again before the margin is reached.
+    /// background, signs again before the margin is reached. A caller that keeps the session
+    /// (and its id as an `Arc<str>`) calls [`AssertionCache::get_or_sign_kept`] instead: this
+    /// one copies the id for each call.
     pub fn get_or_sign(
         &self,
         signer: &AssertionSigner,
@@ -433,16 +425,19 @@ impl AssertionCache {
         now_unix: i64,
         make_claims: impl FnOnce() -> IdentityClaims,
     ) -> Result<HeaderValue, AuthError> {
-        // A slot of its own, dropped after: the lookup, as `get_or_sign_kept` would do it.
+        // A slot of its own, dropped after, and an id of its own: the lookup, as
+        // `get_or_sign_kept` would do it.
         let slot = AssertionSlot::default();
-        let wanted = Wanted {
-            slot: &slot,
-            session_id,
-            share_id: || Arc::from(session_id),
+        let session_id: Arc<str> = session_id.into();
+        self.get_or_sign_kept(
+            &slot,
+            signer,
+            &session_id,
             audience,
             content,
-        };
-        self.find_or_sign(wanted, signer, now_unix, make_claims)
+            now_unix,
+            make_claims,
+        )
     }
 
     /// [`AssertionCache::get_or_sign`], answered from `slot` when it holds what the cache would
@@ -463,32 +458,7 @@ impl AssertionCache {
         if let Some((entry, signed)) = slot.answer(audience, content, now_unix) {
             return entry.send(signer, signed, make_claims);
         }
-        let wanted = Wanted {
-            slot,
-            session_id,
-            share_id: || Arc::clone(session_id),
-            audience,
-            content,
-        };
-        self.find_or_sign(wanted, signer, now_unix, make_claims)
-    }
-
-    /// The lookup behind both `get_or_sign`s, past the slot.
-    fn find_or_sign(
-        &self,
-        wanted: Wanted<'_, impl FnOnce() -> Arc<str>>,
-        signer: &AssertionSigner,
-        now_unix: i64,
-        make_claims: impl FnOnce() -> IdentityClaims,
-    ) -> Result<HeaderValue, AuthError> {
-        let Wanted {
-            slot,
-            session_id,
-            share_id,
-            audience,
-            content,
-        } = wanted;
-        let is_it = |e: &Arc<Entry>| *e.session_id == *session_id && *e.audience == *audience;
+        let is_it = |e: &Arc<Entry>| *e.session_id == **session_id && *e.audience == *audience;
         let (hash, shard) = self.locate(session_id);
         // An entry past its reuse margin is signed again with no lock held.
         let stale = {
@@ -514,7 +484,7 @@ impl AssertionCache {
         }
         let (entry, value) = Entry::sign(
             signer,
-            share_id(),
+            Arc::clone(session_id),
             audience,
             content,
             make_claims(),
