@@ -41,7 +41,7 @@ const SHARDS: usize = 16;
 
 /// The bytes of a value's tag: 128 bits, as many as the AES-GCM tag that authenticates the
 /// value itself.
-pub const TAG_BYTES: usize = 16;
+const TAG_BYTES: usize = 16;
 
 /// What a session cookie value says, and the tag it is kept by (for [`OpenedCookies::attach`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
