@@ -9,10 +9,12 @@
 //!
 //! The cache keeps an assertion's signature and the claims it chose (dates and id); the other
 //! claims are the session's, which the caller holds anyway. The JWT itself (about 600 bytes) is
-//! kept beside them only while requests keep asking for it: one unused for
-//! [`ASSERTION_KEEP_JWT_SECS`] goes, and the next request makes it again from the signature and
-//! the session (no signing, some ten thousand instructions). So a session that is busy costs
-//! a reference count per request, and an idle one a few hundred bytes.
+//! kept beside them only while requests keep asking for it: from the second request that asks
+//! for it (a session seen once, such as a client that polls once a minute, would keep it for
+//! nothing), until it went unused for [`ASSERTION_KEEP_JWT_SECS`]. A request that finds it not
+//! kept makes it again from the signature and the session (no signing, some ten thousand
+//! instructions). So a session that is busy costs a reference count per request, and one seen
+//! once or gone idle a few hundred bytes.
 
 use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -745,7 +747,9 @@ impl Entry {
         mut claims: IdentityClaims,
         now_unix: i64,
     ) -> Result<(Entry, HeaderValue), AuthError> {
-        let (signed, value) = signer.sign_fresh(&mut claims, now_unix)?;
+        let (mut signed, value) = signer.sign_fresh(&mut claims, now_unix)?;
+        // Kept once a second request asks for it (see the module's documentation).
+        signed.jwt = None;
         let entry = Entry {
             retired: AtomicBool::new(false),
             session_id,

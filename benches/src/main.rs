@@ -666,6 +666,10 @@ async fn memory_run(
     warm_up(&scenarios, settings).await?;
     let rss_with_jwt_mib = memory::settled_rss(pid).await;
     eprintln!("after one more with the identity JWT: {rss_with_jwt_mib:.1} MiB");
+    // A JWT is kept ready to send from its second request on.
+    warm_up(&scenarios, settings).await?;
+    let rss_jwt_kept_mib = memory::settled_rss(pid).await;
+    eprintln!("after a second one with the identity JWT: {rss_jwt_kept_mib:.1} MiB");
     // Unused that long, a JWT goes at the next renewal run (one interval later at most).
     let keep = Duration::from_secs(portcullis_auth::jwt::ASSERTION_KEEP_JWT_SECS.unsigned_abs())
         + portcullis_auth::jwt::ASSERTION_RENEW_INTERVAL
@@ -704,6 +708,7 @@ async fn memory_run(
         rss_idle_mib,
         rss_sessions_mib,
         rss_with_jwt_mib,
+        rss_jwt_kept_mib,
         rss_jwt_idle_mib,
         routes,
         rss_few_routes_mib,

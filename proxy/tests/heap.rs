@@ -166,20 +166,28 @@ async fn sessions_and_assertions() {
     }
     assert_eq!(memo.len(), SESSIONS);
     let remembered = LIVE.load(Ordering::Relaxed);
-    for s in &kept {
-        assertions
-            .get_or_sign_kept(
-                &s.assertion,
-                &signer,
-                &s.id,
-                "app.localhost",
-                s.assertion_content,
-                now,
-                || portcullis::upstream::identity::claims("app.localhost", s),
-            )
-            .expect("signed");
-    }
+    let ask_all = || {
+        for s in &kept {
+            assertions
+                .get_or_sign_kept(
+                    &s.assertion,
+                    &signer,
+                    &s.id,
+                    "app.localhost",
+                    s.assertion_content,
+                    now,
+                    || portcullis::upstream::identity::claims("app.localhost", s),
+                )
+                .expect("signed");
+        }
+    };
+    // Each session's first request signs its assertion; the second makes the JWT again from
+    // the signature and keeps it for the requests that follow.
+    ask_all();
+    let signed_once = LIVE.load(Ordering::Relaxed);
+    ask_all();
     let signed = LIVE.load(Ordering::Relaxed);
+    assert_eq!(assertions.signatures_total(), SESSIONS as u64);
     // A renewal run once the JWTs went unused for a while (nothing is due yet): each keeps
     // only its signature.
     let later = now + ASSERTION_KEEP_JWT_SECS;
@@ -188,20 +196,27 @@ async fn sessions_and_assertions() {
     let idle = LIVE.load(Ordering::Relaxed);
     let per_session = (cached - before) / SESSIONS as isize;
     let per_cookie = (remembered - cached) / SESSIONS as isize;
+    let per_assertion_once = (signed_once - remembered) / SESSIONS as isize;
     let per_assertion = (signed - remembered) / SESSIONS as isize;
     let per_idle_assertion = (idle - remembered) / SESSIONS as isize;
     eprintln!(
         "heap per session: {per_session} bytes cached, {per_cookie} bytes of opened-cookie \
-         memo, {per_assertion} bytes of assertion in use, {per_idle_assertion} once unused for \
-         {ASSERTION_KEEP_JWT_SECS} s"
+         memo, {per_assertion_once} bytes of assertion asked for once, {per_assertion} in use, \
+         {per_idle_assertion} once unused for {ASSERTION_KEEP_JWT_SECS} s"
     );
     assert_eq!(assertions.len(), SESSIONS);
     // moka's own bookkeeping is a good part of the first. An assertion in use keeps its JWT
-    // (about 600 bytes); an idle one its signature and the cache's entry for it.
+    // (about 600 bytes); an idle one, or one asked for once, its signature and the cache's
+    // entry for it.
     assert!(per_session <= 1_024, "{per_session} bytes a cached session");
     // The memo keeps a tag of the cookie, not the cookie (about 200 bytes): its table's slot.
     assert!(per_cookie <= 128, "{per_cookie} bytes a remembered cookie");
     assert!(per_assertion <= 1_024, "{per_assertion} bytes an assertion");
+    // Asked for once, it keeps no JWT: a session seen once costs what an idle one does.
+    assert!(
+        per_assertion_once <= 256,
+        "{per_assertion_once} bytes an assertion asked for once"
+    );
     assert!(
         per_idle_assertion <= 256,
         "{per_idle_assertion} bytes an idle assertion"

@@ -600,7 +600,7 @@ fn an_entry_keeps_a_signature_and_not_the_jwt() {
 }
 
 #[test]
-fn a_jwt_unused_for_a_while_is_kept_as_its_signature_and_made_again_when_asked() {
+fn a_jwt_is_kept_from_its_second_request_until_unused_for_a_while() {
     let s = AssertionSigner::from_pem(SEC1).unwrap();
     let cache = AssertionCache::default();
     let t = now();
@@ -618,6 +618,13 @@ fn a_jwt_unused_for_a_while_is_kept_as_its_signature_and_made_again_when_asked()
     };
     let idle = get("idle", t);
     let busy = get("busy", t);
+    assert!(
+        !kept_jwt("idle") && !kept_jwt("busy"),
+        "asked for once: only the signature"
+    );
+    // The second request gets the same JWT, made again from the signature, and keeps it.
+    assert_eq!(get("idle", t), idle);
+    assert_eq!(get("busy", t), busy);
     assert!(kept_jwt("idle") && kept_jwt("busy"));
     // "busy" asked again just now, "idle" not since `t`.
     let later = t + ASSERTION_KEEP_JWT_SECS;
