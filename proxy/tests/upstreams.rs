@@ -225,6 +225,39 @@ async fn hop_by_hop_headers_and_connection_nominated_ones_never_reach_the_upstre
         seen.headers
     );
 
+    // Each alone, with no `Connection` field beside it (the proxy core looks for any of them
+    // before removing them one by one).
+    for (field, name) in [
+        ("Keep-Alive: timeout=5", "keep-alive"),
+        ("Proxy-Connection: keep-alive", "proxy-connection"),
+        ("TE: trailers", "te"),
+        ("Trailer: X-Checksum", "trailer"),
+        (
+            "Proxy-Authorization: Basic dXNlcjpwYXNz",
+            "proxy-authorization",
+        ),
+        ("Proxy-Authenticate: Basic", "proxy-authenticate"),
+        ("HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA", "http2-settings"),
+    ] {
+        env.upstream.clear();
+        // The connection stays open (no `Connection: close`): the answer's head is enough.
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", env.port))
+            .await
+            .expect("connect");
+        tokio::io::AsyncWriteExt::write_all(
+            &mut s,
+            format!("GET /alone HTTP/1.1\r\nHost: {host}\r\n{field}\r\nX-Kept: yes\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("write");
+        let head = read_head(&mut s).await.expect("an answer head");
+        assert!(head.starts_with("HTTP/1.1 200 "), "{field}: {head}");
+        let seen = env.upstream.last().unwrap();
+        assert_eq!(seen.header("x-kept"), Some("yes"));
+        assert_eq!(seen.header(name), None, "{field} reached the upstream");
+    }
+
     // Nominating a header Portcullis sets itself is refused, not repaired.
     env.upstream.clear();
     let (status, text) = raw_request(

@@ -175,6 +175,26 @@ impl ConnectionNominations {
     }
 }
 
+/// Whether `name` is one that [`strip_standard_hop_by_hop_headers`] removes (the upgrade
+/// policies remove a subset of these: `Connection`, `Upgrade`, `HTTP2-Settings`).
+fn is_standard_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || matches!(name.as_str(), KEEP_ALIVE | PROXY_CONNECTION | HTTP2_SETTINGS)
+}
+
+/// Whether `req` carries any field that [`strip_standard_hop_by_hop_headers`] removes: one pass
+/// over its fields, where removing each of those names costs a lookup of the name in both of
+/// the header's maps, present or not. Most requests carry none of them.
+fn has_standard_hop_by_hop(req: &RequestHeader) -> bool {
+    req.headers.keys().any(is_standard_hop_by_hop)
+}
+
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
     req.remove_header(KEEP_ALIVE);
     req.remove_header(PROXY_CONNECTION);
@@ -354,24 +374,32 @@ pub(crate) fn sanitize_h1_upstream_request(
         nominations.remove_from(req);
     }
 
-    if policy.strip_hop_by_hop {
+    // Every removal below is of a name that `has_standard_hop_by_hop` looks for: without one,
+    // they would all find nothing.
+    let hop_by_hop = has_standard_hop_by_hop(req);
+
+    if policy.strip_hop_by_hop && hop_by_hop {
         strip_standard_hop_by_hop_headers(req);
     }
 
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            if hop_by_hop {
+                req.remove_header(&header::CONNECTION);
+                req.remove_header(&header::UPGRADE);
+                req.remove_header(HTTP2_SETTINGS);
+            }
             if websocket_upgrade {
                 req.insert_header(header::CONNECTION, "Upgrade")?;
                 req.insert_header(header::UPGRADE, "websocket")?;
             }
         }
         H1UpgradePolicy::Deny => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            if hop_by_hop {
+                req.remove_header(&header::CONNECTION);
+                req.remove_header(&header::UPGRADE);
+                req.remove_header(HTTP2_SETTINGS);
+            }
         }
         H1UpgradePolicy::Preserve => {}
     }
@@ -402,7 +430,7 @@ pub(crate) fn sanitize_h2_upstream_request(
         ConnectionNominations::parse(req, policy.reject_malformed_connection_nominations)?
             .remove_from(req);
     }
-    if policy.strip_hop_by_hop {
+    if policy.strip_hop_by_hop && has_standard_hop_by_hop(req) {
         strip_standard_hop_by_hop_headers(req);
     }
     Ok(())
