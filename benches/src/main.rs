@@ -482,9 +482,16 @@ fn cap(d: Duration) -> u64 {
     (d.as_secs_f64() * MAX_REQUESTS_PER_SECOND) as u64 + 1
 }
 
-/// Warm-up, not measured: every seeded session once (fills the proxy's session and assertion
-/// caches, as in a steady state), and a short run of everything else.
+/// Warm-up, not measured, to a steady state: every seeded session twice (the first request
+/// fills the proxy's session cache and signs the identity JWT, the second has the JWT kept
+/// ready to send), and short runs of everything else.
 async fn warm_up(scenarios: &[Scenario], settings: &Settings) -> Result<(), String> {
+    visit_each_session(scenarios, settings).await?;
+    visit_each_session(scenarios, settings).await
+}
+
+/// Every seeded session once (one request per cookie), and a short run of everything else.
+async fn visit_each_session(scenarios: &[Scenario], settings: &Settings) -> Result<(), String> {
     eprintln!("warming up ...");
     for s in scenarios {
         if let Some(agreed) = load::negotiated(&s.target).await? {
@@ -659,15 +666,15 @@ async fn memory_run(
         .collect();
     let rss_idle_mib = memory::settled_rss(pid).await;
     eprintln!("proxy RSS with no session cached: {rss_idle_mib:.1} MiB");
-    warm_up(&plain, settings).await?;
+    visit_each_session(&plain, settings).await?;
     let rss_sessions_mib = memory::settled_rss(pid).await;
     eprintln!("after one request per session: {rss_sessions_mib:.1} MiB");
     scenarios.retain(|s| s.name == "portcullis-auth");
-    warm_up(&scenarios, settings).await?;
+    visit_each_session(&scenarios, settings).await?;
     let rss_with_jwt_mib = memory::settled_rss(pid).await;
     eprintln!("after one more with the identity JWT: {rss_with_jwt_mib:.1} MiB");
     // A JWT is kept ready to send from its second request on.
-    warm_up(&scenarios, settings).await?;
+    visit_each_session(&scenarios, settings).await?;
     let rss_jwt_kept_mib = memory::settled_rss(pid).await;
     eprintln!("after a second one with the identity JWT: {rss_jwt_kept_mib:.1} MiB");
     // Unused that long, a JWT goes at the next renewal run (one interval later at most).
@@ -678,7 +685,7 @@ async fn memory_run(
     tokio::time::sleep(keep).await;
     // Traffic that needs no JWT goes on meanwhile (as on a proxy in service): the worker
     // threads that allocated the JWTs take back what the renewal run freed.
-    warm_up(&plain, settings).await?;
+    visit_each_session(&plain, settings).await?;
     let rss_jwt_idle_mib = memory::settled_rss(pid).await;
     eprintln!("once they went unused: {rss_jwt_idle_mib:.1} MiB");
 
