@@ -326,7 +326,7 @@ impl AssertionSigner {
     }
 
     /// Dates `claims` at `now_unix` (`exp` an [`ASSERTION_LIFETIME_SECS`] later), gives them a
-    /// fresh random `jti` and signs them: the JWT, and what the cache keeps of it.
+    /// fresh random `jti` and signs them: what the cache keeps of it (without the JWT), and the JWT.
     fn sign_fresh(
         &self,
         claims: &mut IdentityClaims,
@@ -344,13 +344,8 @@ impl AssertionSigner {
         let mut jwt = self.signing_input(claims)?;
         let signature = self.signature(&jwt)?;
         push_signature(&mut jwt, &signature);
-        let jwt = header_value(jwt)?;
-        let signed = Signed {
-            signature,
-            jwt: Some(jwt.clone()),
-            ..stamp
-        };
-        Ok((signed, jwt))
+        let signed = Signed { signature, ..stamp };
+        Ok((signed, header_value(jwt)?))
     }
 
     /// The JWT that `signed` was made as: `claims`, which must be the ones it was signed from
@@ -747,9 +742,8 @@ impl Entry {
         mut claims: IdentityClaims,
         now_unix: i64,
     ) -> Result<(Entry, HeaderValue), AuthError> {
-        let (mut signed, value) = signer.sign_fresh(&mut claims, now_unix)?;
-        // Kept once a second request asks for it (see the module's documentation).
-        signed.jwt = None;
+        // The JWT is kept once a second request asks for it (see the module's documentation).
+        let (signed, value) = signer.sign_fresh(&mut claims, now_unix)?;
         let entry = Entry {
             retired: AtomicBool::new(false),
             session_id,
@@ -833,8 +827,8 @@ impl Entry {
         let (mut signed, value) = signer.sign_fresh(&mut claims, now_unix)?;
         if let Ok(mut current) = self.signed.write() {
             if signed.iat >= current.iat {
-                if !for_request && current.jwt.is_none() {
-                    signed.jwt = None;
+                if for_request || current.jwt.is_some() {
+                    signed.jwt = Some(value.clone());
                 }
                 *current = signed;
             }

@@ -45,6 +45,15 @@ fn same_claims(_id: &str, _audience: &str) -> Option<(u64, IdentityClaims)> {
     Some((0, claims(0)))
 }
 
+/// Whether the cache keeps the JWT of `id`'s assertion ready to send (not only its signature).
+fn keeps_jwt(cache: &AssertionCache, id: &str) -> bool {
+    let (hash, shard) = cache.locate(id);
+    let map = read(shard);
+    let entry = map.find(hash, |e| *e.session_id == *id).unwrap();
+    let kept = entry.signed.read().unwrap().jwt.is_some();
+    kept
+}
+
 fn verify(signer: &AssertionSigner, jwt: &str) -> IdentityClaims {
     let header = jsonwebtoken::decode_header(jwt).unwrap();
     assert_eq!(header.alg, Algorithm::ES256);
@@ -604,13 +613,7 @@ fn a_jwt_is_kept_from_its_second_request_until_unused_for_a_while() {
     let s = AssertionSigner::from_pem(SEC1).unwrap();
     let cache = AssertionCache::default();
     let t = now();
-    let kept_jwt = |id: &str| {
-        let (hash, shard) = cache.locate(id);
-        let map = read(shard);
-        let entry = map.find(hash, |e| *e.session_id == *id).unwrap();
-        let kept = entry.signed.read().unwrap().jwt.is_some();
-        kept
-    };
+    let kept_jwt = |id: &str| keeps_jwt(&cache, id);
     let get = |id: &str, at: i64| {
         cache
             .get_or_sign(&s, id, "app.example.com", 0, at, || claims(0))
@@ -640,6 +643,40 @@ fn a_jwt_is_kept_from_its_second_request_until_unused_for_a_while() {
     assert!(kept_jwt("idle"));
     assert_eq!(cache.signatures_total(), 2);
     verify(&s, idle.to_str().unwrap());
+}
+
+#[test]
+fn a_new_signature_keeps_its_jwt_where_the_old_one_was_kept_or_a_request_waits_for_it() {
+    let s = AssertionSigner::from_pem(SEC1).unwrap();
+    let cache = AssertionCache::default();
+    let t = now();
+    let get = |id: &str, at: i64| {
+        cache
+            .get_or_sign(&s, id, "app.example.com", 0, at, || claims(0))
+            .unwrap()
+    };
+    let due = t + ASSERTION_LIFETIME_SECS - ASSERTION_RENEW_AHEAD_SECS;
+    get("once", t);
+    get("twice", t);
+    // Asked again within the keep window before the run: its JWT is kept then.
+    get("twice", due - 1);
+    assert!(!keeps_jwt(&cache, "once") && keeps_jwt(&cache, "twice"));
+    assert_eq!(renew_at_once(&cache, &s, due), 2);
+    // The background renewal keeps a new JWT only where the old one was kept.
+    assert!(
+        !keeps_jwt(&cache, "once"),
+        "renewed: still only the signature"
+    );
+    assert!(keeps_jwt(&cache, "twice"), "renewed: ready to send");
+    let jwt = get("twice", due);
+    assert!(verify(&s, jwt.to_str().unwrap()).iat >= due);
+    // A request that finds its assertion past the reuse margin signs it itself, sends it and
+    // keeps it: that session is in use.
+    let late = due + ASSERTION_LIFETIME_SECS - ASSERTION_REUSE_MARGIN_SECS;
+    let before = cache.signatures_on_request_path();
+    get("once", late);
+    assert_eq!(cache.signatures_on_request_path(), before + 1);
+    assert!(keeps_jwt(&cache, "once"), "signed for a request: kept");
 }
 
 #[test]
