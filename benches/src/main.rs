@@ -1,8 +1,9 @@
 //! `cargo run --release -p portcullis-bench -- [--quick] [--out FILE]`: the Portcullis load
 //! harness. It starts everything itself on 127.0.0.1 (ephemeral ports): a small fast upstream,
 //! Portcullis as a `databroker` process plus a `proxy` process (sessions seeded with
-//! `portcullis sessions seed`), nginx as a plain reverse proxy and Apache httpd with
-//! mod_auth_openidc (both skipped, with a line saying how to install them, when absent); for the
+//! `portcullis sessions seed`), nginx as a plain reverse proxy, Pingora alone with Portcullis's
+//! server settings (`pingora-floor`, the floor under Portcullis) and Apache httpd with
+//! mod_auth_openidc (each skipped, with a line saying how to install it, when absent); for the
 //! HTTPS scenarios, one self-signed certificate ([`tls`]) served by a second proxy process and
 //! a second nginx server, kept-alive or with a full handshake per request. Then it
 //! runs the scenarios in interleaved rounds (A B C A B C ...), closed loop with N keep-alive
@@ -73,8 +74,8 @@ pub struct Args {
     #[arg(long)]
     pub rate: Option<f64>,
     /// Run only these scenarios, comma-separated (default: all). Names: direct,
-    /// portcullis-public, portcullis-auth, portcullis-403, portcullis-302, nginx, apache-oidc,
-    /// and over TLS portcullis-auth-tls, nginx-tls, portcullis-handshake, nginx-handshake. A
+    /// portcullis-public, portcullis-auth, portcullis-403, portcullis-302, nginx, pingora-floor,
+    /// apache-oidc, and over TLS portcullis-auth-tls, nginx-tls, portcullis-handshake, nginx-handshake. A
     /// peer left out is not started.
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
@@ -119,13 +120,14 @@ pub struct Args {
 }
 
 /// Every scenario's name, in the order the rounds run them.
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "direct",
     "portcullis-public",
     "portcullis-auth",
     "portcullis-403",
     "portcullis-302",
     "nginx",
+    "pingora-floor",
     "apache-oidc",
     "portcullis-auth-tls",
     "nginx-tls",
@@ -346,6 +348,14 @@ async fn run(args: Args) -> Result<(), String> {
         ),
         false => None,
     };
+    let floor = match wanted("pingora-floor") {
+        true => started(
+            PeerProcess::pingora_floor(upstream.addr, settings.workers, &[]).await,
+            "pingora-floor",
+            &mut skipped,
+        ),
+        false => None,
+    };
     let apache = match wanted("apache-oidc") {
         true => {
             eprintln!("starting Apache + mod_auth_openidc and signing in once ...");
@@ -370,8 +380,11 @@ async fn run(args: Args) -> Result<(), String> {
         &upstream,
         &portcullis,
         tls_peers.as_ref(),
-        nginx.as_ref(),
-        apache.as_ref(),
+        &Peers {
+            nginx: nginx.as_ref(),
+            floor: floor.as_ref(),
+            apache: apache.as_ref(),
+        },
     )?;
     scenarios.retain(|s| wanted(s.name));
 
@@ -433,6 +446,9 @@ async fn run(args: Args) -> Result<(), String> {
     // Stop everything before reporting.
     if let Some(n) = nginx {
         n.stop().await;
+    }
+    if let Some(f) = floor {
+        f.stop().await;
     }
     if let Some(a) = apache {
         a.server.stop().await;
@@ -537,16 +553,37 @@ async fn count_instructions(
     if let Some(dir) = profiles {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    let pid = portcullis.proxy.pid().ok_or("the proxy is not running")?;
-    let mut scenarios = scenarios(upstream, portcullis, None, None, None)?;
-    scenarios.retain(|s| s.name.starts_with("portcullis-") && wanted(s.name));
+    // Pingora alone under callgrind too, beside Portcullis: the part of each count that any
+    // Pingora proxy pays.
+    let floor = match wanted("pingora-floor") {
+        true => Some(
+            PeerProcess::pingora_floor(upstream.addr, settings.workers, &callgrind.wrapper())
+                .await?,
+        ),
+        false => None,
+    };
+    let peers = Peers {
+        floor: floor.as_ref(),
+        ..Peers::default()
+    };
+    let mut scenarios = scenarios(upstream, portcullis, None, &peers)?;
+    scenarios.retain(|s| {
+        (s.name.starts_with("portcullis-") || s.name == "pingora-floor") && wanted(s.name)
+    });
     warm_up(&scenarios, settings).await?;
     let requests: u64 = if settings.quick { 1_000 } else { 20_000 };
     let mut counts = Vec::new();
     for s in &scenarios {
+        let pid = s
+            .pid
+            .ok_or_else(|| format!("{}: its proxy is not running", s.name))?;
+        let is_portcullis = s.pid == portcullis.proxy.pid();
         let progress = Arc::new(Progress::default());
         let ticker = ticker(progress.clone(), format!("instructions {}", s.name));
-        let signatures_before = portcullis.signatures().await;
+        let signatures_before = match is_portcullis {
+            true => portcullis.signatures().await,
+            false => None,
+        };
         callgrind.start(pid).await?;
         let o = load::run(
             &s.target,
@@ -578,6 +615,9 @@ async fn count_instructions(
             count.per_request()
         );
         counts.push(count);
+    }
+    if let Some(f) = floor {
+        f.stop().await;
     }
     println!("{}", instructions::table(&counts));
     if let Some(dir) = profiles {
@@ -611,7 +651,7 @@ async fn soak_run(
     out: &std::path::Path,
 ) -> Result<(), String> {
     let pid = portcullis.proxy.pid().ok_or("the proxy is not running")?;
-    let mut scenarios = scenarios(upstream, portcullis, None, None, None)?;
+    let mut scenarios = scenarios(upstream, portcullis, None, &Peers::default())?;
     scenarios.retain(|s| s.name == "portcullis-auth");
     warm_up(&scenarios, settings).await?;
     let s = scenarios.first().ok_or("no portcullis-auth scenario")?;
@@ -648,7 +688,7 @@ async fn memory_run(
     out: &std::path::Path,
 ) -> Result<(), String> {
     let pid = portcullis.proxy.pid().ok_or("the proxy is not running")?;
-    let mut scenarios = scenarios(upstream, portcullis, None, None, None)?;
+    let mut scenarios = scenarios(upstream, portcullis, None, &Peers::default())?;
     scenarios.retain(|s| s.name == "portcullis-auth" || s.name == "portcullis-403");
     // Every session once: on the route without identity headers, then on the authorized one
     // (the denied users' sessions are already cached; they get no JWT).
@@ -748,7 +788,7 @@ async fn cold_run(
         "proxy ready {:.2} s after its spawn; loading it at once",
         ready_after.as_secs_f64()
     );
-    let mut scenarios = scenarios(upstream, portcullis, None, None, None)?;
+    let mut scenarios = scenarios(upstream, portcullis, None, &Peers::default())?;
     scenarios.retain(|s| s.name == "portcullis-auth");
     let s = scenarios.first().ok_or("no portcullis-auth scenario")?;
     let window = Duration::from_secs_f64(settings.duration_secs.max(1.0));
@@ -811,7 +851,7 @@ async fn slow_headers_run(
     out: &std::path::Path,
 ) -> Result<(), String> {
     let pid = portcullis.proxy.pid().ok_or("the proxy is not running")?;
-    let mut scenarios = scenarios(upstream, portcullis, None, None, None)?;
+    let mut scenarios = scenarios(upstream, portcullis, None, &Peers::default())?;
     scenarios.retain(|s| s.name == "portcullis-auth");
     warm_up(&scenarios, settings).await?;
     let s = scenarios.first().ok_or("no portcullis-auth scenario")?;
@@ -898,13 +938,25 @@ struct TlsPeers<'a> {
     portcullis: Option<&'a TlsProxy>,
 }
 
+/// The peers a run started beside Portcullis: each `None` when not wanted or not installed.
+#[derive(Default)]
+struct Peers<'a> {
+    nginx: Option<&'a PeerProcess>,
+    floor: Option<&'a PeerProcess>,
+    apache: Option<&'a ApacheUnderTest>,
+}
+
 fn scenarios(
     upstream: &upstream::FastUpstream,
     p: &PortcullisUnderTest,
     tls: Option<&TlsPeers>,
-    nginx: Option<&PeerProcess>,
-    apache: Option<&ApacheUnderTest>,
+    peers: &Peers,
 ) -> Result<Vec<Scenario>, String> {
+    let Peers {
+        nginx,
+        floor,
+        apache,
+    } = *peers;
     let header = |s: String| HeaderValue::try_from(s).map_err(|e| e.to_string());
     let cookies = |values: &[String]| -> Result<Arc<Vec<HeaderValue>>, String> {
         values
@@ -1002,6 +1054,23 @@ fn scenarios(
                 fresh: false,
             },
             pid: n.pid(),
+        });
+    }
+    if let Some(f) = floor {
+        out.push(Scenario {
+            name: "pingora-floor",
+            about:
+                "Pingora alone: upstream_peer only, Portcullis's server settings (no auth, no log)",
+            target: Target {
+                addr: loopback(f.port),
+                host: header(format!("{APP_HOST}:{}", f.port))?,
+                path: "/",
+                cookies: none.clone(),
+                expect: 200,
+                tls: None,
+                fresh: false,
+            },
+            pid: f.pid(),
         });
     }
     if let Some(a) = apache {

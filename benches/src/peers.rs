@@ -29,7 +29,7 @@ pub struct PortcullisUnderTest {
     pub denied: Vec<String>,
 }
 
-/// A peer server run as a child process tree (nginx or Apache).
+/// A peer server run as a child process tree (nginx, pingora-floor or Apache).
 pub struct PeerProcess {
     pub port: u16,
     /// The HTTPS listener's port, when the peer has one.
@@ -422,6 +422,58 @@ http {{
         Ok(PeerProcess {
             port,
             tls_port,
+            child,
+            _dir: dir,
+        })
+    }
+
+    /// `pingora-floor` (built beside this binary): Pingora with only an `upstream_peer` hook,
+    /// `threads` worker threads; run under `wrapper` when it is not empty (callgrind).
+    pub async fn pingora_floor(
+        upstream: std::net::SocketAddr,
+        threads: usize,
+        wrapper: &[String],
+    ) -> Result<PeerProcess, String> {
+        let binary = std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("pingora-floor");
+        if !binary.is_file() {
+            return Err(format!(
+                "{} is not built (cargo build --release -p portcullis-bench --bins)",
+                binary.display()
+            ));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("bench-pingora-floor-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let port = free_port();
+        let log = dir.path().join("stderr.log");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--upstream")
+            .arg(upstream.to_string())
+            .arg("--threads")
+            .arg(threads.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("spawn pingora-floor: {e}"))?;
+        wait_listening(port, &mut child, "pingora-floor", &log).await?;
+        Ok(PeerProcess {
+            port,
+            tls_port: None,
             child,
             _dir: dir,
         })

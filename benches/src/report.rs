@@ -296,10 +296,11 @@ impl Report {
         }
         let _ = writeln!(s, "\nTargets:");
         let auth = self.find("portcullis-auth").map(ScenarioResult::median_rps);
-        // Target `n`: scenario `a`'s median requests/s over `b`'s, at least `goal`. The CPU
+        // Target `n`: scenario `a`'s median requests/s over `b`'s, at least `goal` (no goal:
+        // a ratio given for context, such as Pingora's own against nginx). The CPU
         // each spent per request is printed beside it: where the load generator and other work
         // share the CPUs, requests/s understate a difference that CPU per request shows.
-        let target = |s: &mut String, n: u8, what: &str, a: &str, b: &str, goal: f64| {
+        let ratio = |s: &mut String, n: &str, what: &str, a: &str, b: &str, goal: Option<f64>| {
             let (a_result, b_result) = (self.find(a), self.find(b));
             let value = match (a_result, b_result) {
                 (Some(a), Some(b)) if b.median_rps() > 0.0 => Some(a.median_rps() / b.median_rps()),
@@ -318,17 +319,24 @@ impl Report {
                 ),
                 _ => String::new(),
             };
+            let verdict = match goal {
+                Some(goal) if value.is_some_and(|v| v >= goal) => format!(" (goal ≥ {goal}) MET"),
+                Some(goal) => format!(" (goal ≥ {goal}) MISSED"),
+                None => String::new(),
+            };
             let _ = match value {
                 Some(v) => writeln!(
                     s,
-                    "  {n}. {what}: {v:.2} (goal ≥ {goal}) {}{}{cpu}",
-                    if v >= goal { "MET" } else { "MISSED" },
+                    "  {n}. {what}: {v:.2}{verdict}{}{cpu}",
                     self.round_by_round(a, b)
                         .map(|r| format!("; round by round {r}"))
                         .unwrap_or_default()
                 ),
                 None => writeln!(s, "  {n}. {what}: not measured"),
             };
+        };
+        let target = |s: &mut String, n: u8, what: &str, a: &str, b: &str, goal: f64| {
+            ratio(s, &n.to_string(), what, a, b, Some(goal))
         };
         let auth_name = "portcullis-auth";
         target(
@@ -340,6 +348,34 @@ impl Report {
             0.95,
         );
         target(&mut s, 2, "auth ÷ nginx req/s", auth_name, "nginx", 1.0);
+        // How much of that gap is Pingora's own: Pingora alone against nginx, and Portcullis
+        // against Pingora alone; given only where both sides ran.
+        let context = |s: &mut String, n: &str, what: &str, a: &str, b: &str| {
+            if self.find(a).is_some() && self.find(b).is_some() {
+                ratio(s, n, what, a, b, None);
+            }
+        };
+        context(
+            &mut s,
+            "2a",
+            "pingora-floor ÷ nginx req/s",
+            "pingora-floor",
+            "nginx",
+        );
+        context(
+            &mut s,
+            "2b",
+            "auth ÷ pingora-floor req/s",
+            auth_name,
+            "pingora-floor",
+        );
+        context(
+            &mut s,
+            "2c",
+            "public ÷ pingora-floor req/s",
+            "portcullis-public",
+            "pingora-floor",
+        );
         target(
             &mut s,
             3,
@@ -449,6 +485,62 @@ mod tests {
         let b = scenario(&[100.0, 0.0, 200.0]);
         assert_eq!(round_by_round(&a, &b), Some((0.8, 0.6, 1.0)));
         assert_eq!(round_by_round(&scenario(&[1.0]), &scenario(&[1.0])), None);
+    }
+
+    fn named(name: &'static str, rps: &[f64]) -> ScenarioResult {
+        ScenarioResult {
+            name,
+            ..scenario(rps)
+        }
+    }
+
+    fn report(scenarios: Vec<ScenarioResult>) -> Report {
+        Report {
+            settings: crate::Settings {
+                quick: true,
+                rounds: 2,
+                sessions: 1,
+                connections: 1,
+                duration_secs: 1.0,
+                workers: 2,
+                cpus: 2,
+            },
+            skipped: Vec::new(),
+            scenarios,
+            open_loop: Vec::new(),
+            identity_signatures_during_measurement: None,
+            machine_note: String::new(),
+        }
+    }
+
+    #[test]
+    fn pingora_alone_is_given_against_nginx_and_portcullis_against_it_without_a_verdict() {
+        let table = report(vec![
+            named("portcullis-auth", &[45.0, 45.0]),
+            named("nginx", &[100.0, 100.0]),
+            named("pingora-floor", &[60.0, 60.0]),
+        ])
+        .table();
+        assert!(
+            table.contains("2. auth ÷ nginx req/s: 0.45 (goal ≥ 1) MISSED"),
+            "{table}"
+        );
+        let floor = table
+            .lines()
+            .find(|l| l.contains("2a. pingora-floor ÷ nginx req/s: 0.60"))
+            .expect(&table);
+        assert!(!floor.contains("goal"), "{floor}");
+        assert!(
+            table.contains("2b. auth ÷ pingora-floor req/s: 0.75"),
+            "{table}"
+        );
+        // Without the floor scenario, no line for it.
+        let table = report(vec![
+            named("portcullis-auth", &[45.0, 45.0]),
+            named("nginx", &[100.0, 100.0]),
+        ])
+        .table();
+        assert!(!table.contains("pingora-floor"), "{table}");
     }
 
     #[test]

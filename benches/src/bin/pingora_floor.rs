@@ -1,0 +1,107 @@
+//! `pingora-floor`: Pingora with nothing of Portcullis, a bench peer.
+//!
+//! A `ProxyHttp` whose only hook is `upstream_peer` (every request to one upstream, over a
+//! pooled keep-alive connection), on the Pingora build Portcullis links (the workspace's
+//! patched `pingora-proxy` included) and with the settings of Portcullis that change a request's
+//! cost: mimalloc, one thread per CPU (or `--threads`), the 16 KiB client read buffer, fast
+//! timers only for waits of a minute or less. No routing, no authorization, no header changes,
+//! no access log. What a request costs here, any proxy built on Pingora pays: the bench runs it
+//! as scenario `pingora-floor`, to tell Pingora's share of a gap to nginx from Portcullis's.
+
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use clap::Parser;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+
+/// The allocator of the `portcullis` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Pingora alone in front of one upstream.
+#[derive(Parser, Debug)]
+#[command(name = "pingora-floor")]
+struct Args {
+    /// Where to listen (loopback only).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The upstream every request goes to (loopback only).
+    #[arg(long)]
+    upstream: SocketAddr,
+    /// Worker threads (default: one per CPU, as Portcullis).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// Portcullis's client read buffer (`proxy/src/server.rs`).
+const CLIENT_READ_BUFFER_BYTES: usize = 16 * 1024;
+/// Portcullis's bound for Pingora's fast timers, in seconds (`proxy/src/server.rs`).
+const FAST_TIMER_MAX_SECS: u64 = 60;
+
+struct Floor {
+    upstream: SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for Floor {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut (),
+    ) -> pingora::Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    for addr in [args.listen, args.upstream] {
+        if !addr.ip().is_loopback() {
+            eprintln!("pingora-floor: {addr} is not a loopback address");
+            return std::process::ExitCode::from(2);
+        }
+    }
+    let mut conf = ServerConf::default();
+    let tmp = std::env::temp_dir();
+    let pid = std::process::id();
+    conf.pid_file = tmp
+        .join(format!("pingora-floor-{pid}.pid"))
+        .display()
+        .to_string();
+    conf.upgrade_sock = tmp
+        .join(format!("pingora-floor-{pid}-upgrade.sock"))
+        .display()
+        .to_string();
+    conf.threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    conf.grace_period_seconds = Some(0);
+    conf.graceful_shutdown_timeout_seconds = Some(1);
+    conf.fast_timeout_to_tokio_threshold_seconds = Some(FAST_TIMER_MAX_SECS);
+
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let app = pingora::proxy::http_proxy(
+        &server.configuration,
+        Floor {
+            upstream: args.upstream,
+        },
+    );
+    let mut service = Service::new("pingora floor".to_string(), app);
+    service.add_listener(ListenerConfig::tcp(args.listen.to_string()).l4_buffer(
+        L4BufferSettings::new(CLIENT_READ_BUFFER_BYTES, DEFAULT_L4_WRITE_BUFFER_SIZE),
+    ));
+    server.add_service(service);
+    server.run_forever()
+}
