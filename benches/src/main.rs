@@ -75,8 +75,8 @@ pub struct Args {
     pub rate: Option<f64>,
     /// Run only these scenarios, comma-separated (default: all). Names: direct,
     /// portcullis-public, portcullis-auth, portcullis-403, portcullis-302, nginx, pingora-floor,
-    /// apache-oidc, and over TLS portcullis-auth-tls, nginx-tls, portcullis-handshake, nginx-handshake. A
-    /// peer left out is not started.
+    /// apache-oidc, and over TLS portcullis-auth-tls, nginx-tls, pingora-floor-tls,
+    /// portcullis-handshake, nginx-handshake. A peer left out is not started.
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// Instead of throughput: count the proxy's instructions per request under valgrind's
@@ -120,7 +120,7 @@ pub struct Args {
 }
 
 /// Every scenario's name, in the order the rounds run them.
-const SCENARIOS: [&str; 12] = [
+const SCENARIOS: [&str; 13] = [
     "direct",
     "portcullis-public",
     "portcullis-auth",
@@ -131,14 +131,16 @@ const SCENARIOS: [&str; 12] = [
     "apache-oidc",
     "portcullis-auth-tls",
     "nginx-tls",
+    "pingora-floor-tls",
     "portcullis-handshake",
     "nginx-handshake",
 ];
 
 /// The scenarios over TLS; they need the bench's certificate ([`tls::BenchCert`]).
-const TLS_SCENARIOS: [&str; 4] = [
+const TLS_SCENARIOS: [&str; 5] = [
     "portcullis-auth-tls",
     "nginx-tls",
+    "pingora-floor-tls",
     "portcullis-handshake",
     "nginx-handshake",
 ];
@@ -348,9 +350,10 @@ async fn run(args: Args) -> Result<(), String> {
         ),
         false => None,
     };
-    let floor = match wanted("pingora-floor") {
+    let floor_tls = cert.as_ref().filter(|_| wanted("pingora-floor-tls"));
+    let floor = match wanted("pingora-floor") || floor_tls.is_some() {
         true => started(
-            PeerProcess::pingora_floor(upstream.addr, settings.workers, &[]).await,
+            PeerProcess::pingora_floor(upstream.addr, settings.workers, &[], floor_tls).await,
             "pingora-floor",
             &mut skipped,
         ),
@@ -557,7 +560,7 @@ async fn count_instructions(
     // Pingora proxy pays.
     let floor = match wanted("pingora-floor") {
         true => Some(
-            PeerProcess::pingora_floor(upstream.addr, settings.workers, &callgrind.wrapper())
+            PeerProcess::pingora_floor(upstream.addr, settings.workers, &callgrind.wrapper(), None)
                 .await?,
         ),
         false => None,
@@ -1128,6 +1131,22 @@ fn scenarios(
                     fresh: false,
                 },
                 pid: nginx.and_then(PeerProcess::pid),
+            });
+        }
+        if let Some(port) = floor.and_then(|f| f.tls_port) {
+            out.push(Scenario {
+                name: "pingora-floor-tls",
+                about: "Pingora alone over TLS (its rustls acceptor), keep-alive, no auth",
+                target: Target {
+                    addr: loopback(port),
+                    host: header(format!("{APP_HOST}:{port}"))?,
+                    path: "/",
+                    cookies: none.clone(),
+                    expect: 200,
+                    tls: client(APP_HOST)?,
+                    fresh: false,
+                },
+                pid: floor.and_then(PeerProcess::pid),
             });
         }
         if let Some(t) = tls.portcullis {

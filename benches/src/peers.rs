@@ -428,11 +428,13 @@ http {{
     }
 
     /// `pingora-floor` (built beside this binary): Pingora with only an `upstream_peer` hook,
-    /// `threads` worker threads; run under `wrapper` when it is not empty (callgrind).
+    /// `threads` worker threads; run under `wrapper` when it is not empty (callgrind). With
+    /// `tls`, a second listener serves that certificate through Pingora's rustls acceptor.
     pub async fn pingora_floor(
         upstream: std::net::SocketAddr,
         threads: usize,
         wrapper: &[String],
+        tls: Option<&BenchCert>,
     ) -> Result<PeerProcess, String> {
         let binary = std::env::current_exe()
             .map_err(|e| e.to_string())?
@@ -448,6 +450,7 @@ http {{
             .tempdir()
             .map_err(|e| e.to_string())?;
         let port = free_port();
+        let tls_port = tls.map(|_| free_port());
         let log = dir.path().join("stderr.log");
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
@@ -457,13 +460,23 @@ http {{
             }
             None => Command::new(binary),
         };
-        let mut child = command
+        command
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--upstream")
             .arg(upstream.to_string())
             .arg("--threads")
-            .arg(threads.to_string())
+            .arg(threads.to_string());
+        if let (Some(cert), Some(tls_port)) = (tls, tls_port) {
+            command
+                .arg("--tls-listen")
+                .arg(format!("127.0.0.1:{tls_port}"))
+                .arg("--cert")
+                .arg(&cert.cert_file)
+                .arg("--key")
+                .arg(&cert.key_file);
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
@@ -471,9 +484,12 @@ http {{
             .spawn()
             .map_err(|e| format!("spawn pingora-floor: {e}"))?;
         wait_listening(port, &mut child, "pingora-floor", &log).await?;
+        if let Some(tls_port) = tls_port {
+            wait_listening(tls_port, &mut child, "pingora-floor", &log).await?;
+        }
         Ok(PeerProcess {
             port,
-            tls_port: None,
+            tls_port,
             child,
             _dir: dir,
         })

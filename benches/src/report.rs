@@ -422,6 +422,20 @@ impl Report {
             "nginx-tls",
             0.85,
         );
+        context(
+            &mut s,
+            "6a",
+            "pingora-floor-tls ÷ nginx-tls req/s",
+            "pingora-floor-tls",
+            "nginx-tls",
+        );
+        context(
+            &mut s,
+            "6b",
+            "auth-tls ÷ pingora-floor-tls req/s",
+            "portcullis-auth-tls",
+            "pingora-floor-tls",
+        );
         target(
             &mut s,
             7,

@@ -7,11 +7,14 @@
 //! timers only for waits of a minute or less. No routing, no authorization, no header changes,
 //! no access log. What a request costs here, any proxy built on Pingora pays: the bench runs it
 //! as scenario `pingora-floor`, to tell Pingora's share of a gap to nginx from Portcullis's.
+//! With `--tls-listen`, a second listener serves HTTPS through Pingora's own rustls acceptor
+//! (scenario `pingora-floor-tls`).
 
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use clap::Parser;
+use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
@@ -36,6 +39,15 @@ struct Args {
     /// Worker threads (default: one per CPU, as Portcullis).
     #[arg(long)]
     threads: Option<usize>,
+    /// A second listener, on HTTPS (loopback only); needs --cert and --key.
+    #[arg(long, requires_all = ["cert", "key"])]
+    tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the HTTPS listener.
+    #[arg(long)]
+    cert: Option<String>,
+    /// PEM private key of the HTTPS listener.
+    #[arg(long)]
+    key: Option<String>,
 }
 
 /// Portcullis's client read buffer (`proxy/src/server.rs`).
@@ -64,7 +76,10 @@ impl ProxyHttp for Floor {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    for addr in [args.listen, args.upstream] {
+    for addr in [Some(args.listen), Some(args.upstream), args.tls_listen]
+        .into_iter()
+        .flatten()
+    {
         if !addr.ip().is_loopback() {
             eprintln!("pingora-floor: {addr} is not a loopback address");
             return std::process::ExitCode::from(2);
@@ -99,9 +114,22 @@ fn main() -> std::process::ExitCode {
         },
     );
     let mut service = Service::new("pingora floor".to_string(), app);
-    service.add_listener(ListenerConfig::tcp(args.listen.to_string()).l4_buffer(
-        L4BufferSettings::new(CLIENT_READ_BUFFER_BYTES, DEFAULT_L4_WRITE_BUFFER_SIZE),
-    ));
+    let buffers = L4BufferSettings::new(CLIENT_READ_BUFFER_BYTES, DEFAULT_L4_WRITE_BUFFER_SIZE);
+    service.add_listener(ListenerConfig::tcp(args.listen.to_string()).l4_buffer(buffers));
+    if let (Some(addr), Some(cert), Some(key)) = (args.tls_listen, &args.cert, &args.key) {
+        let settings = match TlsSettings::intermediate(cert, key) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("pingora-floor: --cert/--key: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
+        service.add_listener(
+            ListenerConfig::tcp(addr.to_string())
+                .tls(settings)
+                .l4_buffer(buffers),
+        );
+    }
     server.add_service(service);
     server.run_forever()
 }
