@@ -970,6 +970,18 @@ fn scenarios(
     };
     let loopback = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let none = Arc::new(Vec::new());
+    // A peer that proxies without authentication: `/` on the app host, no cookie, 200.
+    let unauthenticated = |port: u16, tls: Option<Tls>| -> Result<Target, String> {
+        Ok(Target {
+            addr: loopback(port),
+            host: header(format!("{APP_HOST}:{port}"))?,
+            path: "/",
+            cookies: none.clone(),
+            expect: 200,
+            tls,
+            fresh: false,
+        })
+    };
     let proxy_pid = p.proxy.pid();
     let mut out = vec![
         Scenario {
@@ -1047,15 +1059,7 @@ fn scenarios(
         out.push(Scenario {
             name: "nginx",
             about: "nginx, plain reverse proxy (no auth)",
-            target: Target {
-                addr: loopback(n.port),
-                host: header(format!("{APP_HOST}:{}", n.port))?,
-                path: "/",
-                cookies: none.clone(),
-                expect: 200,
-                tls: None,
-                fresh: false,
-            },
+            target: unauthenticated(n.port, None)?,
             pid: n.pid(),
         });
     }
@@ -1064,15 +1068,7 @@ fn scenarios(
             name: "pingora-floor",
             about:
                 "Pingora alone: upstream_peer only, Portcullis's server settings (no auth, no log)",
-            target: Target {
-                addr: loopback(f.port),
-                host: header(format!("{APP_HOST}:{}", f.port))?,
-                path: "/",
-                cookies: none.clone(),
-                expect: 200,
-                tls: None,
-                fresh: false,
-            },
+            target: unauthenticated(f.port, None)?,
             pid: f.pid(),
         });
     }
@@ -1121,15 +1117,7 @@ fn scenarios(
             out.push(Scenario {
                 name: "nginx-tls",
                 about: "nginx over TLS, keep-alive, plain reverse proxy (no auth)",
-                target: Target {
-                    addr: loopback(port),
-                    host: header(format!("{APP_HOST}:{port}"))?,
-                    path: "/",
-                    cookies: none.clone(),
-                    expect: 200,
-                    tls: client(APP_HOST)?,
-                    fresh: false,
-                },
+                target: unauthenticated(port, client(APP_HOST)?)?,
                 pid: nginx.and_then(PeerProcess::pid),
             });
         }
@@ -1137,15 +1125,7 @@ fn scenarios(
             out.push(Scenario {
                 name: "pingora-floor-tls",
                 about: "Pingora alone over TLS (its rustls acceptor), keep-alive, no auth",
-                target: Target {
-                    addr: loopback(port),
-                    host: header(format!("{APP_HOST}:{port}"))?,
-                    path: "/",
-                    cookies: none.clone(),
-                    expect: 200,
-                    tls: client(APP_HOST)?,
-                    fresh: false,
-                },
+                target: unauthenticated(port, client(APP_HOST)?)?,
                 pid: floor.and_then(PeerProcess::pid),
             });
         }

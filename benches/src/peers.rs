@@ -403,21 +403,31 @@ http {{
         );
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
+        let mut command = Command::new(nginx);
+        command.arg("-p").arg(dir.path()).arg("-c").arg(&conf_path);
+        PeerProcess::spawn(command, "nginx", port, tls_port, dir).await
+    }
+
+    /// Runs `command` (its stderr to a log in `dir`), then waits until it listens on `port`
+    /// and `tls_port`.
+    async fn spawn(
+        mut command: Command,
+        what: &str,
+        port: u16,
+        tls_port: Option<u16>,
+        dir: tempfile::TempDir,
+    ) -> Result<PeerProcess, String> {
         let log = dir.path().join("stderr.log");
-        let mut child = Command::new(nginx)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&conf_path)
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("spawn nginx: {e}"))?;
-        wait_listening(port, &mut child, "nginx", &log).await?;
+            .map_err(|e| format!("spawn {what}: {e}"))?;
+        wait_listening(port, &mut child, what, &log).await?;
         if let Some(tls_port) = tls_port {
-            wait_listening(tls_port, &mut child, "nginx", &log).await?;
+            wait_listening(tls_port, &mut child, what, &log).await?;
         }
         Ok(PeerProcess {
             port,
@@ -451,7 +461,6 @@ http {{
             .map_err(|e| e.to_string())?;
         let port = free_port();
         let tls_port = tls.map(|_| free_port());
-        let log = dir.path().join("stderr.log");
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -476,23 +485,7 @@ http {{
                 .arg("--key")
                 .arg(&cert.key_file);
         }
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("spawn pingora-floor: {e}"))?;
-        wait_listening(port, &mut child, "pingora-floor", &log).await?;
-        if let Some(tls_port) = tls_port {
-            wait_listening(tls_port, &mut child, "pingora-floor", &log).await?;
-        }
-        Ok(PeerProcess {
-            port,
-            tls_port,
-            child,
-            _dir: dir,
-        })
+        PeerProcess::spawn(command, "pingora-floor", port, tls_port, dir).await
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -32,7 +32,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pingora's default of 64 KiB made each idle connection cost 64 KiB of resident memory and
 /// a 64 KiB memset per accept, for reads that are mostly a request head of a few hundred bytes.
 /// A read at least as large as the buffer (Pingora reads bodies in larger chunks) bypasses it.
-const CLIENT_READ_BUFFER_BYTES: usize = 16 * 1024;
+pub const CLIENT_READ_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Waits bounded by more than this use Tokio's timers instead of Pingora's fast timers.
 ///
@@ -157,8 +157,9 @@ impl BackgroundService for Background {
     }
 }
 
-/// Pingora's server settings for the proxy process.
-fn server_conf() -> ServerConf {
+/// Pingora's server settings for the proxy process (the bench's `pingora-floor` runs Pingora
+/// alone with them too).
+pub fn server_conf() -> ServerConf {
     let mut conf = ServerConf::default();
     let pid = std::process::id();
     let tmp = std::env::temp_dir();

@@ -18,7 +18,6 @@ use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
-use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
 
@@ -50,11 +49,6 @@ struct Args {
     key: Option<String>,
 }
 
-/// Portcullis's client read buffer (`proxy/src/server.rs`).
-const CLIENT_READ_BUFFER_BYTES: usize = 16 * 1024;
-/// Portcullis's bound for Pingora's fast timers, in seconds (`proxy/src/server.rs`).
-const FAST_TIMER_MAX_SECS: u64 = 60;
-
 struct Floor {
     upstream: SocketAddr,
 }
@@ -85,25 +79,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     }
-    let mut conf = ServerConf::default();
-    let tmp = std::env::temp_dir();
-    let pid = std::process::id();
-    conf.pid_file = tmp
-        .join(format!("pingora-floor-{pid}.pid"))
-        .display()
-        .to_string();
-    conf.upgrade_sock = tmp
-        .join(format!("pingora-floor-{pid}-upgrade.sock"))
-        .display()
-        .to_string();
-    conf.threads = args.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
-    conf.grace_period_seconds = Some(0);
-    conf.graceful_shutdown_timeout_seconds = Some(1);
-    conf.fast_timeout_to_tokio_threshold_seconds = Some(FAST_TIMER_MAX_SECS);
+    // Portcullis's own settings: threads, timers, shutdown, per-process pid file.
+    let mut conf = portcullis::server::server_conf();
+    if let Some(threads) = args.threads {
+        conf.threads = threads;
+    }
 
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
@@ -114,7 +94,10 @@ fn main() -> std::process::ExitCode {
         },
     );
     let mut service = Service::new("pingora floor".to_string(), app);
-    let buffers = L4BufferSettings::new(CLIENT_READ_BUFFER_BYTES, DEFAULT_L4_WRITE_BUFFER_SIZE);
+    let buffers = L4BufferSettings::new(
+        portcullis::server::CLIENT_READ_BUFFER_BYTES,
+        DEFAULT_L4_WRITE_BUFFER_SIZE,
+    );
     service.add_listener(ListenerConfig::tcp(args.listen.to_string()).l4_buffer(buffers));
     if let (Some(addr), Some(cert), Some(key)) = (args.tls_listen, &args.cert, &args.key) {
         let settings = match TlsSettings::intermediate(cert, key) {
